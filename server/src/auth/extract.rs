@@ -1,0 +1,68 @@
+//! Extractors that authenticate a request from its session cookie.
+//!
+//! - [`SessionUser`]: any live session (OTP verified or not).
+//! - [`VerifiedUser`]: a live session whose one-time code was verified (else 403).
+//! - [`AdminUser`]: a verified session of an administrator (else 403).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Buyer,
+    Admin,
+}
+
+/// The user behind a live session.
+#[derive(Debug, Clone)]
+pub struct SessionUser {
+    pub session_id: String,
+    pub user_id: Uuid,
+    pub email: String,
+    pub role: Role,
+    pub otp_verified: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifiedUser(pub SessionUser);
+
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub SessionUser);
+
+impl FromRequestParts<AppState> for SessionUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
+        Err(ApiError::Unauthenticated)
+    }
+}
+
+impl FromRequestParts<AppState> for VerifiedUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let user = SessionUser::from_request_parts(parts, state).await?;
+        if !user.otp_verified {
+            return Err(ApiError::OtpRequired);
+        }
+        Ok(VerifiedUser(user))
+    }
+}
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let VerifiedUser(user) = VerifiedUser::from_request_parts(parts, state).await?;
+        if user.role != Role::Admin {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(AdminUser(user))
+    }
+}

@@ -1,0 +1,198 @@
+//! Server configuration: every setting is a `--flag` and an environment variable, with
+//! units in its name and a named default. Limits live here so they are all in one place.
+
+use std::net::SocketAddr;
+
+use clap::{Args, ValueEnum};
+
+/// How one-time codes reach the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OtpDelivery {
+    /// Append to a Redis stream (the outbox) that an external mailer and the tests read.
+    Outbox,
+    /// Write the code to the log. Development only: the server refuses this with
+    /// `--cookie-secure`.
+    Log,
+}
+
+/// All settings of one server instance.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "FLASHSALE_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Redis URL (live sale state, sessions, rate limits, idempotency, cache, events).
+    #[arg(long, env = "FLASHSALE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// MongoDB URL (system of record: users, products, orders).
+    #[arg(long, env = "FLASHSALE_MONGO_URL", default_value = "mongodb://127.0.0.1:27017")]
+    pub mongo_url: String,
+
+    /// MongoDB database name.
+    #[arg(long, env = "FLASHSALE_MONGO_DATABASE", default_value = "flashsale")]
+    pub mongo_database: String,
+
+    /// Prefix of every Redis key and channel, so several deployments can share a Redis.
+    #[arg(long, env = "FLASHSALE_KEY_PREFIX", default_value = "fs")]
+    pub key_prefix: String,
+
+    /// Mark the session cookie `Secure`. Switch off only for plain-http local runs.
+    #[arg(long, env = "FLASHSALE_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cookie_secure: bool,
+
+    /// A session unused for this long expires.
+    #[arg(long, env = "FLASHSALE_SESSION_IDLE_TTL_S", default_value_t = 1800)]
+    pub session_idle_ttl_s: u64,
+
+    /// A session expires this long after login, however busy.
+    #[arg(long, env = "FLASHSALE_SESSION_ABSOLUTE_TTL_S", default_value_t = 86_400)]
+    pub session_absolute_ttl_s: u64,
+
+    /// Lifetime of a one-time code.
+    #[arg(long, env = "FLASHSALE_OTP_TTL_S", default_value_t = 300)]
+    pub otp_ttl_s: u64,
+
+    /// Wrong guesses after which a one-time code is dead.
+    #[arg(long, env = "FLASHSALE_OTP_MAX_ATTEMPTS", default_value_t = 5)]
+    pub otp_max_attempts: u32,
+
+    /// Digits of a one-time code.
+    #[arg(long, env = "FLASHSALE_OTP_DIGITS", default_value_t = 6)]
+    pub otp_digits: u32,
+
+    /// Where one-time codes are delivered.
+    #[arg(long, env = "FLASHSALE_OTP_DELIVERY", value_enum, default_value_t = OtpDelivery::Outbox)]
+    pub otp_delivery: OtpDelivery,
+
+    /// Entries kept in the OTP outbox stream (approximate trim).
+    #[arg(long, env = "FLASHSALE_OTP_OUTBOX_MAX_LEN", default_value_t = 100_000)]
+    pub otp_outbox_max_len: u64,
+
+    /// Argon2id memory cost in KiB (OWASP minimum 19456).
+    #[arg(long, env = "FLASHSALE_ARGON2_M_KIB", default_value_t = 19_456)]
+    pub argon2_m_kib: u32,
+
+    /// Argon2id iterations (OWASP minimum 2).
+    #[arg(long, env = "FLASHSALE_ARGON2_T", default_value_t = 2)]
+    pub argon2_t: u32,
+
+    /// Argon2id parallelism.
+    #[arg(long, env = "FLASHSALE_ARGON2_P", default_value_t = 1)]
+    pub argon2_p: u32,
+
+    /// Password hashes computed at once; more wait (bounds memory: m × this).
+    #[arg(long, env = "FLASHSALE_MAX_CONCURRENT_HASHES", default_value_t = 8)]
+    pub max_concurrent_hashes: usize,
+
+    /// Completed idempotency records are kept this long.
+    #[arg(long, env = "FLASHSALE_IDEMPOTENCY_TTL_S", default_value_t = 86_400)]
+    pub idempotency_ttl_s: u64,
+
+    /// An in-flight idempotency record older than this may be taken over by a retry
+    /// (its holder is presumed dead).
+    #[arg(long, env = "FLASHSALE_IDEMPOTENCY_LEASE_MS", default_value_t = 15_000)]
+    pub idempotency_lease_ms: u64,
+
+    /// How long the purchase path waits for MongoDB before answering 202 pending.
+    #[arg(long, env = "FLASHSALE_ORDER_WRITE_TIMEOUT_MS", default_value_t = 1_500)]
+    pub order_write_timeout_ms: u64,
+
+    /// Timeout of one Redis command; past it the request fails closed.
+    #[arg(long, env = "FLASHSALE_REDIS_TIMEOUT_MS", default_value_t = 1_000)]
+    pub redis_timeout_ms: u64,
+
+    /// MongoDB server selection timeout.
+    #[arg(long, env = "FLASHSALE_MONGO_SELECT_TIMEOUT_MS", default_value_t = 2_000)]
+    pub mongo_select_timeout_ms: u64,
+
+    /// Pause between reconciler passes.
+    #[arg(long, env = "FLASHSALE_RECONCILE_INTERVAL_MS", default_value_t = 1_000)]
+    pub reconcile_interval_ms: u64,
+
+    /// A reservation must be this old before the reconciler persists it (the request
+    /// that made it gets the first chance).
+    #[arg(long, env = "FLASHSALE_RECONCILE_GRACE_MS", default_value_t = 3_000)]
+    pub reconcile_grace_ms: u64,
+
+    /// Reservations persisted per product per pass.
+    #[arg(long, env = "FLASHSALE_RECONCILE_BATCH", default_value_t = 256)]
+    pub reconcile_batch: usize,
+
+    /// Lease of the reconciler lock (one instance reconciles at a time).
+    #[arg(long, env = "FLASHSALE_RECONCILE_LEASE_MS", default_value_t = 10_000)]
+    pub reconcile_lease_ms: u64,
+
+    /// Lifetime of cached product documents.
+    #[arg(long, env = "FLASHSALE_PRODUCT_CACHE_TTL_S", default_value_t = 60)]
+    pub product_cache_ttl_s: u64,
+
+    /// Largest accepted request body.
+    #[arg(long, env = "FLASHSALE_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Trust `X-Forwarded-For` (set only behind a proxy that overwrites it).
+    #[arg(long, env = "FLASHSALE_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_forwarded_for: bool,
+
+    /// Emails that get the admin role when they register or log in (comma separated).
+    #[arg(long, env = "FLASHSALE_ADMIN_EMAILS", value_delimiter = ',')]
+    pub admin_emails: Vec<String>,
+
+    /// Start even if Redis may evict keys (never in production: eviction drops stock).
+    #[arg(long, env = "FLASHSALE_ALLOW_EVICTING_REDIS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_evicting_redis: bool,
+
+    /// Run the reconciler and the Redis-restart watcher in this instance.
+    #[arg(long, env = "FLASHSALE_BACKGROUND_TASKS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub background_tasks: bool,
+
+    #[command(flatten)]
+    pub limits: RateLimits,
+}
+
+/// Rate limits: `<action>_per_min` requests per minute per scope.
+#[derive(Debug, Clone, Args)]
+pub struct RateLimits {
+    /// Login attempts per minute per client IP.
+    #[arg(long, env = "FLASHSALE_RL_LOGIN_PER_IP_PER_MIN", default_value_t = 20)]
+    pub login_per_ip_per_min: u32,
+    /// Login attempts per minute per account (email), whatever the IP.
+    #[arg(long, env = "FLASHSALE_RL_LOGIN_PER_ACCOUNT_PER_MIN", default_value_t = 5)]
+    pub login_per_account_per_min: u32,
+    /// Registrations per minute per client IP.
+    #[arg(long, env = "FLASHSALE_RL_REGISTER_PER_IP_PER_MIN", default_value_t = 10)]
+    pub register_per_ip_per_min: u32,
+    /// OTP sends and verifications per minute per user.
+    #[arg(long, env = "FLASHSALE_RL_OTP_PER_USER_PER_MIN", default_value_t = 10)]
+    pub otp_per_user_per_min: u32,
+    /// Purchase attempts per minute per user.
+    #[arg(long, env = "FLASHSALE_RL_PURCHASE_PER_USER_PER_MIN", default_value_t = 30)]
+    pub purchase_per_user_per_min: u32,
+    /// Purchase attempts per minute per client IP.
+    #[arg(long, env = "FLASHSALE_RL_PURCHASE_PER_IP_PER_MIN", default_value_t = 100_000)]
+    pub purchase_per_ip_per_min: u32,
+    /// Reads (product list and detail, orders) per minute per client IP.
+    #[arg(long, env = "FLASHSALE_RL_READS_PER_IP_PER_MIN", default_value_t = 100_000)]
+    pub reads_per_ip_per_min: u32,
+}
+
+impl Config {
+    /// Settings for a local run against the given backends, parsed from no arguments
+    /// (defaults) plus the given overrides; used by tests, the simulator and `dev`.
+    pub fn for_local(redis_url: &str, mongo_url: &str, database: &str, key_prefix: &str) -> Self {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        let mut config = <Wrapper as clap::Parser>::parse_from(["flashsale"]).config;
+        config.redis_url = redis_url.to_owned();
+        config.mongo_url = mongo_url.to_owned();
+        config.mongo_database = database.to_owned();
+        config.key_prefix = key_prefix.to_owned();
+        config.cookie_secure = false;
+        config
+    }
+}

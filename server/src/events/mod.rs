@@ -1,0 +1,125 @@
+//! Sale events: published on Redis pub/sub (by the Lua scripts and the purchase path),
+//! received by every instance's subscriber, fanned out in process to Server-Sent Events
+//! clients and to the sold-out cache.
+
+mod sse;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::state::AppState;
+
+pub use sse::events_stream;
+
+/// Events buffered per slow SSE client before it starts missing some (it is told).
+pub const EVENT_BUFFER: usize = 1024;
+/// Pause before the subscriber reconnects after losing Redis.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    StockUpdated,
+    SoldOut,
+    PurchaseCompleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleEvent {
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub product_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<Uuid>,
+}
+
+/// In-process fan-out of the events this instance receives.
+#[derive(Debug)]
+pub struct EventHub {
+    sender: broadcast::Sender<SaleEvent>,
+}
+
+impl Default for EventHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventHub {
+    pub fn new() -> Self {
+        Self { sender: broadcast::channel(EVENT_BUFFER).0 }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<SaleEvent> {
+        self.sender.subscribe()
+    }
+
+    fn deliver(&self, event: SaleEvent) {
+        // No receivers is normal: nobody is streaming right now.
+        let _ = self.sender.send(event);
+    }
+}
+
+/// Publishes an event from Rust (the scripts publish their own).
+pub async fn publish(app: &crate::state::App, event: &SaleEvent) {
+    let Ok(payload) = serde_json::to_string(event) else { return };
+    let mut conn = app.redis.clone();
+    let sent: redis::RedisResult<i64> =
+        redis::cmd("PUBLISH").arg(app.keys.events_channel()).arg(payload).query_async(&mut conn).await;
+    if let Err(err) = sent {
+        tracing::warn!(error = %err, "publishing a sale event failed");
+    }
+}
+
+/// Receives events from Redis until `shutdown`, reconnecting when Redis goes away.
+pub async fn run_subscriber(app: AppState, shutdown: CancellationToken) {
+    let channel = app.keys.events_channel();
+    let first_url = app.config.redis_url.split(',').next().unwrap_or_default().trim().to_owned();
+    while !shutdown.is_cancelled() {
+        let subscribed = async {
+            let client = redis::Client::open(first_url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = subscribed => result,
+        };
+        match pubsub {
+            Ok(mut pubsub) => {
+                // Anything missed while disconnected may have changed stock.
+                app.sold_out.clear();
+                let mut messages = pubsub.on_message();
+                loop {
+                    let message = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        message = messages.next() => message,
+                    };
+                    let Some(message) = message else { break };
+                    let Ok(payload) = message.get_payload::<String>() else { continue };
+                    match serde_json::from_str::<SaleEvent>(&payload) {
+                        Ok(event) => {
+                            app.sold_out.observe(&event);
+                            app.events.deliver(event);
+                        }
+                        Err(err) => tracing::warn!(error = %err, "unreadable sale event"),
+                    }
+                }
+                app.sold_out.clear();
+            }
+            Err(err) => tracing::debug!(error = %err, "event subscriber cannot reach Redis"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
+        }
+    }
+}

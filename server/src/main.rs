@@ -1,0 +1,128 @@
+//! The `flashsale` binary: parses the command line and calls the library.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use flashsale::clock::Ids;
+use flashsale::config::{Config, OtpDelivery};
+use flashsale::stack::{LocalStack, RedisPersistence};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(name = "flashsale", version, about = "Flash-sale server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API against the configured Redis and MongoDB.
+    Serve(Config),
+    /// Start a local redis-server and FerretDB on free ports and serve against them
+    /// (plain http, codes in the OTP outbox and the log).
+    Dev(Config),
+    /// Administration.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Give a registered user the admin role.
+    Promote {
+        #[arg(long)]
+        email: String,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Rebuild sale state in Redis from MongoDB (one product, or all).
+    Rebuild {
+        #[arg(long)]
+        product: Option<Uuid>,
+        #[command(flatten)]
+        config: Config,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    match Cli::parse().command {
+        Command::Serve(config) => serve(config).await,
+        Command::Dev(config) => dev(config).await,
+        Command::Admin(AdminCommand::Promote { email, config }) => {
+            let app = flashsale::startup::build_state(config, Ids::system()).await?;
+            flashsale::auth::users::set_role(&app, &email, flashsale::auth::extract::Role::Admin).await?;
+            println!("{email} is now an administrator");
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Rebuild { product, config }) => {
+            let app = flashsale::startup::build_state(config, Ids::system()).await?;
+            match product {
+                Some(id) => println!("{id}: {:?}", flashsale::purchase::rebuild::rebuild_product(&app, id).await?),
+                None => println!("rebuilt {} products", flashsale::purchase::rebuild::rebuild_all(&app).await?),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
+    let json = std::env::var("FLASHSALE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json { builder.json().init() } else { builder.init() }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen_addr).await.context("binding the listener")?;
+    tracing::info!(addr = %listener.local_addr()?, "serving");
+    let app = flashsale::startup::build_state(config, Ids::system()).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    flashsale::startup::serve(listener, app, shutdown).await
+}
+
+async fn dev(mut config: Config) -> anyhow::Result<()> {
+    let stack = tokio::task::spawn_blocking(|| LocalStack::start(RedisPersistence::AppendOnly))
+        .await?
+        .context("starting local redis-server and FerretDB (run scripts/install-deps first)")?;
+    config.redis_url = stack.redis.url();
+    config.mongo_url = stack.mongo.url();
+    config.cookie_secure = false;
+    config.otp_delivery = OtpDelivery::Log;
+    println!("redis:   {}", stack.redis.url());
+    println!("mongodb: {}", stack.mongo.url());
+    println!("api:     http://{}/api/v1  (OpenAPI at /openapi.json)", config.listen_addr);
+    let result = serve(config).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    drop(stack);
+    result
+}
+
+async fn signal_shutdown(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: draining requests");
+    shutdown.cancel();
+}

@@ -1,0 +1,297 @@
+//! `POST /user/buy/{product_id}` and the order reads.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::idempotency::{self, Begin};
+use super::orders::{self, Conflict, OrderDoc, OrderStatus, Persisted, Reservation};
+use super::rebuild::{self, Rebuilt};
+use super::reconciler::publish_completed;
+use super::sold_out::Shortcut;
+use crate::auth::extract::VerifiedUser;
+use crate::clock::derive_order_id;
+use crate::error::{ApiError, ApiResult, redis_unavailable};
+use crate::http::extract::{ApiPath, ClientIp};
+use crate::products::store::find_product;
+use crate::ratelimit::{self, Action, Scope};
+use crate::redis::scripts::{self, PurchaseArgs, PurchaseOutcome};
+use crate::state::{App, AppState};
+
+/// Largest number of order ids remembered per sold-out product by the shortcut.
+pub const MAX_SOLD_OUT_HOLDERS: usize = 200_000;
+
+/// The answer to a purchase (201 confirmed, 202 pending).
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderResponse {
+    pub order_id: Uuid,
+    pub product_id: Uuid,
+    pub unit: i64,
+    pub status: &'static str,
+}
+
+/// The outcome of the purchase path, before it becomes HTTP.
+#[derive(Debug)]
+enum Bought {
+    Confirmed(OrderResponse),
+    Pending(OrderResponse),
+}
+
+pub async fn buy(
+    State(app): State<AppState>,
+    ClientIp(ip): ClientIp,
+    VerifiedUser(user): VerifiedUser,
+    ApiPath(product_id): ApiPath<Uuid>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let key = idempotency::key_from_headers(&headers)?;
+    let order_id = derive_order_id(user.user_id, &key);
+    // After a sell-out the flood is answered here, before any Redis round trip.
+    if app.sold_out.check(product_id, order_id) == Shortcut::SoldOut {
+        app.metrics.sold_out_shortcuts.inc();
+        app.metrics.purchase_outcome("sold_out");
+        return Err(ApiError::SoldOut);
+    }
+    let limits = &app.config.limits;
+    ratelimit::check(&app, Action::Purchase, Scope::User(user.user_id), limits.purchase_per_user_per_min).await?;
+    ratelimit::check(&app, Action::Purchase, Scope::Ip(ip), limits.purchase_per_ip_per_min).await?;
+
+    let claim = match idempotency::begin(&app, user.user_id, &key, product_id, order_id).await {
+        Ok(Begin::Proceed(claim)) => claim,
+        Ok(Begin::Replay { status, body }) => {
+            app.metrics.purchase_outcome("replay");
+            return Ok(replay_response(status, body));
+        }
+        Err(err) => {
+            app.metrics.purchase_outcome(outcome_name(&err));
+            return Err(err);
+        }
+    };
+    let result = purchase(&app, user.user_id, product_id, order_id).await;
+    match &result {
+        Ok(Bought::Confirmed(body)) => {
+            let bytes = serde_json::to_vec(body).map_err(anyhow::Error::from)?;
+            idempotency::finish(&app, &claim, Some((StatusCode::CREATED.as_u16(), &bytes))).await;
+            app.metrics.purchase_outcome("confirmed");
+        }
+        Ok(Bought::Pending(_)) => {
+            idempotency::finish(&app, &claim, None).await;
+            app.metrics.purchase_outcome("pending");
+        }
+        Err(err) => {
+            idempotency::finish(&app, &claim, None).await;
+            app.metrics.purchase_outcome(outcome_name(err));
+        }
+    }
+    result.map(|bought| match bought {
+        Bought::Confirmed(body) => order_created(StatusCode::CREATED, &body),
+        Bought::Pending(body) => order_created(StatusCode::ACCEPTED, &body),
+    })
+}
+
+fn outcome_name(err: &ApiError) -> &'static str {
+    match err {
+        ApiError::SoldOut => "sold_out",
+        ApiError::AlreadyPurchased => "already_purchased",
+        ApiError::IdempotencyKeyReused => "key_reused",
+        ApiError::IdempotencyInFlight { .. } => "in_flight",
+        ApiError::SaleNotStarted => "not_started",
+        ApiError::SaleEnded => "ended",
+        ApiError::SalePaused { .. } => "paused",
+        ApiError::Unavailable { .. } => "unavailable",
+        ApiError::NotFound(_) => "not_found",
+        _ => "error",
+    }
+}
+
+fn order_created(status: StatusCode, body: &OrderResponse) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/user/orders/{}", body.order_id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn replay_response(status: u16, body: Vec<u8>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// The purchase path proper: reserve in Redis, persist in MongoDB.
+async fn purchase(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) -> ApiResult<Bought> {
+    let mut outcome = reserve(app, user_id, product_id, order_id).await?;
+    if outcome == PurchaseOutcome::NotLoaded {
+        let product = find_product(app, product_id).await.map_err(|_| ApiError::Unavailable { retry_after_s: 1 })?;
+        product.filter(|p| !p.deleted).ok_or(ApiError::NotFound("product"))?;
+        match rebuild::ensure_loaded(app, product_id).await {
+            Ok(Rebuilt::Done) => outcome = reserve(app, user_id, product_id, order_id).await?,
+            Ok(Rebuilt::NoProduct) => return Err(ApiError::NotFound("product")),
+            Ok(Rebuilt::InProgress) | Err(_) => return Err(ApiError::SalePaused { retry_after_s: 1 }),
+        }
+    }
+    let (unit, reserved_at_ms) = match outcome {
+        PurchaseOutcome::Reserved { unit, .. } => (unit, app.ids.now_ms()),
+        PurchaseOutcome::Replay { unit, confirmed: true, user_id: owner } if owner == user_id.to_string() => {
+            return Ok(Bought::Confirmed(response(order_id, product_id, unit, "confirmed")));
+        }
+        PurchaseOutcome::Replay { unit, confirmed: false, user_id: owner } if owner == user_id.to_string() => {
+            (unit, reservation_time(app, product_id, order_id).await.unwrap_or_else(|| app.ids.now_ms()))
+        }
+        PurchaseOutcome::Replay { .. } => return Err(ApiError::IdempotencyKeyReused),
+        PurchaseOutcome::SoldOut => {
+            remember_sold_out(app, product_id).await;
+            return Err(ApiError::SoldOut);
+        }
+        PurchaseOutcome::AlreadyPurchased => return Err(ApiError::AlreadyPurchased),
+        PurchaseOutcome::NotStarted => return Err(ApiError::SaleNotStarted),
+        PurchaseOutcome::Ended => return Err(ApiError::SaleEnded),
+        PurchaseOutcome::Released => return Err(ApiError::OrderReleased { order_id }),
+        PurchaseOutcome::NotLoaded | PurchaseOutcome::Paused => return Err(ApiError::SalePaused { retry_after_s: 1 }),
+    };
+    let reservation = Reservation { order_id, product_id, user_id, unit, reserved_at_ms };
+    persist(app, &reservation).await
+}
+
+async fn reserve(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) -> ApiResult<PurchaseOutcome> {
+    let channel = app.keys.events_channel();
+    let args = PurchaseArgs { order_id, user_id, product_id, now_ms: app.ids.now_ms(), channel: &channel };
+    let mut conn = app.redis.clone();
+    scripts::purchase(&mut conn, &app.keys.sale(product_id), &args).await.map_err(redis_unavailable)
+}
+
+/// When a pending reservation was made (so a retry writes the same document).
+async fn reservation_time(app: &App, product_id: Uuid, order_id: Uuid) -> Option<i64> {
+    let mut conn = app.redis.clone();
+    let record: Option<String> = redis::cmd("HGET")
+        .arg(app.keys.sale(product_id).orders)
+        .arg(order_id.to_string())
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    super::sale::parse_reservation(order_id, product_id, &record?).map(|(r, _)| r.reserved_at_ms)
+}
+
+fn response(order_id: Uuid, product_id: Uuid, unit: i64, status: &'static str) -> OrderResponse {
+    OrderResponse { order_id, product_id, unit, status }
+}
+
+/// Writes the order to MongoDB within the configured time; 202 pending otherwise.
+async fn persist(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
+    let Reservation { order_id, product_id, unit, .. } = *reservation;
+    let product = match find_product_cached(app, product_id).await {
+        Some(product) => product,
+        None => return Ok(Bought::Pending(response(order_id, product_id, unit, "pending"))),
+    };
+    let document = OrderDoc::confirmed(reservation, product.one_per_user);
+    let timeout = Duration::from_millis(app.config.order_write_timeout_ms);
+    let persisted = match tokio::time::timeout(timeout, orders::persist(app, &document)).await {
+        Ok(Ok(persisted)) => persisted,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, %order_id, "order write failed; answering pending");
+            return Ok(Bought::Pending(response(order_id, product_id, unit, "pending")));
+        }
+        Err(_) => return Ok(Bought::Pending(response(order_id, product_id, unit, "pending"))),
+    };
+    let keys = app.keys.sale(product_id);
+    let mut conn = app.redis.clone();
+    match persisted {
+        Persisted::Inserted | Persisted::AlreadyThere => {
+            if let Err(err) = scripts::confirm(&mut conn, &keys, order_id).await {
+                // MongoDB has the order; the reconciler confirms it in Redis later.
+                tracing::warn!(error = %err, %order_id, "confirming in Redis failed");
+            }
+            if persisted == Persisted::Inserted {
+                publish_completed(app, product_id, order_id).await;
+            }
+            Ok(Bought::Confirmed(response(order_id, product_id, unit, "confirmed")))
+        }
+        Persisted::Conflict(Conflict::OrderIdTaken(existing)) => {
+            let channel = app.keys.events_channel();
+            scripts::release(&mut conn, &keys, order_id, &channel, product_id).await.map_err(redis_unavailable)?;
+            if existing.product_id == product_id.to_string() && existing.status == OrderStatus::Released {
+                Err(ApiError::OrderReleased { order_id })
+            } else {
+                Err(ApiError::IdempotencyKeyReused)
+            }
+        }
+        Persisted::Conflict(conflict) => {
+            tracing::warn!(%order_id, ?conflict, "Redis disagrees with MongoDB; rebuilding the sale state");
+            if let Err(err) = rebuild::rebuild_product(app, product_id).await {
+                tracing::warn!(error = %err, %product_id, "rebuild failed");
+            }
+            match conflict {
+                Conflict::BuyerHasOrder => Err(ApiError::AlreadyPurchased),
+                _ => Err(ApiError::SalePaused { retry_after_s: 1 }),
+            }
+        }
+    }
+}
+
+async fn find_product_cached(app: &App, product_id: Uuid) -> Option<crate::products::model::Product> {
+    match crate::products::store::find_product(app, product_id).await {
+        Ok(product) => product,
+        Err(err) => {
+            tracing::debug!(error = %err, "product lookup failed");
+            None
+        }
+    }
+}
+
+/// After a sold-out answer, remembers the product in process with the orders that hold
+/// its units, unless a stock event arrived meanwhile.
+async fn remember_sold_out(app: &App, product_id: Uuid) {
+    let epoch = app.sold_out.epoch();
+    let mut conn = app.redis.clone();
+    let holders: redis::RedisResult<Vec<String>> =
+        redis::cmd("HKEYS").arg(app.keys.sale(product_id).orders).query_async(&mut conn).await;
+    let Ok(holders) = holders else { return };
+    if holders.len() > MAX_SOLD_OUT_HOLDERS {
+        return;
+    }
+    let holders: HashSet<Uuid> = holders.iter().filter_map(|id| Uuid::parse_str(id).ok()).collect();
+    app.sold_out.remember_if_unchanged(product_id, holders, epoch);
+}
+
+/// One order as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct OrderView {
+    pub order_id: String,
+    pub product_id: String,
+    pub unit: Option<i64>,
+    pub status: OrderStatus,
+    pub created_at_ms: i64,
+}
+
+impl From<OrderDoc> for OrderView {
+    fn from(order: OrderDoc) -> Self {
+        let unit = order.unit_number();
+        Self { order_id: order.id, product_id: order.product_id, unit, status: order.status, created_at_ms: order.created_at_ms }
+    }
+}
+
+pub async fn list_orders(State(app): State<AppState>, VerifiedUser(user): VerifiedUser) -> ApiResult<axum::Json<Vec<OrderView>>> {
+    let orders = orders::orders_of_user(&app, user.user_id).await?;
+    Ok(axum::Json(orders.into_iter().map(OrderView::from).collect()))
+}
+
+pub async fn get_order(
+    State(app): State<AppState>,
+    VerifiedUser(user): VerifiedUser,
+    ApiPath(order_id): ApiPath<Uuid>,
+) -> ApiResult<axum::Json<OrderView>> {
+    let order = orders::find_order(&app, order_id).await?;
+    match order {
+        Some(order) if order.user_id == user.user_id.to_string() && order.status == OrderStatus::Confirmed => {
+            Ok(axum::Json(order.into()))
+        }
+        _ => Err(ApiError::NotFound("order")),
+    }
+}

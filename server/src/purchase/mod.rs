@@ -1,0 +1,23 @@
+//! The purchase protocol (see `system-design/purchase-protocol.md`): idempotency, the
+//! atomic reservation in Redis, the order in MongoDB, the reconciler that finishes
+//! pending orders, the rebuild after Redis data loss and the sold-out shortcut.
+
+pub mod handlers;
+pub mod idempotency;
+pub mod orders;
+pub mod rebuild;
+pub mod reconciler;
+pub mod sale;
+pub mod sold_out;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/user/buy/{product_id}", post(handlers::buy))
+        .route("/user/orders", get(handlers::list_orders))
+        .route("/user/orders/{order_id}", get(handlers::get_order))
+}

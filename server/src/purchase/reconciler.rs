@@ -1,0 +1,149 @@
+//! The reconciler: a background task on every instance, one at a time (a Redis lock
+//! with a lease), that persists reservations MongoDB has not acknowledged yet (the
+//! 202 pending answers, and requests whose instance died). Ambiguity is resolved only
+//! by reading MongoDB.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::orders::{self, Conflict, OrderDoc, OrderStatus, Persisted};
+use super::{rebuild, sale};
+use crate::events::{self, EventType, SaleEvent};
+use crate::products::model::Product;
+use crate::products::store::find_product;
+use crate::redis::scripts;
+use crate::state::{App, AppState};
+
+/// Runs passes until `shutdown`.
+pub async fn run(app: AppState, shutdown: CancellationToken) {
+    let interval = Duration::from_millis(app.config.reconcile_interval_ms);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match run_pass(&app).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "reconciler persisted reservations"),
+            Err(err) => tracing::debug!(error = %err, "reconciler pass failed"),
+        }
+    }
+}
+
+/// One pass over every live product, under the reconciler lock. Returns the
+/// reservations it settled (0 if another instance holds the lock).
+pub async fn run_pass(app: &App) -> anyhow::Result<usize> {
+    let lock = app.keys.reconciler_lock();
+    let token = app.ids.token_128();
+    let mut conn = app.redis.clone();
+    if !scripts::lock(&mut conn, &lock, &token, app.config.reconcile_lease_ms).await? {
+        return Ok(0);
+    }
+    let result = pass_locked(app).await;
+    let _ = scripts::unlock(&mut conn, &lock, &token).await;
+    result
+}
+
+async fn pass_locked(app: &App) -> anyhow::Result<usize> {
+    let grace = i64::try_from(app.config.reconcile_grace_ms).unwrap_or(i64::MAX);
+    let mut settled = 0;
+    for product_id in rebuild::live_product_ids(app).await? {
+        let Some(product) = find_product(app, product_id).await? else { continue };
+        let pass = reconcile_product(app, product_id, &product, grace, app.config.reconcile_batch).await?;
+        settled += pass.settled;
+        if pass.conflicts > 0 {
+            rebuild::rebuild_product(app, product_id).await?;
+        }
+    }
+    Ok(settled)
+}
+
+/// What one product's reconciliation did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProductPass {
+    /// Reservations persisted, confirmed or released.
+    pub settled: usize,
+    /// Reservations MongoDB refused over a unit or a buyer slot (the product needs a rebuild).
+    pub conflicts: usize,
+}
+
+/// Persists up to `batch` reservations of one product older than `grace_ms`.
+pub async fn reconcile_product(app: &App, product_id: Uuid, product: &Product, grace_ms: i64, batch: usize) -> anyhow::Result<ProductPass> {
+    let keys = app.keys.sale(product_id);
+    let mut conn = app.redis.clone();
+    let cutoff = app.ids.now_ms().saturating_sub(grace_ms);
+    let limit = isize::try_from(batch).unwrap_or(isize::MAX);
+    let pending: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(&keys.pending)
+        .arg("-inf")
+        .arg(cutoff)
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit)
+        .query_async(&mut conn)
+        .await?;
+    let mut pass = ProductPass::default();
+    for order in pending {
+        let Ok(order_id) = Uuid::parse_str(&order) else { continue };
+        let record: Option<String> = redis::cmd("HGET").arg(&keys.orders).arg(&order).query_async(&mut conn).await?;
+        let Some((reservation, confirmed)) = record.and_then(|r| sale::parse_reservation(order_id, product_id, &r)) else {
+            // Pending without a reservation record: nothing holds a unit; drop the entry.
+            let _: i64 = redis::cmd("ZREM").arg(&keys.pending).arg(&order).query_async(&mut conn).await?;
+            continue;
+        };
+        if confirmed {
+            scripts::confirm(&mut conn, &keys, order_id).await?;
+            continue;
+        }
+        let document = OrderDoc::confirmed(&reservation, product.one_per_user);
+        match orders::persist(app, &document).await? {
+            Persisted::Inserted => {
+                scripts::confirm(&mut conn, &keys, order_id).await?;
+                app.metrics.reconciled_orders.inc();
+                publish_completed(app, product_id, order_id).await;
+                pass.settled += 1;
+            }
+            Persisted::AlreadyThere => {
+                scripts::confirm(&mut conn, &keys, order_id).await?;
+                pass.settled += 1;
+            }
+            Persisted::Conflict(Conflict::OrderIdTaken(existing)) => {
+                // The order id belongs to another request (key reused on another product)
+                // or was released: this reservation can never be persisted.
+                let same_product_released =
+                    existing.product_id == product_id.to_string() && existing.status == OrderStatus::Released;
+                tracing::info!(%order_id, same_product_released, "releasing a reservation whose order id is taken");
+                scripts::release(&mut conn, &keys, order_id, &app.keys.events_channel(), product_id).await?;
+                pass.settled += 1;
+            }
+            Persisted::Conflict(conflict) => {
+                // Redis disagrees with MongoDB about units or buyers: a rebuild (which
+                // reads MongoDB) settles it; this reservation is not persisted.
+                tracing::warn!(%order_id, ?conflict, "reservation conflicts with MongoDB; dropping it from Redis");
+                drop_reservation(app, product_id, order_id).await?;
+                pass.conflicts += 1;
+            }
+        }
+    }
+    Ok(pass)
+}
+
+/// Removes a reservation that MongoDB refuses, without returning its unit (the unit
+/// may belong to a persisted order Redis forgot); the next rebuild recomputes free units.
+async fn drop_reservation(app: &App, product_id: Uuid, order_id: Uuid) -> anyhow::Result<()> {
+    let keys = app.keys.sale(product_id);
+    let mut conn = app.redis.clone();
+    let _: () = redis::pipe()
+        .cmd("HDEL").arg(&keys.orders).arg(order_id.to_string()).ignore()
+        .cmd("ZREM").arg(&keys.pending).arg(order_id.to_string()).ignore()
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn publish_completed(app: &App, product_id: Uuid, order_id: Uuid) {
+    let event = SaleEvent { event_type: EventType::PurchaseCompleted, product_id, remaining: None, order_id: Some(order_id) };
+    events::publish(app, &event).await;
+}

@@ -1,0 +1,99 @@
+//! A product's live sale state in Redis: first load, restock, window changes, and the
+//! snapshot of it that MongoDB implies (used by rebuilds). Product writes call these;
+//! only `purchase` touches sale keys, and only through `lua/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use uuid::Uuid;
+
+use super::orders::{self, OrderStatus, Reservation};
+use crate::products::model::Product;
+use crate::redis::scripts::{self, LoadMode, SaleSnapshot, StockState};
+use crate::state::App;
+
+/// The sale state of a product with no orders yet.
+fn fresh_snapshot(product: &Product) -> SaleSnapshot {
+    SaleSnapshot {
+        stock_total: product.stock_total,
+        next_unit: 1,
+        one_per_user: product.one_per_user,
+        starts_at_ms: product.sale_starts_at_ms.unwrap_or(0),
+        ends_at_ms: product.sale_ends_at_ms.unwrap_or(0),
+        ..SaleSnapshot::default()
+    }
+}
+
+/// Loads a new product's sale state (no-op if one exists already).
+pub async fn load_initial(app: &App, product_id: Uuid, product: &Product) -> anyhow::Result<bool> {
+    let mut conn = app.redis.clone();
+    scripts::load_sale(&mut conn, &app.keys.sale(product_id), LoadMode::Init, &fresh_snapshot(product)).await
+}
+
+/// The sale state MongoDB implies: confirmed orders hold their units and buyer slots,
+/// tombstones stay burnt, every unit below the highest one used and not held is free.
+pub async fn snapshot_from_mongo(app: &App, product_id: Uuid, product: &Product) -> anyhow::Result<SaleSnapshot> {
+    let mut snapshot = fresh_snapshot(product);
+    let mut used = BTreeSet::new();
+    let mut buyers: BTreeMap<String, i64> = BTreeMap::new();
+    for order in orders::orders_of_product(app, product_id).await? {
+        match (order.status, order.unit_number()) {
+            (OrderStatus::Confirmed, Some(unit)) => {
+                used.insert(unit);
+                *buyers.entry(order.user_id.clone()).or_default() += 1;
+                let record = format!("{}|{}|{}|C", order.user_id, unit, order.created_at_ms);
+                snapshot.orders.push((order.id, record));
+            }
+            _ => snapshot.tombstones.push(order.id),
+        }
+    }
+    let highest = used.last().copied().unwrap_or(0);
+    snapshot.next_unit = highest + 1;
+    snapshot.free_units = (1..=highest).filter(|unit| !used.contains(unit)).collect();
+    snapshot.buyers = buyers.into_iter().collect();
+    Ok(snapshot)
+}
+
+/// Raises the live stock to the product's recorded total (never lowers it).
+pub async fn restock(app: &App, product_id: Uuid, stock_total: i64) -> anyhow::Result<Option<i64>> {
+    let mut conn = app.redis.clone();
+    let channel = app.keys.events_channel();
+    scripts::restock(&mut conn, &app.keys.sale(product_id), stock_total, &channel, product_id).await
+}
+
+/// Applies a product's window and one-per-user rule to its loaded sale.
+pub async fn configure(app: &App, product_id: Uuid, product: &Product) -> anyhow::Result<bool> {
+    let mut conn = app.redis.clone();
+    scripts::configure(
+        &mut conn,
+        &app.keys.sale(product_id),
+        product.one_per_user,
+        product.sale_starts_at_ms.unwrap_or(0),
+        product.sale_ends_at_ms.unwrap_or(0),
+    )
+    .await
+}
+
+/// The live stock of a product, if its sale is loaded.
+pub async fn stock(app: &App, product_id: Uuid) -> anyhow::Result<Option<StockState>> {
+    let mut conn = app.redis.clone();
+    scripts::stock(&mut conn, &app.keys.sale(product_id)).await
+}
+
+/// Removes a deleted product's sale state.
+pub async fn unload(app: &App, product_id: Uuid) -> anyhow::Result<()> {
+    let keys = app.keys.sale(product_id);
+    let mut conn = app.redis.clone();
+    let _: i64 = redis::cmd("DEL").arg(&keys.script_keys()[..]).query_async(&mut conn).await?;
+    app.sold_out.forget(product_id);
+    Ok(())
+}
+
+/// Parses a reservation record "user|unit|reserved_at_ms|state".
+pub fn parse_reservation(order_id: Uuid, product_id: Uuid, record: &str) -> Option<(Reservation, bool)> {
+    let mut parts = record.split('|');
+    let user_id = Uuid::parse_str(parts.next()?).ok()?;
+    let unit = parts.next()?.parse().ok()?;
+    let reserved_at_ms = parts.next()?.parse().ok()?;
+    let confirmed = parts.next()? == "C";
+    Some((Reservation { order_id, product_id, user_id, unit, reserved_at_ms }, confirmed))
+}

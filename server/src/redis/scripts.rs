@@ -1,0 +1,373 @@
+//! One typed function per Lua script in `lua/`. Replies are parsed into enums here, so
+//! no caller compares strings returned by Redis.
+
+use std::sync::LazyLock;
+
+use anyhow::{Context, anyhow, bail};
+use redis::{Script, Value};
+use uuid::Uuid;
+
+use super::RedisConn;
+use super::keys::SaleKeys;
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        static $name: LazyLock<Script> =
+            LazyLock::new(|| Script::new(include_str!(concat!("../../../lua/", $file))));
+    };
+}
+
+script!(PURCHASE, "purchase.lua");
+script!(CONFIRM, "confirm.lua");
+script!(RELEASE, "release.lua");
+script!(STOCK, "stock.lua");
+script!(LOAD_SALE, "load_sale.lua");
+script!(PAUSE, "pause.lua");
+script!(RESTOCK, "restock.lua");
+script!(CONFIGURE, "configure.lua");
+script!(RATE_LIMIT, "rate_limit.lua");
+script!(IDEMPOTENCY_BEGIN, "idempotency_begin.lua");
+script!(IDEMPOTENCY_FINISH, "idempotency_finish.lua");
+
+/// The source of the purchase script (for benchmarks that run it raw).
+pub const PURCHASE_SOURCE: &str = include_str!("../../../lua/purchase.lua");
+
+/// What the purchase script decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurchaseOutcome {
+    Reserved { unit: i64, remaining: i64 },
+    Replay { unit: i64, confirmed: bool, user_id: String },
+    Released,
+    SoldOut,
+    AlreadyPurchased,
+    NotStarted,
+    Ended,
+    NotLoaded,
+    Paused,
+}
+
+/// Arguments of one purchase attempt.
+#[derive(Debug, Clone)]
+pub struct PurchaseArgs<'a> {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub product_id: Uuid,
+    pub now_ms: i64,
+    pub channel: &'a str,
+}
+
+fn items(value: Value) -> anyhow::Result<Vec<Value>> {
+    match value {
+        Value::Array(items) => Ok(items),
+        other => bail!("expected an array reply, got {other:?}"),
+    }
+}
+
+fn text(value: &Value) -> anyhow::Result<String> {
+    match value {
+        Value::BulkString(bytes) => Ok(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Ok(s.clone()),
+        Value::Int(i) => Ok(i.to_string()),
+        other => bail!("expected a string, got {other:?}"),
+    }
+}
+
+fn int(value: &Value) -> anyhow::Result<i64> {
+    match value {
+        Value::Int(i) => Ok(*i),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes)?.parse().context("integer reply"),
+        other => bail!("expected an integer, got {other:?}"),
+    }
+}
+
+fn item(items: &[Value], index: usize) -> anyhow::Result<&Value> {
+    items.get(index).ok_or_else(|| anyhow!("reply too short: no item {index}"))
+}
+
+pub async fn purchase(conn: &mut RedisConn, keys: &SaleKeys, args: &PurchaseArgs<'_>) -> anyhow::Result<PurchaseOutcome> {
+    let reply: Value = PURCHASE
+        .key(&keys.script_keys()[..])
+        .arg(args.order_id.to_string())
+        .arg(args.user_id.to_string())
+        .arg(args.now_ms)
+        .arg(args.channel)
+        .arg(args.product_id.to_string())
+        .invoke_async(conn)
+        .await
+        .context("purchase script")?;
+    parse_purchase(reply)
+}
+
+pub fn parse_purchase(reply: Value) -> anyhow::Result<PurchaseOutcome> {
+    let items = items(reply)?;
+    let tag = text(item(&items, 0)?)?;
+    Ok(match tag.as_str() {
+        "reserved" => PurchaseOutcome::Reserved { unit: int(item(&items, 1)?)?, remaining: int(item(&items, 2)?)? },
+        "replay" => PurchaseOutcome::Replay {
+            unit: int(item(&items, 1)?)?,
+            confirmed: text(item(&items, 2)?)? == "C",
+            user_id: text(item(&items, 3)?)?,
+        },
+        "released" => PurchaseOutcome::Released,
+        "sold_out" => PurchaseOutcome::SoldOut,
+        "already_purchased" => PurchaseOutcome::AlreadyPurchased,
+        "not_started" => PurchaseOutcome::NotStarted,
+        "ended" => PurchaseOutcome::Ended,
+        "not_loaded" => PurchaseOutcome::NotLoaded,
+        "paused" => PurchaseOutcome::Paused,
+        other => bail!("unknown purchase outcome {other:?}"),
+    })
+}
+
+/// Marks a reservation persisted; `false` if Redis holds no such reservation.
+pub async fn confirm(conn: &mut RedisConn, keys: &SaleKeys, order_id: Uuid) -> anyhow::Result<bool> {
+    let done: i64 = CONFIRM
+        .key(&keys.script_keys()[..])
+        .arg(order_id.to_string())
+        .invoke_async(conn)
+        .await
+        .context("confirm script")?;
+    Ok(done == 1)
+}
+
+/// Result of a release: whether a reservation was freed, and the units left (None if
+/// the sale is not loaded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    pub freed: bool,
+    pub remaining: Option<i64>,
+}
+
+pub async fn release(conn: &mut RedisConn, keys: &SaleKeys, order_id: Uuid, channel: &str, product_id: Uuid) -> anyhow::Result<Released> {
+    let reply: Value = RELEASE
+        .key(&keys.script_keys()[..])
+        .arg(order_id.to_string())
+        .arg(channel)
+        .arg(product_id.to_string())
+        .invoke_async(conn)
+        .await
+        .context("release script")?;
+    let items = items(reply)?;
+    let remaining = int(item(&items, 1)?)?;
+    Ok(Released { freed: int(item(&items, 0)?)? == 1, remaining: (remaining >= 0).then_some(remaining) })
+}
+
+/// A product's live sale state as Redis holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockState {
+    pub stock_total: i64,
+    pub next_unit: i64,
+    pub free_count: i64,
+    pub paused: bool,
+    pub one_per_user: bool,
+}
+
+impl StockState {
+    /// Units that can still be sold: the returned ones plus the never issued ones.
+    pub fn remaining(&self) -> i64 {
+        self.free_count + (self.stock_total - self.next_unit + 1).max(0)
+    }
+}
+
+pub async fn stock(conn: &mut RedisConn, keys: &SaleKeys) -> anyhow::Result<Option<StockState>> {
+    let reply: Value = STOCK.key(&keys.sale).key(&keys.free).invoke_async(conn).await.context("stock script")?;
+    let items = items(reply)?;
+    if items.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(StockState {
+        stock_total: int(item(&items, 0)?)?,
+        next_unit: int(item(&items, 1)?)?,
+        free_count: int(item(&items, 2)?)?,
+        paused: int(item(&items, 3)?)? == 1,
+        one_per_user: int(item(&items, 4)?)? == 1,
+    }))
+}
+
+/// A product's whole sale state, as the load script writes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SaleSnapshot {
+    pub stock_total: i64,
+    pub next_unit: i64,
+    pub one_per_user: bool,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub free_units: Vec<i64>,
+    /// (user id, live orders)
+    pub buyers: Vec<(String, i64)>,
+    /// (order id, record "user|unit|at|C")
+    pub orders: Vec<(String, String)>,
+    pub tombstones: Vec<String>,
+}
+
+/// How the load script treats an existing sale state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Write only if no sale state exists.
+    Init,
+    /// Replace whatever exists (the caller holds the rebuild lock).
+    Rebuild,
+}
+
+pub async fn load_sale(conn: &mut RedisConn, keys: &SaleKeys, mode: LoadMode, snapshot: &SaleSnapshot) -> anyhow::Result<bool> {
+    let mut invocation = LOAD_SALE.key(&keys.script_keys()[..]);
+    invocation
+        .arg(match mode {
+            LoadMode::Init => "init",
+            LoadMode::Rebuild => "rebuild",
+        })
+        .arg(snapshot.stock_total)
+        .arg(snapshot.next_unit)
+        .arg(i64::from(snapshot.one_per_user))
+        .arg(snapshot.starts_at_ms)
+        .arg(snapshot.ends_at_ms)
+        .arg(snapshot.free_units.len())
+        .arg(&snapshot.free_units)
+        .arg(snapshot.buyers.len());
+    for (user, count) in &snapshot.buyers {
+        invocation.arg(user).arg(count);
+    }
+    invocation.arg(snapshot.orders.len());
+    for (order, record) in &snapshot.orders {
+        invocation.arg(order).arg(record);
+    }
+    invocation.arg(snapshot.tombstones.len()).arg(&snapshot.tombstones);
+    let written: i64 = invocation.invoke_async(conn).await.context("load_sale script")?;
+    Ok(written == 1)
+}
+
+pub async fn pause(conn: &mut RedisConn, keys: &SaleKeys) -> anyhow::Result<bool> {
+    let paused: i64 = PAUSE.key(&keys.sale).invoke_async(conn).await.context("pause script")?;
+    Ok(paused == 1)
+}
+
+/// Raises the stock total; returns the units remaining, or None if not loaded.
+pub async fn restock(conn: &mut RedisConn, keys: &SaleKeys, stock_total: i64, channel: &str, product_id: Uuid) -> anyhow::Result<Option<i64>> {
+    let remaining: i64 = RESTOCK
+        .key(&keys.sale)
+        .key(&keys.free)
+        .arg(stock_total)
+        .arg(channel)
+        .arg(product_id.to_string())
+        .invoke_async(conn)
+        .await
+        .context("restock script")?;
+    Ok((remaining >= 0).then_some(remaining))
+}
+
+pub async fn configure(conn: &mut RedisConn, keys: &SaleKeys, one_per_user: bool, starts_at_ms: i64, ends_at_ms: i64) -> anyhow::Result<bool> {
+    let changed: i64 = CONFIGURE
+        .key(&keys.sale)
+        .arg(i64::from(one_per_user))
+        .arg(starts_at_ms)
+        .arg(ends_at_ms)
+        .invoke_async(conn)
+        .await
+        .context("configure script")?;
+    Ok(changed == 1)
+}
+
+/// The decision of one rate-limit check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    pub remaining: i64,
+    pub retry_after_ms: i64,
+    pub reset_ms: i64,
+}
+
+pub async fn rate_limit(conn: &mut RedisConn, key: &str, now_ms: i64, window_ms: i64, limit: u32) -> anyhow::Result<RateDecision> {
+    let reply: Value = RATE_LIMIT
+        .key(key)
+        .arg(now_ms)
+        .arg(window_ms)
+        .arg(limit)
+        .invoke_async(conn)
+        .await
+        .context("rate_limit script")?;
+    let items = items(reply)?;
+    Ok(RateDecision {
+        allowed: int(item(&items, 0)?)? == 1,
+        remaining: int(item(&items, 1)?)?,
+        retry_after_ms: int(item(&items, 2)?)?,
+        reset_ms: int(item(&items, 3)?)?,
+    })
+}
+
+/// What the idempotency record says about a new request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    Started,
+    Mismatch,
+    InFlight,
+    Done { status: u16, body: Vec<u8> },
+}
+
+pub async fn idempotency_begin(conn: &mut RedisConn, key: &str, fingerprint: &str, now_ms: i64, lease_ms: u64, ttl_ms: u64) -> anyhow::Result<IdempotencyBegin> {
+    let reply: Value = IDEMPOTENCY_BEGIN
+        .key(key)
+        .arg(fingerprint)
+        .arg(now_ms)
+        .arg(lease_ms)
+        .arg(ttl_ms)
+        .invoke_async(conn)
+        .await
+        .context("idempotency_begin script")?;
+    let items = items(reply)?;
+    Ok(match text(item(&items, 0)?)?.as_str() {
+        "started" => IdempotencyBegin::Started,
+        "mismatch" => IdempotencyBegin::Mismatch,
+        "in_flight" => IdempotencyBegin::InFlight,
+        "done" => {
+            let status = u16::try_from(int(item(&items, 1)?)?).context("stored status")?;
+            let body = match item(&items, 2)? {
+                Value::BulkString(bytes) => bytes.clone(),
+                other => bail!("stored body is not a string: {other:?}"),
+            };
+            IdempotencyBegin::Done { status, body }
+        }
+        other => bail!("unknown idempotency outcome {other:?}"),
+    })
+}
+
+/// How a request that held an idempotency record ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotencyEnd<'a> {
+    /// Store this answer; retries replay it byte for byte.
+    Done { status: u16, body: &'a [u8] },
+    /// No answer stored; the key stays bound to this request's fingerprint.
+    Open,
+}
+
+pub async fn idempotency_finish(conn: &mut RedisConn, key: &str, fingerprint: &str, end: IdempotencyEnd<'_>, ttl_ms: u64) -> anyhow::Result<bool> {
+    let mut invocation = IDEMPOTENCY_FINISH.key(key);
+    invocation.arg(fingerprint);
+    match end {
+        IdempotencyEnd::Done { status, body } => invocation.arg("done").arg(status).arg(body),
+        IdempotencyEnd::Open => invocation.arg("open").arg(0).arg(""),
+    };
+    let written: i64 = invocation.arg(ttl_ms).invoke_async(conn).await.context("idempotency_finish script")?;
+    Ok(written == 1)
+}
+
+script!(UNLOCK, "unlock.lua");
+
+/// Takes a lock with a lease; `true` if this holder now owns it.
+pub async fn lock(conn: &mut RedisConn, key: &str, token: &str, lease_ms: u64) -> anyhow::Result<bool> {
+    let reply: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg(token)
+        .arg("NX")
+        .arg("PX")
+        .arg(lease_ms.max(1))
+        .query_async(conn)
+        .await
+        .context("taking a lock")?;
+    Ok(reply.is_some())
+}
+
+/// Releases a lock this holder owns (a lost lease is not released by mistake).
+pub async fn unlock(conn: &mut RedisConn, key: &str, token: &str) -> anyhow::Result<bool> {
+    let released: i64 = UNLOCK.key(key).arg(token).invoke_async(conn).await.context("unlock script")?;
+    Ok(released == 1)
+}

@@ -1,0 +1,154 @@
+//! Building and running one server instance. The caller hands in the listener and the
+//! shutdown signal (so tests and the simulator run the server in process), and may
+//! inject the clock and the entropy source.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::clock::Ids;
+use crate::config::Config;
+use crate::db::Db;
+use crate::events::EventHub;
+use crate::http::{middleware, ops};
+use crate::metrics::Metrics;
+use crate::purchase::sold_out::SoldOutCache;
+use crate::redis::{Keys, RedisConn};
+use crate::state::{App, AppState};
+use crate::{auth, events, products, purchase};
+
+/// Eviction policies under which Redis never drops a key to make room.
+const SAFE_EVICTION_POLICIES: &[&str] = &["noeviction"];
+
+/// Connects to the backends, checks them, creates indexes: a ready-to-serve state.
+pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
+    let redis_timeout = Duration::from_millis(config.redis_timeout_ms);
+    let mut redis = RedisConn::connect(&config.redis_url, redis_timeout).await?;
+    let policies = crate::redis::eviction_policies(&mut redis).await?;
+    let evicting: Vec<&String> = policies.iter().filter(|p| !SAFE_EVICTION_POLICIES.contains(&p.as_str())).collect();
+    if !evicting.is_empty() && !config.allow_evicting_redis {
+        bail!(
+            "Redis maxmemory-policy is {evicting:?}: eviction would silently drop sale state. \
+             Set `maxmemory-policy noeviction` (or pass --allow-evicting-redis outside production)"
+        );
+    }
+    if policies.is_empty() && !config.allow_evicting_redis {
+        bail!("could not read Redis maxmemory-policy; refusing to start without knowing it is noeviction");
+    }
+    let db = Db::connect(&config.mongo_url, &config.mongo_database, Duration::from_millis(config.mongo_select_timeout_ms)).await?;
+    db.ensure_indexes().await.context("creating MongoDB indexes")?;
+    let dummy_password_hash = auth::password::dummy_hash(&config)?;
+    let hashing = tokio::sync::Semaphore::new(config.max_concurrent_hashes.max(1));
+    Ok(Arc::new(App {
+        keys: Keys::new(config.key_prefix.clone()),
+        config,
+        redis,
+        db,
+        ids,
+        metrics: Metrics::new(),
+        events: EventHub::new(),
+        sold_out: SoldOutCache::default(),
+        hashing,
+        dummy_password_hash,
+    }))
+}
+
+/// The whole HTTP application.
+pub fn router(app: AppState) -> Router {
+    let api = Router::new()
+        .merge(auth::router())
+        .merge(products::router())
+        .merge(purchase::router())
+        .route("/events", get(events::events_stream));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(middleware::route_not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::record_metrics))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::problem_for_plain_errors))
+        .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(middleware::REQUEST_ID, MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+                    let request_id = request
+                        .headers()
+                        .get(middleware::REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id)
+                }))
+                .layer(PropagateRequestIdLayer::new(middleware::REQUEST_ID))
+                .layer(CatchPanicLayer::custom(middleware::panic_to_problem)),
+        )
+        .with_state(app)
+}
+
+/// Serves until `shutdown` fires, then drains in-flight requests and stops the
+/// background tasks.
+pub async fn serve(listener: TcpListener, app: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let background = spawn_background(&app, &shutdown);
+    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    let signal = shutdown.clone();
+    axum::serve(listener, service)
+        .with_graceful_shutdown(async move { signal.cancelled().await })
+        .await
+        .context("HTTP server")?;
+    shutdown.cancel();
+    for task in background {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+fn spawn_background(app: &AppState, shutdown: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(events::run_subscriber(app.clone(), shutdown.clone()))];
+    if app.config.background_tasks {
+        tasks.push(tokio::spawn(purchase::reconciler::run(app.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(purchase::rebuild::watch_redis_restarts(app.clone(), shutdown.clone())));
+    }
+    tasks
+}
+
+/// A server running in this process on a free port (tests, simulator, load generator).
+#[derive(Debug)]
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub app: AppState,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    pub async fn start(config: Config, ids: Ids) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen_addr).await.context("binding the listener")?;
+        let addr = listener.local_addr()?;
+        let app = build_state(config, ids).await?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, app.clone(), shutdown.clone()));
+        Ok(Self { addr, app, shutdown, task })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("server task")?
+    }
+}

@@ -1,0 +1,31 @@
+//! The shared state of one server instance, handed to every handler.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::clock::Ids;
+use crate::config::Config;
+use crate::db::Db;
+use crate::events::EventHub;
+use crate::metrics::Metrics;
+use crate::purchase::sold_out::SoldOutCache;
+use crate::redis::{Keys, RedisConn};
+
+pub type AppState = Arc<App>;
+
+#[derive(Debug)]
+pub struct App {
+    pub config: Config,
+    pub redis: RedisConn,
+    pub db: Db,
+    pub keys: Keys,
+    pub ids: Ids,
+    pub metrics: Metrics,
+    pub events: EventHub,
+    pub sold_out: SoldOutCache,
+    /// Bounds the password hashes computed at once (each takes `argon2_m_kib` of memory).
+    pub hashing: Semaphore,
+    /// A hash verified for unknown users, so that their login takes as long as a real one.
+    pub dummy_password_hash: String,
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real server over real HTTP, against real redis-server and
+//! FerretDB processes. One binary, one module per domain.
+
+mod helpers;
+
+mod auth;
+mod concurrency;
+mod faults;
+mod input;
+mod ops;
+mod products;
+mod purchase;
