@@ -19,9 +19,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        let elapsed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let elapsed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
     }
 }
@@ -40,9 +38,7 @@ impl Entropy for OsEntropy {
     fn fill(&self, buf: &mut [u8]) {
         // The OS RNG failing is not a recoverable condition for a server that hands out
         // session ids: refusing to continue is the only safe answer.
-        rand::rngs::OsRng
-            .try_fill_bytes(buf)
-            .expect("the operating system's random number generator failed");
+        rand::rngs::OsRng.try_fill_bytes(buf).expect("the operating system's random number generator failed");
     }
 }
 
@@ -125,10 +121,7 @@ mod tests {
         let user = Uuid::from_u128(7);
         assert_eq!(derive_order_id(user, "k1"), derive_order_id(user, "k1"));
         assert_ne!(derive_order_id(user, "k1"), derive_order_id(user, "k2"));
-        assert_ne!(
-            derive_order_id(user, "k1"),
-            derive_order_id(Uuid::from_u128(8), "k1")
-        );
+        assert_ne!(derive_order_id(user, "k1"), derive_order_id(Uuid::from_u128(8), "k1"));
     }
 
     #[test]

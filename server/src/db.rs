@@ -79,10 +79,9 @@ pub fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
     match err.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == DUPLICATE_KEY,
-        ErrorKind::InsertMany(insert) => insert
-            .write_errors
-            .as_ref()
-            .is_some_and(|errors| errors.iter().any(|e| e.code == DUPLICATE_KEY)),
+        ErrorKind::InsertMany(insert) => {
+            insert.write_errors.as_ref().is_some_and(|errors| errors.iter().any(|e| e.code == DUPLICATE_KEY))
+        }
         ErrorKind::Command(command) => command.code == DUPLICATE_KEY,
         _ => false,
     }

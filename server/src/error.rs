@@ -88,7 +88,9 @@ impl ApiError {
             Self::MalformedBody(_) => (S::BAD_REQUEST, "malformed-body", "Malformed request body"),
             Self::InvalidBody(_) => (S::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body"),
             Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
-            Self::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
+            Self::UnsupportedMediaType => {
+                (S::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
+            }
             Self::Unauthenticated => (S::UNAUTHORIZED, "unauthenticated", "Not signed in"),
             Self::OtpRequired => (S::FORBIDDEN, "otp-required", "One-time code verification required"),
             Self::Forbidden => (S::FORBIDDEN, "forbidden", "Forbidden"),

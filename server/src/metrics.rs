@@ -42,8 +42,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("flashsale");
         let http_requests = Family::<HttpLabels, Counter>::default();
-        let http_latency_seconds =
-            Family::<HttpLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
+        let http_latency_seconds = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
         let product_cache_hits = Counter::default();
         let product_cache_misses = Counter::default();
         let purchase_outcomes = Family::<OutcomeLabels, Counter>::default();
@@ -55,7 +56,11 @@ impl Metrics {
         registry.register("product_cache_hits", "Product cache hits", product_cache_hits.clone());
         registry.register("product_cache_misses", "Product cache misses", product_cache_misses.clone());
         registry.register("purchase_outcomes", "Purchase attempts by outcome", purchase_outcomes.clone());
-        registry.register("sold_out_shortcuts", "Purchases refused in process after sell-out", sold_out_shortcuts.clone());
+        registry.register(
+            "sold_out_shortcuts",
+            "Purchases refused in process after sell-out",
+            sold_out_shortcuts.clone(),
+        );
         registry.register("reconciled_orders", "Reservations persisted by the reconciler", reconciled_orders.clone());
         registry.register("sale_rebuilds", "Sale states rebuilt from MongoDB", sale_rebuilds.clone());
         Self {

@@ -46,7 +46,9 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
     if policies.is_empty() && !config.allow_evicting_redis {
         bail!("could not read Redis maxmemory-policy; refusing to start without knowing it is noeviction");
     }
-    let db = Db::connect(&config.mongo_url, &config.mongo_database, Duration::from_millis(config.mongo_select_timeout_ms)).await?;
+    let db =
+        Db::connect(&config.mongo_url, &config.mongo_database, Duration::from_millis(config.mongo_select_timeout_ms))
+            .await?;
     db.ensure_indexes().await.context("creating MongoDB indexes")?;
     let dummy_password_hash = auth::password::dummy_hash(&config)?;
     let hashing = tokio::sync::Semaphore::new(config.max_concurrent_hashes.max(1));
@@ -85,11 +87,8 @@ pub fn router(app: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(middleware::REQUEST_ID, MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-                    let request_id = request
-                        .headers()
-                        .get(middleware::REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
+                    let request_id =
+                        request.headers().get(middleware::REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
                     tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id)
                 }))
                 .layer(PropagateRequestIdLayer::new(middleware::REQUEST_ID))

@@ -2,14 +2,18 @@
 //!
 //! - [`SessionUser`]: any live session (OTP verified or not).
 //! - [`VerifiedUser`]: a live session whose one-time code was verified (else 403).
-//! - [`AdminUser`]: a verified session of an administrator (else 403).
+//! - [`AdminUser`]: a verified session of an administrator (else 403); the role is read
+//!   again from MongoDB, so a promotion or demotion applies at once to admin routes.
+//!
+//! Redis unreachable → 503 (fail closed), never a guess.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use super::{session, users};
+use crate::error::{ApiError, redis_unavailable};
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,8 +42,20 @@ pub struct AdminUser(pub SessionUser);
 impl FromRequestParts<AppState> for SessionUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
-        Err(ApiError::Unauthenticated)
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(session_id) = session::id_from_headers(&parts.headers) else {
+            return Err(ApiError::Unauthenticated);
+        };
+        let Some(live) = session::load(state, &session_id).await.map_err(redis_unavailable)? else {
+            return Err(ApiError::Unauthenticated);
+        };
+        Ok(SessionUser {
+            session_id,
+            user_id: live.user_id,
+            email: live.email,
+            role: live.role,
+            otp_verified: live.otp_verified,
+        })
     }
 }
 
@@ -59,7 +75,9 @@ impl FromRequestParts<AppState> for AdminUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let VerifiedUser(user) = VerifiedUser::from_request_parts(parts, state).await?;
+        let VerifiedUser(mut user) = VerifiedUser::from_request_parts(parts, state).await?;
+        let record = users::find_by_id(state, user.user_id).await.map_err(users::db_error)?;
+        user.role = record.map_or(Role::Buyer, |record| record.role);
         if user.role != Role::Admin {
             return Err(ApiError::Forbidden);
         }

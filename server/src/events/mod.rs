@@ -44,6 +44,8 @@ pub struct SaleEvent {
 #[derive(Debug)]
 pub struct EventHub {
     sender: broadcast::Sender<SaleEvent>,
+    /// Whether the Redis subscription is live (events published now will arrive).
+    subscribed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for EventHub {
@@ -54,7 +56,17 @@ impl Default for EventHub {
 
 impl EventHub {
     pub fn new() -> Self {
-        Self { sender: broadcast::channel(EVENT_BUFFER).0 }
+        Self { sender: broadcast::channel(EVENT_BUFFER).0, subscribed: tokio::sync::watch::channel(false).0 }
+    }
+
+    /// Waits until this instance's Redis subscription is live.
+    pub async fn wait_subscribed(&self) {
+        let mut receiver = self.subscribed.subscribe();
+        let _ = receiver.wait_for(|live| *live).await;
+    }
+
+    fn set_subscribed(&self, live: bool) {
+        self.subscribed.send_replace(live);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<SaleEvent> {
@@ -97,6 +109,7 @@ pub async fn run_subscriber(app: AppState, shutdown: CancellationToken) {
             Ok(mut pubsub) => {
                 // Anything missed while disconnected may have changed stock.
                 app.sold_out.clear();
+                app.events.set_subscribed(true);
                 let mut messages = pubsub.on_message();
                 loop {
                     let message = tokio::select! {
@@ -113,6 +126,7 @@ pub async fn run_subscriber(app: AppState, shutdown: CancellationToken) {
                         Err(err) => tracing::warn!(error = %err, "unreadable sale event"),
                     }
                 }
+                app.events.set_subscribed(false);
                 app.sold_out.clear();
             }
             Err(err) => tracing::debug!(error = %err, "event subscriber cannot reach Redis"),

@@ -31,9 +31,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         if json_depth(&bytes) > MAX_JSON_DEPTH {
             return Err(ApiError::MalformedBody(format!("JSON nested deeper than {MAX_JSON_DEPTH} levels")));
         }
-        serde_json::from_value(bytes)
-            .map(ApiJson)
-            .map_err(|err| ApiError::InvalidBody(err.to_string()))
+        serde_json::from_value(bytes).map(ApiJson).map_err(|err| ApiError::InvalidBody(err.to_string()))
     }
 }
 
@@ -70,7 +68,9 @@ where
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| ApiPath(value))
-            .map_err(|rejection: PathRejection| ApiError::BadRequest(format!("invalid path: {}", rejection.body_text())))
+            .map_err(|rejection: PathRejection| {
+                ApiError::BadRequest(format!("invalid path: {}", rejection.body_text()))
+            })
     }
 }
 
@@ -89,7 +89,9 @@ where
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(value)| ApiQuery(value))
-            .map_err(|rejection: QueryRejection| ApiError::BadRequest(format!("invalid query: {}", rejection.body_text())))
+            .map_err(|rejection: QueryRejection| {
+                ApiError::BadRequest(format!("invalid query: {}", rejection.body_text()))
+            })
     }
 }
 

@@ -34,17 +34,21 @@ pub async fn record_metrics(State(app): State<AppState>, request: Request, next:
 }
 
 /// A 413 from the body limit layer, as a problem.
-pub async fn problem_for_plain_errors(State(app): State<AppState>, request: Request, next: Next) -> axum::response::Response {
+pub async fn problem_for_plain_errors(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> axum::response::Response {
     let response = next.run(request).await;
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    let is_problem =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
     if is_problem || response.status().is_success() {
         return response;
     }
     match response.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit_bytes: app.config.max_body_bytes }.into_response(),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge { limit_bytes: app.config.max_body_bytes }.into_response()
+        }
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.into_response(),
         StatusCode::NOT_FOUND => ApiError::RouteNotFound.into_response(),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType.into_response(),
@@ -69,8 +73,6 @@ pub fn panic_to_problem(panic: Box<dyn Any + Send + 'static>) -> Response<Full<B
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     let mut response = Response::new(Full::from(body));
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(PROBLEM_JSON));
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(PROBLEM_JSON));
     response
 }

@@ -25,10 +25,7 @@ pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        app.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.render())
 }
 
 pub async fn openapi() -> impl IntoResponse {

@@ -1,10 +1,18 @@
-//! The product record (MongoDB `products`) and its API shapes.
+//! The product record (MongoDB `products`), its API shapes and their validation.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 /// Largest stock one product may have (bounds the sale state a rebuild loads at once).
 pub const MAX_STOCK: i64 = 1_000_000;
+/// Longest product name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Longest product description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 5_000;
+/// Highest price, in cents (one million of the currency unit).
+pub const MAX_PRICE_CENTS: i64 = 100_000_000;
+/// Latest accepted sale window bound: 9999-12-31T23:59:59.999Z.
+pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 
 /// A product as MongoDB stores it. `stock_total` is the number of units ever made
 /// available (creation plus restocks); live stock is read from the sale state.
@@ -30,5 +38,376 @@ pub struct Product {
 impl Product {
     pub fn uuid(&self) -> Option<Uuid> {
         Uuid::parse_str(&self.id).ok()
+    }
+
+    /// Where the sale stands at `now_ms`, given the live remaining stock (if known).
+    pub fn sale_state(&self, now_ms: i64, remaining: Option<i64>) -> SaleState {
+        if self.sale_starts_at_ms.is_some_and(|starts| now_ms < starts) {
+            return SaleState::NotStarted;
+        }
+        if self.sale_ends_at_ms.is_some_and(|ends| now_ms >= ends) {
+            return SaleState::Ended;
+        }
+        if remaining.is_some_and(|units| units <= 0) {
+            return SaleState::SoldOut;
+        }
+        SaleState::Open
+    }
+}
+
+/// The state of a product's sale as the API reports it. The window rules match
+/// `lua/purchase.lua`: not started while `now < starts`, ended once `now >= ends`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleState {
+    NotStarted,
+    Open,
+    Ended,
+    SoldOut,
+}
+
+/// A product as the API shows it: the catalogue record (possibly from the cache) plus
+/// the live stock, read from the sale state on every request.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProductView {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub stock_total: i64,
+    pub one_per_user: bool,
+    pub sale_starts_at_ms: Option<i64>,
+    pub sale_ends_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Units still for sale; `null` when the live sale state cannot be read.
+    pub remaining: Option<i64>,
+    pub sale_state: SaleState,
+    /// Present (and true) while the sale is paused for a rebuild.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+impl ProductView {
+    pub fn new(product: Product, live: LiveStock, now_ms: i64) -> Self {
+        let sale_state = product.sale_state(now_ms, live.remaining);
+        Self {
+            id: product.id,
+            name: product.name,
+            description: product.description,
+            price_cents: product.price_cents,
+            stock_total: product.stock_total,
+            one_per_user: product.one_per_user,
+            sale_starts_at_ms: product.sale_starts_at_ms,
+            sale_ends_at_ms: product.sale_ends_at_ms,
+            created_at_ms: product.created_at_ms,
+            updated_at_ms: product.updated_at_ms,
+            remaining: live.remaining,
+            sale_state,
+            paused: live.paused,
+        }
+    }
+}
+
+/// What the live sale state says about a product's stock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveStock {
+    pub remaining: Option<i64>,
+    pub paused: bool,
+}
+
+/// A page of the catalogue.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProductPage {
+    pub items: Vec<ProductView>,
+    /// Pass as `after` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Deserializes a field that may be absent but, when present, must not be `null`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Deserializes a field where absent (`None`), `null` (`Some(None)`) and a value differ.
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// `POST /products`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProduct {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub price_cents: i64,
+    pub stock: i64,
+    #[serde(default = "default_true")]
+    pub one_per_user: bool,
+    #[serde(default)]
+    pub sale_starts_at_ms: Option<i64>,
+    #[serde(default)]
+    pub sale_ends_at_ms: Option<i64>,
+}
+
+impl CreateProduct {
+    /// Checks every bound; the product to insert, or why not.
+    pub fn into_product(self, id: Uuid, now_ms: i64) -> Result<Product, String> {
+        let name = validate_name(&self.name)?;
+        validate_description(&self.description)?;
+        validate_price(self.price_cents)?;
+        validate_quantity("stock", self.stock)?;
+        validate_window(self.sale_starts_at_ms, self.sale_ends_at_ms)?;
+        Ok(Product {
+            id: id.to_string(),
+            name,
+            description: self.description,
+            price_cents: self.price_cents,
+            stock_total: self.stock,
+            one_per_user: self.one_per_user,
+            sale_starts_at_ms: self.sale_starts_at_ms,
+            sale_ends_at_ms: self.sale_ends_at_ms,
+            deleted: false,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        })
+    }
+}
+
+/// `PUT /products/{id}`: absent fields stay; `null` clears a sale window bound.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProduct {
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub description: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub price_cents: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
+    pub one_per_user: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub sale_starts_at_ms: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub sale_ends_at_ms: Option<Option<i64>>,
+}
+
+impl UpdateProduct {
+    /// The product with this update applied, every bound checked.
+    pub fn apply(&self, current: &Product, now_ms: i64) -> Result<Product, String> {
+        if self.name.is_none()
+            && self.description.is_none()
+            && self.price_cents.is_none()
+            && self.one_per_user.is_none()
+            && self.sale_starts_at_ms.is_none()
+            && self.sale_ends_at_ms.is_none()
+        {
+            return Err("the update names no field".to_owned());
+        }
+        let mut product = current.clone();
+        if let Some(name) = &self.name {
+            product.name = validate_name(name)?;
+        }
+        if let Some(description) = &self.description {
+            validate_description(description)?;
+            product.description.clone_from(description);
+        }
+        if let Some(price_cents) = self.price_cents {
+            validate_price(price_cents)?;
+            product.price_cents = price_cents;
+        }
+        if let Some(one_per_user) = self.one_per_user {
+            product.one_per_user = one_per_user;
+        }
+        if let Some(starts) = self.sale_starts_at_ms {
+            product.sale_starts_at_ms = starts;
+        }
+        if let Some(ends) = self.sale_ends_at_ms {
+            product.sale_ends_at_ms = ends;
+        }
+        validate_window(product.sale_starts_at_ms, product.sale_ends_at_ms)?;
+        // Strictly increasing, so it can serve as the version of the record.
+        product.updated_at_ms = now_ms.max(current.updated_at_ms.saturating_add(1));
+        Ok(product)
+    }
+}
+
+/// `POST /products/{id}/restock`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestockRequest {
+    pub quantity: i64,
+}
+
+/// Query of the catalogue list.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ListQuery {
+    /// Page size, 1..=[`MAX_PAGE_SIZE`]; [`DEFAULT_PAGE_SIZE`] when absent.
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub after: Option<Uuid>,
+}
+
+/// Products per page when the query names no `limit`.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page.
+pub const MAX_PAGE_SIZE: u32 = 200;
+
+impl ListQuery {
+    pub fn page_size(&self) -> Result<u32, String> {
+        match self.limit {
+            None => Ok(DEFAULT_PAGE_SIZE),
+            Some(limit) if (1..=MAX_PAGE_SIZE).contains(&limit) => Ok(limit),
+            Some(_) => Err(format!("limit must be between 1 and {MAX_PAGE_SIZE}")),
+        }
+    }
+
+    /// Only the first page at the default size is cached (it is what nearly every
+    /// client asks for, and one key keeps invalidation a single `DEL`).
+    pub fn is_cacheable(&self) -> bool {
+        self.after.is_none() && self.limit.is_none_or(|limit| limit == DEFAULT_PAGE_SIZE)
+    }
+}
+
+pub fn validate_name(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS {
+        return Err(format!("name must be 1 to {MAX_NAME_CHARS} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name must not contain control characters".to_owned());
+    }
+    Ok(name.to_owned())
+}
+
+pub fn validate_description(description: &str) -> Result<(), String> {
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(format!("description must be at most {MAX_DESCRIPTION_CHARS} characters"));
+    }
+    Ok(())
+}
+
+pub fn validate_price(price_cents: i64) -> Result<(), String> {
+    if !(0..=MAX_PRICE_CENTS).contains(&price_cents) {
+        return Err(format!("price_cents must be between 0 and {MAX_PRICE_CENTS}"));
+    }
+    Ok(())
+}
+
+/// A stock or restock quantity: 1..=[`MAX_STOCK`].
+pub fn validate_quantity(field: &str, quantity: i64) -> Result<(), String> {
+    if !(1..=MAX_STOCK).contains(&quantity) {
+        return Err(format!("{field} must be between 1 and {MAX_STOCK}"));
+    }
+    Ok(())
+}
+
+/// Window bounds are positive instants (the sale state uses 0 for "no bound") and the
+/// end comes after the start.
+pub fn validate_window(starts_at_ms: Option<i64>, ends_at_ms: Option<i64>) -> Result<(), String> {
+    for (field, value) in [("sale_starts_at_ms", starts_at_ms), ("sale_ends_at_ms", ends_at_ms)] {
+        if value.is_some_and(|ms| !(1..=MAX_TIMESTAMP_MS).contains(&ms)) {
+            return Err(format!("{field} must be between 1 and {MAX_TIMESTAMP_MS}"));
+        }
+    }
+    if let (Some(starts), Some(ends)) = (starts_at_ms, ends_at_ms) {
+        if ends <= starts {
+            return Err("sale_ends_at_ms must be after sale_starts_at_ms".to_owned());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(starts: Option<i64>, ends: Option<i64>) -> Product {
+        Product {
+            id: Uuid::from_u128(1).to_string(),
+            name: "p".into(),
+            description: String::new(),
+            price_cents: 1,
+            stock_total: 3,
+            one_per_user: true,
+            sale_starts_at_ms: starts,
+            sale_ends_at_ms: ends,
+            deleted: false,
+            created_at_ms: 10,
+            updated_at_ms: 10,
+        }
+    }
+
+    #[test]
+    fn the_sale_state_follows_the_window_then_the_stock() {
+        let p = product(Some(100), Some(200));
+        assert_eq!(p.sale_state(99, Some(3)), SaleState::NotStarted);
+        assert_eq!(p.sale_state(100, Some(3)), SaleState::Open);
+        assert_eq!(p.sale_state(150, Some(0)), SaleState::SoldOut);
+        assert_eq!(p.sale_state(150, None), SaleState::Open);
+        assert_eq!(p.sale_state(200, Some(3)), SaleState::Ended);
+        assert_eq!(product(None, None).sale_state(i64::MAX, Some(1)), SaleState::Open);
+    }
+
+    #[test]
+    fn a_window_must_end_after_it_starts_and_use_positive_instants() {
+        assert!(validate_window(Some(1), Some(2)).is_ok());
+        assert!(validate_window(None, None).is_ok());
+        assert!(validate_window(Some(2), Some(2)).is_err());
+        assert!(validate_window(Some(0), None).is_err());
+        assert!(validate_window(None, Some(-5)).is_err());
+        assert!(validate_window(Some(MAX_TIMESTAMP_MS + 1), None).is_err());
+    }
+
+    #[test]
+    fn an_update_distinguishes_absent_null_and_value() {
+        let update: UpdateProduct =
+            serde_json::from_str(r#"{"sale_starts_at_ms": null, "sale_ends_at_ms": 500}"#).expect("valid update");
+        assert_eq!(update.sale_starts_at_ms, Some(None));
+        assert_eq!(update.sale_ends_at_ms, Some(Some(500)));
+        assert_eq!(update.name, None);
+        let updated = update.apply(&product(Some(100), None), 10).expect("valid");
+        assert_eq!(updated.sale_starts_at_ms, None);
+        assert_eq!(updated.sale_ends_at_ms, Some(500));
+        assert!(updated.updated_at_ms > 10);
+    }
+
+    #[test]
+    fn an_update_refuses_null_for_fields_that_cannot_be_cleared() {
+        assert!(serde_json::from_str::<UpdateProduct>(r#"{"name": null}"#).is_err());
+        assert!(serde_json::from_str::<UpdateProduct>(r#"{"stock": 5}"#).is_err());
+        let empty = UpdateProduct::default();
+        assert!(empty.apply(&product(None, None), 10).is_err());
+    }
+
+    #[test]
+    fn an_update_checks_the_window_it_produces() {
+        let update = UpdateProduct { sale_ends_at_ms: Some(Some(50)), ..UpdateProduct::default() };
+        assert!(update.apply(&product(Some(100), None), 10).is_err());
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(validate_name("  shoe ").as_deref(), Ok("shoe"));
+        assert!(validate_name("   ").is_err());
+        assert!(validate_name(&"x".repeat(MAX_NAME_CHARS + 1)).is_err());
+        assert!(validate_name(&"é".repeat(MAX_NAME_CHARS)).is_ok());
+        assert!(validate_name("a\nb").is_err());
+    }
+
+    #[test]
+    fn only_the_default_first_page_is_cacheable() {
+        assert!(ListQuery::default().is_cacheable());
+        assert!(ListQuery { limit: Some(DEFAULT_PAGE_SIZE), after: None }.is_cacheable());
+        assert!(!ListQuery { limit: Some(10), after: None }.is_cacheable());
+        assert!(!ListQuery { limit: None, after: Some(Uuid::from_u128(3)) }.is_cacheable());
+        assert_eq!(ListQuery { limit: Some(0), after: None }.page_size().ok(), None);
+        assert_eq!(ListQuery { limit: Some(MAX_PAGE_SIZE + 1), after: None }.page_size().ok(), None);
     }
 }

@@ -273,11 +273,20 @@ pub struct OrderView {
 impl From<OrderDoc> for OrderView {
     fn from(order: OrderDoc) -> Self {
         let unit = order.unit_number();
-        Self { order_id: order.id, product_id: order.product_id, unit, status: order.status, created_at_ms: order.created_at_ms }
+        Self {
+            order_id: order.id,
+            product_id: order.product_id,
+            unit,
+            status: order.status,
+            created_at_ms: order.created_at_ms,
+        }
     }
 }
 
-pub async fn list_orders(State(app): State<AppState>, VerifiedUser(user): VerifiedUser) -> ApiResult<axum::Json<Vec<OrderView>>> {
+pub async fn list_orders(
+    State(app): State<AppState>,
+    VerifiedUser(user): VerifiedUser,
+) -> ApiResult<axum::Json<Vec<OrderView>>> {
     let orders = orders::orders_of_user(&app, user.user_id).await?;
     Ok(axum::Json(orders.into_iter().map(OrderView::from).collect()))
 }

@@ -53,9 +53,16 @@ pub async fn begin(app: &App, user_id: Uuid, key: &str, product_id: Uuid, order_
     let fingerprint = fingerprint(product_id);
     let mut conn = app.redis.clone();
     let ttl_ms = app.config.idempotency_ttl_s.saturating_mul(1000);
-    let begun = scripts::idempotency_begin(&mut conn, &record_key, &fingerprint, app.ids.now_ms(), app.config.idempotency_lease_ms, ttl_ms)
-        .await
-        .map_err(redis_unavailable)?;
+    let begun = scripts::idempotency_begin(
+        &mut conn,
+        &record_key,
+        &fingerprint,
+        app.ids.now_ms(),
+        app.config.idempotency_lease_ms,
+        ttl_ms,
+    )
+    .await
+    .map_err(redis_unavailable)?;
     match begun {
         IdempotencyBegin::Started => Ok(Begin::Proceed(Claim { record_key, fingerprint })),
         IdempotencyBegin::Mismatch => Err(ApiError::IdempotencyKeyReused),

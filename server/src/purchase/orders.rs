@@ -123,7 +123,11 @@ pub async fn persist(app: &App, order: &OrderDoc) -> anyhow::Result<Persisted> {
         let same = existing.product_id == order.product_id
             && existing.user_id == order.user_id
             && existing.status == OrderStatus::Confirmed;
-        return Ok(if same { Persisted::AlreadyThere } else { Persisted::Conflict(Conflict::OrderIdTaken(Box::new(existing))) });
+        return Ok(if same {
+            Persisted::AlreadyThere
+        } else {
+            Persisted::Conflict(Conflict::OrderIdTaken(Box::new(existing)))
+        });
     }
     if let UnitField::Unit(unit) = order.unit {
         let holder = orders.find_one(doc! { "product_id": &order.product_id, "unit": unit }).await?;

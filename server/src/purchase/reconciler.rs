@@ -70,7 +70,13 @@ pub struct ProductPass {
 }
 
 /// Persists up to `batch` reservations of one product older than `grace_ms`.
-pub async fn reconcile_product(app: &App, product_id: Uuid, product: &Product, grace_ms: i64, batch: usize) -> anyhow::Result<ProductPass> {
+pub async fn reconcile_product(
+    app: &App,
+    product_id: Uuid,
+    product: &Product,
+    grace_ms: i64,
+    batch: usize,
+) -> anyhow::Result<ProductPass> {
     let keys = app.keys.sale(product_id);
     let mut conn = app.redis.clone();
     let cutoff = app.ids.now_ms().saturating_sub(grace_ms);
@@ -88,7 +94,8 @@ pub async fn reconcile_product(app: &App, product_id: Uuid, product: &Product, g
     for order in pending {
         let Ok(order_id) = Uuid::parse_str(&order) else { continue };
         let record: Option<String> = redis::cmd("HGET").arg(&keys.orders).arg(&order).query_async(&mut conn).await?;
-        let Some((reservation, confirmed)) = record.and_then(|r| sale::parse_reservation(order_id, product_id, &r)) else {
+        let Some((reservation, confirmed)) = record.and_then(|r| sale::parse_reservation(order_id, product_id, &r))
+        else {
             // Pending without a reservation record: nothing holds a unit; drop the entry.
             let _: i64 = redis::cmd("ZREM").arg(&keys.pending).arg(&order).query_async(&mut conn).await?;
             continue;
@@ -136,14 +143,21 @@ async fn drop_reservation(app: &App, product_id: Uuid, order_id: Uuid) -> anyhow
     let keys = app.keys.sale(product_id);
     let mut conn = app.redis.clone();
     let _: () = redis::pipe()
-        .cmd("HDEL").arg(&keys.orders).arg(order_id.to_string()).ignore()
-        .cmd("ZREM").arg(&keys.pending).arg(order_id.to_string()).ignore()
+        .cmd("HDEL")
+        .arg(&keys.orders)
+        .arg(order_id.to_string())
+        .ignore()
+        .cmd("ZREM")
+        .arg(&keys.pending)
+        .arg(order_id.to_string())
+        .ignore()
         .query_async(&mut conn)
         .await?;
     Ok(())
 }
 
 pub async fn publish_completed(app: &App, product_id: Uuid, order_id: Uuid) {
-    let event = SaleEvent { event_type: EventType::PurchaseCompleted, product_id, remaining: None, order_id: Some(order_id) };
+    let event =
+        SaleEvent { event_type: EventType::PurchaseCompleted, product_id, remaining: None, order_id: Some(order_id) };
     events::publish(app, &event).await;
 }

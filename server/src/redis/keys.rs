@@ -19,9 +19,9 @@ pub struct SaleKeys {
     pub sale: String,
     /// Sorted set of returned units (score = unit), reused lowest first.
     pub free: String,
-    /// Set of user ids holding a live order (one-per-user products only).
+    /// Hash: user id → live orders held (the one-per-user check reads it).
     pub buyers: String,
-    /// Hash: order id → "user_id:unit:reserved_at_ms:state" (state R reserved, C confirmed).
+    /// Hash: order id → "user_id|unit|reserved_at_ms|state" (state R reserved, C confirmed).
     pub orders: String,
     /// Sorted set: order ids reserved but not yet confirmed in MongoDB, score = reserved_at_ms.
     pub pending: String,
@@ -78,12 +78,7 @@ impl Keys {
 
     /// Idempotency record of one (user, key) pair; the key is hashed so any byte is safe.
     pub fn idempotency(&self, user_id: Uuid, idempotency_key: &str) -> String {
-        format!(
-            "{}:idem:{{u:{}}}:{}",
-            self.prefix,
-            user_id,
-            sha256_hex(idempotency_key.as_bytes())
-        )
+        format!("{}:idem:{{u:{}}}:{}", self.prefix, user_id, sha256_hex(idempotency_key.as_bytes()))
     }
 
     /// GCRA state of one rate limit: action and scope (`ip:<addr>`, `user:<id>`, ...).

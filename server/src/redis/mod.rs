@@ -52,9 +52,7 @@ impl RedisConn {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_max_delay(Duration::from_millis(200));
-        let manager = ConnectionManager::new_with_config(client, config)
-            .await
-            .context("connecting to Redis")?;
+        let manager = ConnectionManager::new_with_config(client, config).await.context("connecting to Redis")?;
         Ok(Self::Single(manager))
     }
 
@@ -138,11 +136,7 @@ fn collect_policy_values(value: &Value, out: &mut Vec<String>) {
 /// a restart that may have lost sale state is detected.
 pub async fn run_id(conn: &mut RedisConn) -> anyhow::Result<String> {
     let info: String = redis::cmd("INFO").arg("server").query_async(conn).await.context("INFO server")?;
-    let mut ids: Vec<&str> = info
-        .lines()
-        .filter_map(|line| line.strip_prefix("run_id:"))
-        .map(str::trim)
-        .collect();
+    let mut ids: Vec<&str> = info.lines().filter_map(|line| line.strip_prefix("run_id:")).map(str::trim).collect();
     ids.sort_unstable();
     if ids.is_empty() {
         anyhow::bail!("INFO server has no run_id");

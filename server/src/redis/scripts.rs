@@ -12,8 +12,7 @@ use super::keys::SaleKeys;
 
 macro_rules! script {
     ($name:ident, $file:literal) => {
-        static $name: LazyLock<Script> =
-            LazyLock::new(|| Script::new(include_str!(concat!("../../../lua/", $file))));
+        static $name: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!(concat!("../../../lua/", $file))));
     };
 }
 
@@ -84,7 +83,11 @@ fn item(items: &[Value], index: usize) -> anyhow::Result<&Value> {
     items.get(index).ok_or_else(|| anyhow!("reply too short: no item {index}"))
 }
 
-pub async fn purchase(conn: &mut RedisConn, keys: &SaleKeys, args: &PurchaseArgs<'_>) -> anyhow::Result<PurchaseOutcome> {
+pub async fn purchase(
+    conn: &mut RedisConn,
+    keys: &SaleKeys,
+    args: &PurchaseArgs<'_>,
+) -> anyhow::Result<PurchaseOutcome> {
     let reply: Value = PURCHASE
         .key(&keys.script_keys()[..])
         .arg(args.order_id.to_string())
@@ -138,7 +141,13 @@ pub struct Released {
     pub remaining: Option<i64>,
 }
 
-pub async fn release(conn: &mut RedisConn, keys: &SaleKeys, order_id: Uuid, channel: &str, product_id: Uuid) -> anyhow::Result<Released> {
+pub async fn release(
+    conn: &mut RedisConn,
+    keys: &SaleKeys,
+    order_id: Uuid,
+    channel: &str,
+    product_id: Uuid,
+) -> anyhow::Result<Released> {
     let reply: Value = RELEASE
         .key(&keys.script_keys()[..])
         .arg(order_id.to_string())
@@ -209,7 +218,12 @@ pub enum LoadMode {
     Rebuild,
 }
 
-pub async fn load_sale(conn: &mut RedisConn, keys: &SaleKeys, mode: LoadMode, snapshot: &SaleSnapshot) -> anyhow::Result<bool> {
+pub async fn load_sale(
+    conn: &mut RedisConn,
+    keys: &SaleKeys,
+    mode: LoadMode,
+    snapshot: &SaleSnapshot,
+) -> anyhow::Result<bool> {
     let mut invocation = LOAD_SALE.key(&keys.script_keys()[..]);
     invocation
         .arg(match mode {
@@ -242,7 +256,13 @@ pub async fn pause(conn: &mut RedisConn, keys: &SaleKeys) -> anyhow::Result<bool
 }
 
 /// Raises the stock total; returns the units remaining, or None if not loaded.
-pub async fn restock(conn: &mut RedisConn, keys: &SaleKeys, stock_total: i64, channel: &str, product_id: Uuid) -> anyhow::Result<Option<i64>> {
+pub async fn restock(
+    conn: &mut RedisConn,
+    keys: &SaleKeys,
+    stock_total: i64,
+    channel: &str,
+    product_id: Uuid,
+) -> anyhow::Result<Option<i64>> {
     let remaining: i64 = RESTOCK
         .key(&keys.sale)
         .key(&keys.free)
@@ -255,7 +275,13 @@ pub async fn restock(conn: &mut RedisConn, keys: &SaleKeys, stock_total: i64, ch
     Ok((remaining >= 0).then_some(remaining))
 }
 
-pub async fn configure(conn: &mut RedisConn, keys: &SaleKeys, one_per_user: bool, starts_at_ms: i64, ends_at_ms: i64) -> anyhow::Result<bool> {
+pub async fn configure(
+    conn: &mut RedisConn,
+    keys: &SaleKeys,
+    one_per_user: bool,
+    starts_at_ms: i64,
+    ends_at_ms: i64,
+) -> anyhow::Result<bool> {
     let changed: i64 = CONFIGURE
         .key(&keys.sale)
         .arg(i64::from(one_per_user))
@@ -276,7 +302,13 @@ pub struct RateDecision {
     pub reset_ms: i64,
 }
 
-pub async fn rate_limit(conn: &mut RedisConn, key: &str, now_ms: i64, window_ms: i64, limit: u32) -> anyhow::Result<RateDecision> {
+pub async fn rate_limit(
+    conn: &mut RedisConn,
+    key: &str,
+    now_ms: i64,
+    window_ms: i64,
+    limit: u32,
+) -> anyhow::Result<RateDecision> {
     let reply: Value = RATE_LIMIT
         .key(key)
         .arg(now_ms)
@@ -303,7 +335,14 @@ pub enum IdempotencyBegin {
     Done { status: u16, body: Vec<u8> },
 }
 
-pub async fn idempotency_begin(conn: &mut RedisConn, key: &str, fingerprint: &str, now_ms: i64, lease_ms: u64, ttl_ms: u64) -> anyhow::Result<IdempotencyBegin> {
+pub async fn idempotency_begin(
+    conn: &mut RedisConn,
+    key: &str,
+    fingerprint: &str,
+    now_ms: i64,
+    lease_ms: u64,
+    ttl_ms: u64,
+) -> anyhow::Result<IdempotencyBegin> {
     let reply: Value = IDEMPOTENCY_BEGIN
         .key(key)
         .arg(fingerprint)
@@ -339,7 +378,13 @@ pub enum IdempotencyEnd<'a> {
     Open,
 }
 
-pub async fn idempotency_finish(conn: &mut RedisConn, key: &str, fingerprint: &str, end: IdempotencyEnd<'_>, ttl_ms: u64) -> anyhow::Result<bool> {
+pub async fn idempotency_finish(
+    conn: &mut RedisConn,
+    key: &str,
+    fingerprint: &str,
+    end: IdempotencyEnd<'_>,
+    ttl_ms: u64,
+) -> anyhow::Result<bool> {
     let mut invocation = IDEMPOTENCY_FINISH.key(key);
     invocation.arg(fingerprint);
     match end {

@@ -21,16 +21,18 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Finds an executable: the environment variable `env_var`, then `PATH`, then the
-/// project's tool directory (where `scripts/install-deps` puts what it builds).
+/// Finds an executable: the environment variable `env_var`, then the project's tool
+/// directory (where `scripts/install-deps` puts what it builds), then `PATH`.
 pub fn find_binary(name: &str, env_var: &str) -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os(env_var) {
         return Ok(PathBuf::from(path));
     }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).collect())
-        .unwrap_or_default();
-    candidates.push(tools_dir().join(name));
+    // The project's own build comes before PATH: a `go install` of FerretDB without its
+    // version file is on many PATHs and panics at start.
+    let mut candidates = vec![tools_dir().join(name)];
+    if let Some(paths) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&paths).map(|dir| dir.join(name)));
+    }
     candidates.push(PathBuf::from("/usr/bin").join(name));
     for candidate in candidates {
         if candidate.is_file() {

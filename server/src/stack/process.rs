@@ -100,14 +100,22 @@ impl RedisServer {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new(&self.binary);
         command
-            .arg("--port").arg(self.port.to_string())
-            .arg("--bind").arg("127.0.0.1")
-            .arg("--dir").arg(self.dir.path())
-            .arg("--save").arg("")
-            .arg("--maxmemory-policy").arg("noeviction")
-            .arg("--protected-mode").arg("no")
-            .arg("--daemonize").arg("no")
-            .arg("--logfile").arg(self.dir.path().join("redis.log"));
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--save")
+            .arg("")
+            .arg("--maxmemory-policy")
+            .arg("noeviction")
+            .arg("--protected-mode")
+            .arg("no")
+            .arg("--daemonize")
+            .arg("no")
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"));
         match self.persistence {
             RedisPersistence::None => command.arg("--appendonly").arg("no"),
             RedisPersistence::AppendOnly => command.arg("--appendonly").arg("yes").arg("--appendfsync").arg("always"),
@@ -181,10 +189,7 @@ impl FerretDb {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let data = self.dir.path().join("data");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("ferretdb.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("ferretdb.log"))?;
         let mut command = Command::new(&self.binary);
         command
             .arg("--handler=sqlite")

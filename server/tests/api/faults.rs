@@ -1,1 +1,154 @@
-//! faults tests.
+//! Backends failing mid-sale: Redis restarted without persistence, FerretDB stopped.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use flashsale::purchase::orders;
+use flashsale::stack::RedisPersistence;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, json_body};
+
+/// Bound of every wait for the system to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn buy_with_cookie(
+    app: &TestApp,
+    client: &reqwest::Client,
+    cookie: &str,
+    product: Uuid,
+    key: &str,
+) -> (u16, serde_json::Value) {
+    let response = client
+        .post(app.url(&format!("/api/v1/user/buy/{product}")))
+        .header("cookie", cookie)
+        .header("idempotency-key", key)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, json_body(&response.bytes().await.expect("body")))
+}
+
+/// Retries a purchase with the same key while the answer is 503 (bounded).
+async fn buy_until_settled(
+    app: &TestApp,
+    client: &reqwest::Client,
+    cookie: &str,
+    product: Uuid,
+    key: &str,
+) -> (u16, serde_json::Value) {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let (status, body) = buy_with_cookie(app, client, cookie, product, key).await;
+        if status != 503 || tokio::time::Instant::now() >= deadline {
+            return (status, body);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_without_persistence_mid_sale_is_rebuilt_from_mongodb() {
+    let mut app = TestApp::spawn_with_own_backends(RedisPersistence::None, |_| {}).await;
+    let product = app.create_product(30, true).await;
+    let client = reqwest::Client::new();
+    let mut before = Vec::new();
+    for index in 0..20 {
+        let (user, cookie) = app.buyer_cookie().await;
+        let (status, body) = buy_with_cookie(&app, &client, &cookie, product, &format!("k{index}")).await;
+        assert_eq!(status, 201, "{body}");
+        before.push((user, format!("k{index}"), body));
+    }
+
+    let own = app.own.as_mut().expect("own backends");
+    tokio::task::block_in_place(|| own.redis.restart()).expect("redis restarts");
+    // Redis lost everything: sessions too. Buyers log in again (new sessions), and the
+    // first buyers retry their purchase with the same keys.
+    let rebuilds_before = app.app().metrics.sale_rebuilds.get();
+    let mut settled = Vec::new();
+    for (user, key, first_body) in &before {
+        let session = relogin(&app, *user).await;
+        let (status, body) = buy_until_settled(&app, &client, &session, product, key).await;
+        assert_eq!(status, 201, "a replay after the rebuild returns the same order: {body}");
+        assert_eq!(&body, first_body);
+        settled.push(body);
+    }
+    assert!(app.app().metrics.sale_rebuilds.get() > rebuilds_before, "the sale was rebuilt");
+    let mut sold_after = 0;
+    for index in 0..20 {
+        let (_, cookie) = app.buyer_cookie().await;
+        let (status, body) = buy_until_settled(&app, &client, &cookie, product, &format!("late{index}")).await;
+        assert!([201, 409].contains(&status), "{status} {body}");
+        if status == 201 {
+            sold_after += 1;
+        }
+    }
+    assert_eq!(sold_after, 10, "exactly the units left after the first 20 are sold");
+
+    let stored = orders::orders_of_product(app.app(), product).await.expect("orders");
+    assert_eq!(stored.len(), 30);
+    let units: HashSet<i64> = stored.iter().filter_map(|o| o.unit_number()).collect();
+    assert_eq!(units.len(), 30, "no unit twice");
+    let users: HashSet<&str> = stored.iter().map(|o| o.user_id.as_str()).collect();
+    assert_eq!(users.len(), 30, "no user twice");
+    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    assert_eq!(stock.remaining(), 0);
+}
+
+/// A new verified session for an existing user, retried while Redis reconnects.
+async fn relogin(app: &TestApp, user_id: Uuid) -> String {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        match flashsale::auth::session::create_verified_session(app.app(), user_id).await {
+            Ok(session) => return format!("{}={}", flashsale::auth::session::COOKIE_NAME, session),
+            Err(err) if tokio::time::Instant::now() >= deadline => panic!("no session after the restart: {err}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purchases_while_ferretdb_is_down_are_pending_and_reconciled_exactly_once() {
+    let mut app = TestApp::spawn_with_own_backends(RedisPersistence::None, |config| {
+        config.order_write_timeout_ms = 500;
+        config.mongo_select_timeout_ms = 400;
+    })
+    .await;
+    let product = app.create_product(10, true).await;
+    let client = reqwest::Client::new();
+    let mut buyers = Vec::new();
+    for _ in 0..8 {
+        buyers.push(app.buyer_cookie().await);
+    }
+
+    tokio::task::block_in_place(|| app.own.as_mut().expect("own").mongo.kill());
+    let mut pending = Vec::new();
+    for (index, (_, cookie)) in buyers.iter().enumerate() {
+        let (status, body) = buy_with_cookie(&app, &client, cookie, product, &format!("p{index}")).await;
+        assert_eq!(status, 202, "never a 201 without MongoDB: {body}");
+        assert_eq!(body["status"], "pending");
+        pending.push(body["order_id"].as_str().expect("order id").to_owned());
+    }
+
+    tokio::task::block_in_place(|| app.own.as_mut().expect("own").mongo.restart()).expect("ferretdb restarts");
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    let stored = loop {
+        let stored = orders::orders_of_product(app.app(), product).await.unwrap_or_default();
+        if stored.len() >= pending.len() || tokio::time::Instant::now() >= deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stored_ids: Vec<&str> = stored.iter().map(|o| o.id.as_str()).collect();
+    let unique: HashSet<&str> = stored_ids.iter().copied().collect();
+    assert_eq!(stored_ids.len(), unique.len(), "each pending order persisted exactly once");
+    assert_eq!(unique, pending.iter().map(String::as_str).collect::<HashSet<_>>());
+
+    // A retry of a pending purchase now gets the confirmed order.
+    let (status, body) = buy_with_cookie(&app, &client, &buyers[0].1, product, "p0").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["order_id"], pending[0].as_str());
+    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    assert_eq!(stock.remaining(), 2);
+}

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 static SHARED: OnceLock<(RedisServer, FerretDb)> = OnceLock::new();
 
-fn shared_backends() -> &'static (RedisServer, FerretDb) {
+pub fn shared_backends() -> &'static (RedisServer, FerretDb) {
     SHARED.get_or_init(|| {
         let redis = RedisServer::start(RedisPersistence::None).expect("starting redis-server");
         let mongo = FerretDb::start().expect("starting ferretdb");
@@ -109,14 +109,25 @@ impl TestApp {
         let user_id = flashsale::auth::users::create_user_with_hash(self.app(), &email, PRECOMPUTED_HASH, role)
             .await
             .expect("creating a user");
-        let session = flashsale::auth::session::create_verified_session(self.app(), user_id)
-            .await
-            .expect("creating a session");
+        let session =
+            flashsale::auth::session::create_verified_session(self.app(), user_id).await.expect("creating a session");
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let url = self.base.parse::<reqwest::Url>().expect("url");
         jar.add_cookie_str(&format!("{}={}; Path=/", flashsale::auth::session::COOKIE_NAME, session), &url);
         let client = reqwest::Client::builder().cookie_provider(jar).build().expect("client");
         (client, user_id)
+    }
+
+    /// A buyer with a verified session, as a `Cookie` header value (for clients that
+    /// act for many users at once).
+    pub async fn buyer_cookie(&self) -> (Uuid, String) {
+        let email = format!("{}@example.test", Uuid::new_v4().simple());
+        let user_id = flashsale::auth::users::create_user_with_hash(self.app(), &email, PRECOMPUTED_HASH, Role::Buyer)
+            .await
+            .expect("creating a user");
+        let session =
+            flashsale::auth::session::create_verified_session(self.app(), user_id).await.expect("creating a session");
+        (user_id, format!("{}={}", flashsale::auth::session::COOKIE_NAME, session))
     }
 
     /// Creates a product through the admin API and returns its id.
@@ -155,7 +166,7 @@ impl TestApp {
 
 /// `argon2id` hash of [`PRECOMPUTED_PASSWORD`] at the production parameters.
 pub const PRECOMPUTED_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Ynh2w9F0Zc8m8mL7b0a6e3qzGJ5m1X1xQm9q1m0T0mA";
+    "$argon2id$v=19$m=19456,t=2,p=1$Zmxhc2hzYWxlLXRlc3RzIQ$n6G8OUJIzlw55413TwwqIk52A+GKvY1WGPxkqXIqSOg";
 pub const PRECOMPUTED_PASSWORD: &str = "correct horse battery staple";
 
 pub fn json_body(body: &[u8]) -> Value {

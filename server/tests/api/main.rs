@@ -10,3 +10,4 @@ mod input;
 mod ops;
 mod products;
 mod purchase;
+mod scripts;

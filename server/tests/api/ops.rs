@@ -1,1 +1,73 @@
-//! ops tests.
+//! Operational behaviour: health, readiness, metrics, OpenAPI, request ids, and the
+//! refusal to start on a Redis that may evict keys.
+
+use flashsale::clock::Ids;
+use flashsale::stack::{FerretDb, RedisPersistence, RedisServer};
+
+use crate::helpers::{TestApp, test_config};
+
+#[tokio::test]
+async fn health_and_readiness_answer_when_both_backends_do() {
+    let app = TestApp::spawn().await;
+    let health = app.client().get(app.url("/healthz")).send().await.expect("healthz");
+    assert_eq!(health.status(), 200);
+    let ready: serde_json::Value =
+        app.client().get(app.url("/readyz")).send().await.expect("readyz").json().await.expect("json");
+    assert_eq!(ready, serde_json::json!({ "redis": true, "mongo": true }));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_per_route_template() {
+    let app = TestApp::spawn().await;
+    app.client().get(app.url("/healthz")).send().await.expect("healthz");
+    let text = app.client().get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(text.contains("flashsale_http_requests_total"), "{text}");
+    assert!(text.contains("route=\"/healthz\""), "{text}");
+}
+
+#[tokio::test]
+async fn the_openapi_description_is_served_and_names_the_purchase_route() {
+    let app = TestApp::spawn().await;
+    let spec: serde_json::Value =
+        app.client().get(app.url("/openapi.json")).send().await.expect("openapi").json().await.expect("json");
+    assert!(spec["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    assert!(spec["paths"]["/api/v1/user/buy/{product_id}"]["post"].is_object(), "{spec}");
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = TestApp::spawn().await;
+    let response = app.client().get(app.url("/healthz")).send().await.expect("healthz");
+    assert!(response.headers().get("x-request-id").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_refuses_to_start_on_a_redis_that_may_evict_keys() {
+    let (redis, mongo) = tokio::task::spawn_blocking(|| {
+        (RedisServer::start(RedisPersistence::None).expect("redis"), FerretDb::start().expect("ferretdb"))
+    })
+    .await
+    .expect("backends");
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("conn");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut conn)
+        .await
+        .expect("config set");
+
+    let refused = flashsale::startup::build_state(test_config(&redis.url(), &mongo.url()), Ids::system()).await;
+    let message = format!("{:?}", refused.expect_err("must refuse to start"));
+    assert!(message.contains("noeviction"), "{message}");
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut conn)
+        .await
+        .expect("config set");
+    assert!(flashsale::startup::build_state(test_config(&redis.url(), &mongo.url()), Ids::system()).await.is_ok());
+}

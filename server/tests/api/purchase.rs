@@ -1,1 +1,203 @@
-//! purchase tests.
+//! The purchase path over HTTP: orders, replays, one per user, keys, sell-out.
+
+use flashsale::auth::extract::Role;
+use flashsale::purchase::orders;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, json_body};
+
+#[tokio::test]
+async fn a_verified_buyer_gets_a_confirmed_order_for_one_unit() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(5, true).await;
+    let (buyer, user_id) = app.verified_buyer(Role::Buyer).await;
+
+    let (status, headers, body) = app.buy(&buyer, product, "first-click").await;
+
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let body = json_body(&body);
+    assert_eq!(body["status"], "confirmed");
+    assert_eq!(body["unit"], 1);
+    let order_id = Uuid::parse_str(body["order_id"].as_str().expect("order id")).expect("uuid");
+    assert_eq!(order_id, flashsale::clock::derive_order_id(user_id, "first-click"));
+    assert!(headers.get("location").is_some());
+    let stored = orders::find_order(app.app(), order_id).await.expect("mongo").expect("order persisted");
+    assert_eq!(stored.user_id, user_id.to_string());
+    assert_eq!(stored.unit_number(), Some(1));
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_key_replays_the_first_answer_byte_for_byte() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(5, true).await;
+    let (buyer, _) = app.verified_buyer(Role::Buyer).await;
+
+    let (first_status, _, first_body) = app.buy(&buyer, product, "same-key").await;
+    let (second_status, headers, second_body) = app.buy(&buyer, product, "same-key").await;
+
+    assert_eq!(first_status, 201);
+    assert_eq!(second_status, 201);
+    assert_eq!(first_body, second_body);
+    assert_eq!(headers.get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
+    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    assert_eq!(stock.remaining(), 4, "a replay must not take a second unit");
+}
+
+#[tokio::test]
+async fn a_second_purchase_by_the_same_user_with_a_new_key_is_refused() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(5, true).await;
+    let (buyer, _) = app.verified_buyer(Role::Buyer).await;
+
+    assert_eq!(app.buy(&buyer, product, "k1").await.0, 201);
+    let (status, headers, body) = app.buy(&buyer, product, "k2").await;
+
+    assert_eq!(status, 409);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(json_body(&body)["type"], "/problems/already-purchased");
+}
+
+#[tokio::test]
+async fn a_key_reused_for_another_product_never_buys() {
+    let app = TestApp::spawn().await;
+    let first = app.create_product(5, true).await;
+    let second = app.create_product(5, true).await;
+    let (buyer, _) = app.verified_buyer(Role::Buyer).await;
+
+    assert_eq!(app.buy(&buyer, first, "reused").await.0, 201);
+    let (status, _, body) = app.buy(&buyer, second, "reused").await;
+
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json_body(&body)["type"], "/problems/idempotency-key-reused");
+    let stock = flashsale::purchase::sale::stock(app.app(), second).await.expect("redis").expect("loaded");
+    assert_eq!(stock.remaining(), 5);
+}
+
+#[tokio::test]
+async fn a_key_reused_after_its_idempotency_record_is_lost_is_still_refused_by_mongodb() {
+    let app = TestApp::spawn().await;
+    let first = app.create_product(5, true).await;
+    let second = app.create_product(5, true).await;
+    let (buyer, user_id) = app.verified_buyer(Role::Buyer).await;
+    assert_eq!(app.buy(&buyer, first, "reused").await.0, 201);
+    // The record lives in another hash slot than the sale state: lose it.
+    let mut conn = app.app().redis.clone();
+    let _: i64 =
+        redis::cmd("DEL").arg(app.app().keys.idempotency(user_id, "reused")).query_async(&mut conn).await.expect("del");
+
+    let (status, _, body) = app.buy(&buyer, second, "reused").await;
+
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    let stock = flashsale::purchase::sale::stock(app.app(), second).await.expect("redis").expect("loaded");
+    assert_eq!(stock.remaining(), 5, "the unit taken for the refused order is given back");
+}
+
+#[tokio::test]
+async fn the_last_unit_goes_to_one_buyer_and_the_next_is_told_sold_out() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(1, true).await;
+    let (winner, _) = app.verified_buyer(Role::Buyer).await;
+    let (late, _) = app.verified_buyer(Role::Buyer).await;
+
+    assert_eq!(app.buy(&winner, product, "w").await.0, 201);
+    let (status, _, body) = app.buy(&late, product, "l").await;
+    assert_eq!(status, 409);
+    assert_eq!(json_body(&body)["type"], "/problems/sold-out");
+
+    let shortcuts_before = app.app().metrics.sold_out_shortcuts.get();
+    let (status, _, _) = app.buy(&late, product, "l2").await;
+    assert_eq!(status, 409);
+    assert_eq!(app.app().metrics.sold_out_shortcuts.get(), shortcuts_before + 1, "answered in process");
+}
+
+#[tokio::test]
+async fn the_sold_out_shortcut_never_hides_a_replay_of_a_purchase_that_bought() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(1, true).await;
+    let (winner, user_id) = app.verified_buyer(Role::Buyer).await;
+    let (late, _) = app.verified_buyer(Role::Buyer).await;
+    let (_, _, first_body) = app.buy(&winner, product, "w").await;
+    assert_eq!(app.buy(&late, product, "l").await.0, 409);
+    // Lose the stored answer so the replay must come from the sale state.
+    let mut conn = app.app().redis.clone();
+    let _: i64 =
+        redis::cmd("DEL").arg(app.app().keys.idempotency(user_id, "w")).query_async(&mut conn).await.expect("del");
+
+    let (status, _, body) = app.buy(&winner, product, "w").await;
+
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, first_body);
+}
+
+#[tokio::test]
+async fn a_product_without_the_one_per_user_rule_sells_a_user_several_units() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(3, false).await;
+    let (buyer, user_id) = app.verified_buyer(Role::Buyer).await;
+
+    for key in ["a", "b", "c"] {
+        assert_eq!(app.buy(&buyer, product, key).await.0, 201);
+    }
+    assert_eq!(app.buy(&buyer, product, "d").await.0, 409);
+
+    let mine = orders::orders_of_user(app.app(), user_id).await.expect("orders");
+    let mut units: Vec<i64> = mine.iter().filter_map(|o| o.unit_number()).collect();
+    units.sort_unstable();
+    assert_eq!(units, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_buyer_lists_their_orders_and_cannot_read_someone_elses() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(3, true).await;
+    let (buyer, _) = app.verified_buyer(Role::Buyer).await;
+    let (other, _) = app.verified_buyer(Role::Buyer).await;
+    let (_, _, body) = app.buy(&buyer, product, "mine").await;
+    let order_id = json_body(&body)["order_id"].as_str().expect("id").to_owned();
+
+    let listed: serde_json::Value =
+        buyer.get(app.url("/api/v1/user/orders")).send().await.expect("list").json().await.expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert_eq!(listed[0]["order_id"], order_id.as_str());
+
+    let own = buyer.get(app.url(&format!("/api/v1/user/orders/{order_id}"))).send().await.expect("get");
+    assert_eq!(own.status(), 200);
+    let foreign = other.get(app.url(&format!("/api/v1/user/orders/{order_id}"))).send().await.expect("get");
+    assert_eq!(foreign.status(), 404);
+}
+
+#[tokio::test]
+async fn buying_an_unknown_product_is_a_not_found_problem() {
+    let app = TestApp::spawn().await;
+    let (buyer, _) = app.verified_buyer(Role::Buyer).await;
+
+    let (status, headers, _) = app.buy(&buyer, Uuid::new_v4(), "k").await;
+
+    assert_eq!(status, 404);
+    assert_eq!(headers["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn a_purchase_publishes_stock_events_to_server_sent_event_clients() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(1, true).await;
+    let (buyer, _) = app.verified_buyer(Role::Buyer).await;
+    let mut events =
+        reqwest::Client::new().get(app.url(&format!("/api/v1/events?product_id={product}"))).send().await.expect("sse");
+    assert_eq!(events.status(), 200);
+    tokio::time::timeout(std::time::Duration::from_secs(10), app.app().events.wait_subscribed())
+        .await
+        .expect("the event subscriber connects");
+    assert_eq!(app.buy(&buyer, product, "k").await.0, 201);
+
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.contains("sold_out") && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, events.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => break,
+        }
+    }
+    assert!(seen.contains("event: stock_updated"), "{seen}");
+    assert!(seen.contains("event: sold_out"), "{seen}");
+}

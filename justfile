@@ -1,0 +1,36 @@
+# Recipes for people who have `just` (https://just.systems). Each one calls a script,
+# so everything here also works without `just`: see README.md.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Install redis-server and FerretDB 1.24.2 where missing.
+install-deps:
+    scripts/install-deps
+
+# Run the server on local backends at http://127.0.0.1:8080 (extra flags go to `flashsale dev`).
+dev *ARGS:
+    scripts/dev {{ARGS}}
+
+# Run the whole test suite (extra arguments go to `cargo test`).
+test *ARGS:
+    scripts/test {{ARGS}}
+
+# Run what CI runs: formatting check, clippy with warnings as errors, the tests.
+ci:
+    bash .ci/run
+
+# Format every crate.
+fmt:
+    cargo fmt --all
+
+# Lint every crate and target, warnings as errors.
+lint:
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Rebuild one product's sale state in Redis from MongoDB (backends from FLASHSALE_REDIS_URL / FLASHSALE_MONGO_URL).
+rebuild PRODUCT:
+    cargo run -p flashsale -- admin rebuild --product {{PRODUCT}}

@@ -1,0 +1,177 @@
+//! One-time codes: issued at login, stored only as a salted SHA-256 under
+//! `keys.otp(user_id)` with a TTL and an attempts counter, bound to the session that
+//! asked for it, compared in constant time, single use, dead after too many misses, and
+//! delivered through an [`OtpSender`].
+
+use redis::RedisResult;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::config::{Config, OtpDelivery};
+use crate::redis::keys::sha256_hex;
+use crate::state::App;
+
+/// How a code reaches its user. SMTP would be one more variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtpSender {
+    /// XADD to the outbox stream, read by an external mailer (and the tests).
+    Outbox,
+    /// Log at info. Development only.
+    Log,
+}
+
+/// One code on its way to a user. `Debug` hides the code so it cannot leak into logs.
+pub struct OtpMessage<'a> {
+    pub email: &'a str,
+    pub user_id: Uuid,
+    pub code: &'a str,
+    pub created_at_ms: i64,
+}
+
+impl std::fmt::Debug for OtpMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtpMessage").field("user_id", &self.user_id).field("code", &"<redacted>").finish()
+    }
+}
+
+impl OtpSender {
+    pub fn from_config(config: &Config) -> Self {
+        match config.otp_delivery {
+            OtpDelivery::Outbox => Self::Outbox,
+            OtpDelivery::Log => Self::Log,
+        }
+    }
+
+    pub async fn send(self, app: &App, message: &OtpMessage<'_>) -> RedisResult<()> {
+        match self {
+            Self::Outbox => {
+                let mut conn = app.redis.clone();
+                let _: String = redis::cmd("XADD")
+                    .arg(app.keys.otp_outbox())
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(app.config.otp_outbox_max_len)
+                    .arg("*")
+                    .arg("email")
+                    .arg(message.email)
+                    .arg("user_id")
+                    .arg(message.user_id.to_string())
+                    .arg("code")
+                    .arg(message.code)
+                    .arg("created_at_ms")
+                    .arg(message.created_at_ms)
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            Self::Log => {
+                tracing::info!(email = message.email, code = message.code, "one-time code (development delivery)");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn code_hash(salt: &str, code: &str) -> String {
+    sha256_hex(format!("{salt}:{code}").as_bytes())
+}
+
+/// The session a code is bound to, as stored (never the session id itself).
+fn session_tag(session_id: &str) -> String {
+    sha256_hex(session_id.as_bytes())
+}
+
+fn ttl_ms(config: &Config) -> i64 {
+    i64::try_from(config.otp_ttl_s.saturating_mul(1000)).unwrap_or(i64::MAX).max(1)
+}
+
+/// Draws a new code for `user_id`, bound to `session_id`, replacing any earlier code,
+/// and sends it.
+pub async fn issue(app: &App, user_id: Uuid, email: &str, session_id: &str) -> RedisResult<()> {
+    let code = app.ids.decimal_code(app.config.otp_digits);
+    let salt = hex::encode(app.ids.random_bytes::<16>());
+    let now_ms = app.ids.now_ms();
+    let key = app.keys.otp(user_id);
+    let fields = [
+        ("code_hash", code_hash(&salt, &code)),
+        ("salt", salt),
+        ("attempts", "0".to_owned()),
+        ("session", session_tag(session_id)),
+        ("created_at_ms", now_ms.to_string()),
+    ];
+    let mut conn = app.redis.clone();
+    // DEL first: the new code replaces the old one whole, attempts included.
+    let () = redis::pipe()
+        .atomic()
+        .del(&key)
+        .ignore()
+        .hset_multiple(&key, &fields)
+        .ignore()
+        .pexpire(&key, ttl_ms(&app.config))
+        .ignore()
+        .query_async(&mut conn)
+        .await?;
+    let message = OtpMessage { email, user_id, code: &code, created_at_ms: now_ms };
+    OtpSender::from_config(&app.config).send(app, &message).await
+}
+
+/// Whether `code` is the live code of `user_id` for `session_id`. Every call counts as
+/// an attempt before anything is compared, so parallel guesses cannot exceed the limit;
+/// a match consumes the code.
+pub async fn verify(app: &App, user_id: Uuid, session_id: &str, code: &str) -> RedisResult<bool> {
+    let key = app.keys.otp(user_id);
+    let mut conn = app.redis.clone();
+    let (attempts, stored_hash, salt, session): (i64, Option<String>, Option<String>, Option<String>) = redis::pipe()
+        .atomic()
+        .hincr(&key, "attempts", 1)
+        .hget(&key, "code_hash")
+        .hget(&key, "salt")
+        .hget(&key, "session")
+        .query_async(&mut conn)
+        .await?;
+    let (Some(stored_hash), Some(salt), Some(session)) = (stored_hash, salt, session) else {
+        // No live code: HINCRBY just created a stray counter; remove it.
+        discard(app, user_id).await?;
+        return Ok(false);
+    };
+    let max_attempts = i64::from(app.config.otp_max_attempts.max(1));
+    if attempts > max_attempts {
+        discard(app, user_id).await?;
+        return Ok(false);
+    }
+    let code_matches: bool = code_hash(&salt, code).as_bytes().ct_eq(stored_hash.as_bytes()).into();
+    let session_matches: bool = session_tag(session_id).as_bytes().ct_eq(session.as_bytes()).into();
+    if code_matches && session_matches {
+        // Single use: only the request whose DEL removed the code wins.
+        let deleted: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
+        return Ok(deleted == 1);
+    }
+    if attempts >= max_attempts {
+        discard(app, user_id).await?;
+    }
+    Ok(false)
+}
+
+async fn discard(app: &App, user_id: Uuid) -> RedisResult<()> {
+    let mut conn = app.redis.clone();
+    let _: i64 = redis::cmd("DEL").arg(app.keys.otp(user_id)).query_async(&mut conn).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_hash_does_not_contain_the_code_and_depends_on_the_salt() {
+        let hash = code_hash("salt", "123456");
+        assert!(!hash.contains("123456"));
+        assert_ne!(hash, code_hash("other", "123456"));
+        assert_eq!(hash, code_hash("salt", "123456"));
+    }
+
+    #[test]
+    fn debug_output_of_a_message_hides_the_code() {
+        let message = OtpMessage { email: "a@b.co", user_id: Uuid::nil(), code: "987654", created_at_ms: 0 };
+        assert!(!format!("{message:?}").contains("987654"));
+    }
+}

@@ -1,0 +1,253 @@
+//! Sessions in Redis: one hash per session under `keys.session(id)` (named by the hash
+//! of the id), an idle TTL refreshed on each use, an absolute lifetime checked against
+//! `created_at_ms`, and the cookie that carries the id.
+
+use std::collections::HashMap;
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use redis::RedisResult;
+use uuid::Uuid;
+
+use crate::auth::extract::Role;
+use crate::auth::users;
+use crate::config::Config;
+use crate::state::App;
+
+/// Name of the session cookie.
+pub const COOKIE_NAME: &str = "flashsale_session";
+/// Hex characters of a session id (128 random bits).
+const SESSION_ID_HEX_CHARS: usize = 32;
+/// `last_seen_ms` is rewritten at most this often, so that the hot purchase path pays one
+/// Redis round trip per request; the idle TTL itself is refreshed on every use.
+const LAST_SEEN_WRITE_INTERVAL_MS: i64 = 10_000;
+
+/// What a session hash holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user_id: Uuid,
+    pub email: String,
+    pub role: Role,
+    pub otp_verified: bool,
+    pub created_at_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+impl Session {
+    fn fields(&self) -> [(&'static str, String); 6] {
+        [
+            ("user_id", self.user_id.to_string()),
+            ("email", self.email.clone()),
+            ("role", role_name(self.role).to_owned()),
+            ("otp_verified", if self.otp_verified { "1" } else { "0" }.to_owned()),
+            ("created_at_ms", self.created_at_ms.to_string()),
+            ("last_seen_ms", self.last_seen_ms.to_string()),
+        ]
+    }
+
+    /// Parses a session hash; `None` for a missing or partial one (a partial hash is what
+    /// a use racing with logout or expiry can leave behind, and it is never a session).
+    fn from_fields(fields: &HashMap<String, String>) -> Option<Self> {
+        Some(Self {
+            user_id: Uuid::parse_str(fields.get("user_id")?).ok()?,
+            email: fields.get("email")?.clone(),
+            role: parse_role(fields.get("role")?)?,
+            otp_verified: fields.get("otp_verified")? == "1",
+            created_at_ms: fields.get("created_at_ms")?.parse().ok()?,
+            last_seen_ms: fields.get("last_seen_ms")?.parse().ok()?,
+        })
+    }
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Buyer => "buyer",
+        Role::Admin => "admin",
+    }
+}
+
+fn parse_role(name: &str) -> Option<Role> {
+    match name {
+        "buyer" => Some(Role::Buyer),
+        "admin" => Some(Role::Admin),
+        _ => None,
+    }
+}
+
+fn idle_ttl_ms(config: &Config) -> i64 {
+    i64::try_from(config.session_idle_ttl_s.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn absolute_ttl_ms(config: &Config) -> i64 {
+    i64::try_from(config.session_absolute_ttl_s.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// Stores `session` under a fresh 128-bit id and returns the id.
+pub async fn create(app: &App, session: &Session) -> RedisResult<String> {
+    let id = app.ids.token_128();
+    let key = app.keys.session(&id);
+    let remaining_ms = absolute_ttl_ms(&app.config) - (app.ids.now_ms() - session.created_at_ms);
+    let ttl_ms = idle_ttl_ms(&app.config).min(remaining_ms).max(1);
+    let mut conn = app.redis.clone();
+    let () = redis::pipe()
+        .atomic()
+        .hset_multiple(&key, &session.fields())
+        .ignore()
+        .pexpire(&key, ttl_ms)
+        .ignore()
+        .query_async(&mut conn)
+        .await?;
+    Ok(id)
+}
+
+/// A fresh session, OTP already verified, for an existing user (tests and the
+/// simulator log in through this instead of keeping a second copy of the format).
+pub async fn create_verified_session(app: &App, user_id: Uuid) -> anyhow::Result<String> {
+    let Some(user) = users::find_by_id(app, user_id).await? else {
+        anyhow::bail!("no user has the id {user_id}");
+    };
+    let now_ms = app.ids.now_ms();
+    let session = Session {
+        user_id,
+        email: user.email,
+        role: user.role,
+        otp_verified: true,
+        created_at_ms: now_ms,
+        last_seen_ms: now_ms,
+    };
+    Ok(create(app, &session).await?)
+}
+
+/// The live session with this id, its idle TTL refreshed; `None` if there is none, or it
+/// is past its absolute lifetime (it is then deleted).
+pub async fn load(app: &App, id: &str) -> RedisResult<Option<Session>> {
+    if !is_well_formed_id(id) {
+        return Ok(None);
+    }
+    let key = app.keys.session(id);
+    let mut conn = app.redis.clone();
+    // PEXPIRE on a missing key does nothing, so refreshing in the same round trip never
+    // creates a key for a made-up id.
+    let (fields, _refreshed): (HashMap<String, String>, bool) =
+        redis::pipe().atomic().hgetall(&key).pexpire(&key, idle_ttl_ms(&app.config)).query_async(&mut conn).await?;
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let now_ms = app.ids.now_ms();
+    let session = match Session::from_fields(&fields) {
+        Some(session) if now_ms - session.created_at_ms < absolute_ttl_ms(&app.config) => session,
+        _ => {
+            delete(app, id).await?;
+            return Ok(None);
+        }
+    };
+    if now_ms - session.last_seen_ms >= LAST_SEEN_WRITE_INTERVAL_MS {
+        // Atomic with a PEXPIRE so that a write racing with logout leaves at worst a
+        // partial hash that expires, never a key without a TTL.
+        let () = redis::pipe()
+            .atomic()
+            .hset(&key, "last_seen_ms", now_ms)
+            .ignore()
+            .pexpire(&key, idle_ttl_ms(&app.config))
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+    }
+    Ok(Some(session))
+}
+
+pub async fn delete(app: &App, id: &str) -> RedisResult<()> {
+    let mut conn = app.redis.clone();
+    let _: i64 = redis::cmd("DEL").arg(app.keys.session(id)).query_async(&mut conn).await?;
+    Ok(())
+}
+
+fn is_well_formed_id(id: &str) -> bool {
+    id.len() == SESSION_ID_HEX_CHARS && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The session id the request presents in its cookie, if any.
+pub fn id_from_headers(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE_NAME)
+        .map(|(_, value)| value.trim().to_owned())
+}
+
+/// `Set-Cookie` that hands the browser a session id.
+pub fn set_cookie(config: &Config, id: &str) -> HeaderValue {
+    cookie(config, id, config.session_absolute_ttl_s)
+}
+
+/// `Set-Cookie` that makes the browser forget the session.
+pub fn clear_cookie(config: &Config) -> HeaderValue {
+    cookie(config, "", 0)
+}
+
+fn cookie(config: &Config, value: &str, max_age_s: u64) -> HeaderValue {
+    let secure = if config.cookie_secure { "; Secure" } else { "" };
+    let text = format!("{COOKIE_NAME}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age_s}{secure}");
+    // The value is hex and the rest is fixed text, so this cannot fail; fall back to a
+    // clearing cookie rather than panic.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("flashsale_session=; Max-Age=0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(secure: bool) -> Config {
+        let mut config = Config::for_local("redis://x", "mongodb://x", "d", "p");
+        config.cookie_secure = secure;
+        config
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_lax_and_secure_when_configured() {
+        let secure = set_cookie(&config(true), "ab");
+        assert_eq!(
+            secure.to_str().ok(),
+            Some("flashsale_session=ab; HttpOnly; SameSite=Lax; Path=/; Max-Age=86400; Secure")
+        );
+        let plain = set_cookie(&config(false), "ab");
+        assert!(!plain.to_str().unwrap_or_default().contains("Secure"));
+    }
+
+    #[test]
+    fn the_session_id_is_read_from_among_other_cookies() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; flashsale_session=abc ; b=2"));
+        assert_eq!(id_from_headers(&headers).as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn only_128_bit_hex_ids_are_looked_up() {
+        assert!(is_well_formed_id(&"a1".repeat(16)));
+        assert!(!is_well_formed_id("a1"));
+        assert!(!is_well_formed_id(&"A1".repeat(16)));
+        assert!(!is_well_formed_id(&"g1".repeat(16)));
+    }
+
+    #[test]
+    fn a_session_round_trips_through_its_fields() {
+        let session = Session {
+            user_id: Uuid::from_u128(9),
+            email: "a@b.co".into(),
+            role: Role::Admin,
+            otp_verified: true,
+            created_at_ms: 5,
+            last_seen_ms: 6,
+        };
+        let fields: HashMap<String, String> = session.fields().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        assert_eq!(Session::from_fields(&fields), Some(session));
+    }
+
+    #[test]
+    fn a_partial_hash_is_not_a_session() {
+        let fields: HashMap<String, String> = [("last_seen_ms".to_owned(), "1".to_owned())].into();
+        assert_eq!(Session::from_fields(&fields), None);
+    }
+}

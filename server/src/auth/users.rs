@@ -1,0 +1,194 @@
+//! User records in MongoDB (`users`): email rules, creation, lookup and roles.
+
+use mongodb::bson::doc;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::extract::Role;
+use crate::db::{USERS, is_duplicate_key};
+use crate::error::ApiError;
+use crate::redis::keys::sha256_hex;
+use crate::state::App;
+
+/// Longest accepted email address (RFC 5321 path limit).
+pub const MAX_EMAIL_CHARS: usize = 254;
+/// Longest accepted local part (RFC 5321).
+pub const MAX_EMAIL_LOCAL_CHARS: usize = 64;
+/// Shortest accepted password (NIST SP 800-63B).
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Longest accepted password: long passphrases are welcome, unbounded hashing input is not.
+pub const MAX_PASSWORD_CHARS: usize = 128;
+
+/// One user as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub email: String,
+    pub password_hash: String,
+    pub role: Role,
+    pub created_at_ms: i64,
+}
+
+impl UserDoc {
+    /// The id as a UUID; a record with a malformed id is corrupt, not input.
+    pub fn uuid(&self) -> anyhow::Result<Uuid> {
+        Uuid::parse_str(&self.id).map_err(|err| anyhow::anyhow!("user {:?} has a malformed id: {err}", self.id))
+    }
+}
+
+/// The form every email is stored and compared in: trimmed and lowercased.
+pub fn normalise_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// The rate-limit account of an email, named by a hash so that limits work the same
+/// for unknown addresses and Redis never holds the address itself.
+pub fn account_hash(normalised_email: &str) -> String {
+    sha256_hex(normalised_email.as_bytes())
+}
+
+/// Checks a normalised email address; the error says what is wrong.
+pub fn validate_email(email: &str) -> Result<(), ApiError> {
+    let invalid = |why: &str| Err(ApiError::InvalidBody(format!("email: {why}")));
+    if email.is_empty() || email.chars().count() > MAX_EMAIL_CHARS {
+        return invalid("must be 1 to 254 characters");
+    }
+    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return invalid("must not contain spaces or control characters");
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return invalid("must contain one '@'");
+    };
+    if domain.contains('@') {
+        return invalid("must contain one '@'");
+    }
+    if local.is_empty() || local.chars().count() > MAX_EMAIL_LOCAL_CHARS {
+        return invalid("the part before '@' must be 1 to 64 characters");
+    }
+    let labels_ok = domain.split('.').all(|label| !label.is_empty());
+    if !domain.contains('.') || !labels_ok {
+        return invalid("the domain must have a dot and no empty labels, like example.com");
+    }
+    Ok(())
+}
+
+/// Checks a password's length in characters (NIST: at least 8, allow long passphrases).
+pub fn validate_password(password: &str) -> Result<(), ApiError> {
+    let chars = password.chars().count();
+    if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&chars) {
+        return Err(ApiError::InvalidBody(format!(
+            "password: must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The role an email gets: administrators are named in the configuration.
+pub fn configured_role(app: &App, normalised_email: &str) -> Role {
+    let is_admin = app.config.admin_emails.iter().any(|admin| normalise_email(admin) == normalised_email);
+    if is_admin { Role::Admin } else { Role::Buyer }
+}
+
+/// Inserts a user; `Ok(None)` when the email is already taken (unique index).
+pub async fn insert_user(
+    app: &App,
+    email: &str,
+    password_hash: &str,
+    role: Role,
+) -> Result<Option<Uuid>, mongodb::error::Error> {
+    let id = app.ids.new_record_id();
+    let user = UserDoc {
+        id: id.to_string(),
+        email: normalise_email(email),
+        password_hash: password_hash.to_owned(),
+        role,
+        created_at_ms: app.ids.now_ms(),
+    };
+    match app.db.collection::<UserDoc>(USERS).insert_one(&user).await {
+        Ok(_) => Ok(Some(id)),
+        Err(err) if is_duplicate_key(&err) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Inserts a user with an already computed hash (tests, the simulator).
+pub async fn create_user_with_hash(app: &App, email: &str, password_hash: &str, role: Role) -> anyhow::Result<Uuid> {
+    match insert_user(app, email, password_hash, role).await? {
+        Some(id) => Ok(id),
+        None => anyhow::bail!("a user with email {email:?} already exists"),
+    }
+}
+
+pub async fn find_by_email(app: &App, normalised_email: &str) -> Result<Option<UserDoc>, mongodb::error::Error> {
+    app.db.collection::<UserDoc>(USERS).find_one(doc! { "email": normalised_email }).await
+}
+
+pub async fn find_by_id(app: &App, id: Uuid) -> Result<Option<UserDoc>, mongodb::error::Error> {
+    app.db.collection::<UserDoc>(USERS).find_one(doc! { "_id": id.to_string() }).await
+}
+
+/// Sets the role of the user with this email (`flashsale admin promote`).
+pub async fn set_role(app: &App, email: &str, role: Role) -> anyhow::Result<()> {
+    let email = normalise_email(email);
+    let role_value = mongodb::bson::to_bson(&role)?;
+    let result = app
+        .db
+        .collection::<UserDoc>(USERS)
+        .update_one(doc! { "email": &email }, doc! { "$set": { "role": role_value } })
+        .await?;
+    if result.matched_count == 0 {
+        anyhow::bail!("no user has the email {email:?}");
+    }
+    Ok(())
+}
+
+/// A MongoDB failure on the auth path: unreachable is a 503, anything else a logged 500.
+pub fn db_error(err: mongodb::error::Error) -> ApiError {
+    use mongodb::error::ErrorKind;
+    match err.kind.as_ref() {
+        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
+            tracing::warn!(error = %err, "mongodb unavailable");
+            ApiError::Unavailable { retry_after_s: 1 }
+        }
+        _ => ApiError::Internal(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_addresses_are_accepted() {
+        for email in ["a@b.co", "first.last+tag@example.com", "x@sub.domain.example"] {
+            assert!(validate_email(email).is_ok(), "{email}");
+        }
+    }
+
+    #[test]
+    fn malformed_addresses_are_refused() {
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        let long_total = format!("a@{}.com", "b".repeat(250));
+        for email in
+            ["", "plain", "a@@b.co", "a@b@c.co", "@b.co", "a@localhost", "a@.co", "a@b..co", "a b@c.co", "a@b.co\n"]
+        {
+            assert!(validate_email(email).is_err(), "{email:?}");
+        }
+        assert!(validate_email(&long_local).is_err());
+        assert!(validate_email(&long_total).is_err());
+    }
+
+    #[test]
+    fn emails_are_normalised_by_trimming_and_lowercasing() {
+        assert_eq!(normalise_email("  Alice@Example.COM "), "alice@example.com");
+    }
+
+    #[test]
+    fn passwords_between_8_and_128_characters_are_accepted() {
+        assert!(validate_password("1234567").is_err());
+        assert!(validate_password("12345678").is_ok());
+        assert!(validate_password(&"é".repeat(128)).is_ok());
+        assert!(validate_password(&"a".repeat(129)).is_err());
+    }
+}
