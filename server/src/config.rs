@@ -2,8 +2,10 @@
 //! units in its name and a named default. Limits live here so they are all in one place.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 
 use clap::{Args, ValueEnum};
+use lettre::message::Mailbox;
 
 /// How one-time codes reach the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -13,6 +15,8 @@ pub enum OtpDelivery {
     /// Write the code to the log. Development only: the server refuses this with
     /// `--cookie-secure`.
     Log,
+    /// Send a mail through the SMTP server at `--smtp-url`. The code is never logged.
+    Smtp,
 }
 
 /// All settings of one server instance.
@@ -65,6 +69,19 @@ pub struct Config {
     /// Where one-time codes are delivered.
     #[arg(long, env = "FLASHSALE_OTP_DELIVERY", value_enum, default_value_t = OtpDelivery::Outbox)]
     pub otp_delivery: OtpDelivery,
+
+    /// SMTP server for `--otp-delivery smtp`: `smtp://host:port` (plain), `smtp://host?tls=required`
+    /// (STARTTLS) or `smtps://user:pass@host:465` (TLS). Its password never reaches a log.
+    #[arg(long, env = "FLASHSALE_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<SmtpUrl>,
+
+    /// Sender of the one-time code mails.
+    #[arg(long, env = "FLASHSALE_SMTP_FROM", default_value = "flashsale <no-reply@localhost>")]
+    pub smtp_from: Mailbox,
+
+    /// Bound on one code mail: connecting, each SMTP command, and the whole send.
+    #[arg(long, env = "FLASHSALE_SMTP_TIMEOUT_MS", default_value_t = 5_000)]
+    pub smtp_timeout_ms: u64,
 
     /// Entries kept in the OTP outbox stream (approximate trim).
     #[arg(long, env = "FLASHSALE_OTP_OUTBOX_MAX_LEN", default_value_t = 100_000)]
@@ -152,6 +169,64 @@ pub struct Config {
     pub limits: RateLimits,
 }
 
+/// An SMTP connection URL. It may carry a password, so `Debug` shows it with the password
+/// replaced, and there is no `Display`: [`SmtpUrl::expose`] is the one way to the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpUrl(String);
+
+impl SmtpUrl {
+    /// The URL with its password, for building the transport; never for a log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password in its user info replaced by `<redacted>`.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return "<redacted>".to_owned();
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        // The user info ends at the last `@` of the authority (a password may contain `@`).
+        let Some((user_info, host)) = authority.rsplit_once('@') else {
+            return self.0.clone();
+        };
+        let user = user_info.split_once(':').map_or(user_info, |(user, _password)| user);
+        let password = if user_info.contains(':') { ":<redacted>" } else { "" };
+        format!("{scheme}://{user}{password}@{host}{tail}")
+    }
+}
+
+impl std::fmt::Debug for SmtpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SmtpUrl").field(&self.redacted()).finish()
+    }
+}
+
+impl From<String> for SmtpUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+/// Why a `--smtp-url` was refused. It does not quote the URL, which may hold a password.
+#[derive(Debug, thiserror::Error)]
+#[error("an SMTP URL starts with smtp:// or smtps://")]
+pub struct SmtpUrlError;
+
+impl FromStr for SmtpUrl {
+    type Err = SmtpUrlError;
+
+    /// Checks the scheme only; the transport parses the rest when it is built at startup.
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        if url.starts_with("smtp://") || url.starts_with("smtps://") {
+            Ok(Self(url.to_owned()))
+        } else {
+            Err(SmtpUrlError)
+        }
+    }
+}
+
 /// Rate limits: `<action>_per_min` requests per minute per scope.
 #[derive(Debug, Clone, Args)]
 pub struct RateLimits {
@@ -194,5 +269,34 @@ impl Config {
         config.key_prefix = key_prefix.to_owned();
         config.cookie_secure = false;
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_of_an_smtp_url_hides_its_password_and_keeps_the_rest() {
+        let url: SmtpUrl = "smtps://mailer:s3cr:et@x@smtp.example.com:465/ehlo".parse().expect("smtp url");
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("s3cr") && !shown.contains("et@x"), "{shown}");
+        assert_eq!(url.redacted(), "smtps://mailer:<redacted>@smtp.example.com:465/ehlo");
+        let plain: SmtpUrl = "smtp://127.0.0.1:2525".parse().expect("smtp url");
+        assert_eq!(plain.redacted(), "smtp://127.0.0.1:2525");
+    }
+
+    #[test]
+    fn a_url_of_another_scheme_is_refused_without_being_quoted() {
+        let error = "https://user:hunter2@example.com".parse::<SmtpUrl>().expect_err("not smtp");
+        assert!(!error.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn the_default_sender_is_a_valid_mailbox() {
+        let config = Config::for_local("redis://r", "mongodb://m", "db", "p");
+        assert_eq!(config.smtp_from.email.to_string(), "no-reply@localhost");
+        assert_eq!(config.smtp_url, None);
+        assert_eq!(config.smtp_timeout_ms, 5_000);
     }
 }

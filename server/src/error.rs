@@ -169,9 +169,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A Redis failure on a path that must fail closed (auth, purchase): 503, never open.
+/// A backend failure on a path that must fail closed (auth, purchase): 503, never open.
 pub fn redis_unavailable(err: impl Into<anyhow::Error>) -> ApiError {
-    tracing::warn!(error = %err.into(), "redis unavailable; failing closed");
+    tracing::warn!(error = %err.into(), "backend unavailable; failing closed");
     ApiError::Unavailable { retry_after_s: 1 }
 }
 

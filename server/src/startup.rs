@@ -51,6 +51,7 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
             .await?;
     db.ensure_indexes().await.context("creating MongoDB indexes")?;
     let dummy_password_hash = auth::password::dummy_hash(&config)?;
+    let otp_sender = auth::otp::OtpSender::from_config(&config)?;
     let hashing = tokio::sync::Semaphore::new(config.max_concurrent_hashes.max(1));
     Ok(Arc::new(App {
         keys: Keys::new(config.key_prefix.clone()),
@@ -63,6 +64,7 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
         sold_out: SoldOutCache::default(),
         hashing,
         dummy_password_hash,
+        otp_sender,
     }))
 }
 

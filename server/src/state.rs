@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use crate::auth::otp::OtpSender;
 use crate::clock::Ids;
 use crate::config::Config;
 use crate::db::Db;
@@ -28,4 +29,6 @@ pub struct App {
     pub hashing: Semaphore,
     /// A hash verified for unknown users, so that their login takes as long as a real one.
     pub dummy_password_hash: String,
+    /// Delivers one-time codes; built once at startup (for SMTP it holds the connection pool).
+    pub otp_sender: OtpSender,
 }

@@ -26,4 +26,6 @@ pub fn router() -> Router<AppState> {
         .route("/auth/logout", post(handlers::logout))
         // The seed's route was `POST /user/porfile`; GET is the natural read, POST stays.
         .route("/user/profile", get(handlers::profile).post(handlers::profile))
+        // The seed's misspelt route, kept as an alias.
+        .route("/user/porfile", post(handlers::profile))
 }

@@ -2,6 +2,7 @@
 //! atomic reservation in Redis, the order in MongoDB, the reconciler that finishes
 //! pending orders, the rebuild after Redis data loss and the sold-out shortcut.
 
+pub mod cancel;
 pub mod handlers;
 pub mod idempotency;
 pub mod orders;
@@ -20,4 +21,5 @@ pub fn router() -> Router<AppState> {
         .route("/user/buy/{product_id}", post(handlers::buy))
         .route("/user/orders", get(handlers::list_orders))
         .route("/user/orders/{order_id}", get(handlers::get_order))
+        .route("/admin/orders/{order_id}/cancel", post(cancel::cancel_order))
 }

@@ -58,20 +58,6 @@ impl OrderDoc {
         }
     }
 
-    /// A tombstone: the order id is burnt, no unit or buyer slot is held.
-    pub fn tombstone(order_id: Uuid, product_id: Uuid, user_id: Uuid, now_ms: i64) -> Self {
-        let marker = format!("released:{order_id}");
-        Self {
-            id: order_id.to_string(),
-            product_id: product_id.to_string(),
-            user_id: user_id.to_string(),
-            unit: UnitField::Released(marker.clone()),
-            buyer_slot: marker,
-            status: OrderStatus::Released,
-            created_at_ms: now_ms,
-        }
-    }
-
     pub fn unit_number(&self) -> Option<i64> {
         match self.unit {
             UnitField::Unit(unit) => Some(unit),
@@ -136,17 +122,6 @@ pub async fn persist(app: &App, order: &OrderDoc) -> anyhow::Result<Persisted> {
         }
     }
     Ok(Persisted::Conflict(Conflict::BuyerHasOrder))
-}
-
-/// Burns an order id: afterwards no insert of that order can succeed. Returns the
-/// existing document if the order id was already taken.
-pub async fn write_tombstone(app: &App, tombstone: &OrderDoc) -> anyhow::Result<Option<OrderDoc>> {
-    let orders = app.db.collection::<OrderDoc>(ORDERS);
-    match orders.insert_one(tombstone).await {
-        Ok(_) => Ok(None),
-        Err(err) if is_duplicate_key(&err) => Ok(orders.find_one(doc! { "_id": &tombstone.id }).await?),
-        Err(err) => Err(err.into()),
-    }
 }
 
 pub async fn find_order(app: &App, order_id: Uuid) -> anyhow::Result<Option<OrderDoc>> {

@@ -1,15 +1,24 @@
 //! Local backends for tests, the simulator, the load generator and `flashsale dev`:
 //! fresh `redis-server` and FerretDB processes on free ports, each with its own
 //! temporary directory. Processes die with the process that started them.
+//!
+//! With the `containers` feature and `FLASHSALE_BACKEND=containers`, [`start_backends`]
+//! gives the same backends from Docker containers (`redis:7`, `mongo:7`) instead; that
+//! path is compiled and linted in CI but untested there (no Docker engine).
 
+#[cfg(feature = "containers")]
+mod containers;
 mod process;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+#[cfg(feature = "containers")]
+pub use containers::ContainerStack;
 pub use process::{FerretDb, RedisPersistence, RedisServer};
 
 /// How long a backend may take to accept connections after it was started.
@@ -77,5 +86,126 @@ impl LocalStack {
         let redis = RedisServer::start(persistence)?;
         let mongo = FerretDb::start()?;
         Ok(Self { redis, mongo })
+    }
+}
+
+/// Where the backends come from: the environment variable [`BackendKind::ENV`]
+/// (`local`, the default, or `containers`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    /// `redis-server` and FerretDB child processes ([`LocalStack`]).
+    #[default]
+    Local,
+    /// `redis:7` and `mongo:7` Docker containers (`ContainerStack`); needs the
+    /// `containers` feature and a Docker engine.
+    Containers,
+}
+
+impl BackendKind {
+    pub const ENV: &str = "FLASHSALE_BACKEND";
+
+    /// Reads [`Self::ENV`]; unset or empty means [`BackendKind::Local`].
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var(Self::ENV) {
+            Ok(value) => value.parse(),
+            Err(std::env::VarError::NotPresent) => Ok(Self::Local),
+            Err(std::env::VarError::NotUnicode(value)) => bail!("{}={value:?} is not UTF-8", Self::ENV),
+        }
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = anyhow::Error;
+
+    fn from_str(value: &str) -> anyhow::Result<Self> {
+        match value.trim() {
+            "" | "local" => Ok(Self::Local),
+            "containers" => Ok(Self::Containers),
+            other => bail!("{}={other}: expected `local` or `containers`", Self::ENV),
+        }
+    }
+}
+
+/// Running backends of either kind; dropping it stops the processes or removes the
+/// containers.
+#[derive(Debug)]
+pub enum Backends {
+    Local(LocalStack),
+    #[cfg(feature = "containers")]
+    Containers(Box<ContainerStack>),
+}
+
+impl Backends {
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Self::Local(_) => BackendKind::Local,
+            #[cfg(feature = "containers")]
+            Self::Containers(_) => BackendKind::Containers,
+        }
+    }
+
+    pub fn redis_url(&self) -> String {
+        match self {
+            Self::Local(stack) => stack.redis.url(),
+            #[cfg(feature = "containers")]
+            Self::Containers(stack) => stack.redis_url(),
+        }
+    }
+
+    pub fn mongo_url(&self) -> String {
+        match self {
+            Self::Local(stack) => stack.mongo.url(),
+            #[cfg(feature = "containers")]
+            Self::Containers(stack) => stack.mongo_url(),
+        }
+    }
+}
+
+/// Starts one Redis and one MongoDB-compatible backend of the given kind. The local
+/// processes are started on a blocking thread; containers need the `containers` feature
+/// and a Docker engine.
+pub async fn start_backends(kind: BackendKind, persistence: RedisPersistence) -> anyhow::Result<Backends> {
+    match kind {
+        BackendKind::Local => {
+            let stack = tokio::task::spawn_blocking(move || LocalStack::start(persistence))
+                .await
+                .context("the thread starting the local backends failed")??;
+            Ok(Backends::Local(stack))
+        }
+        BackendKind::Containers => start_containers(persistence).await,
+    }
+}
+
+#[cfg(feature = "containers")]
+async fn start_containers(persistence: RedisPersistence) -> anyhow::Result<Backends> {
+    Ok(Backends::Containers(Box::new(ContainerStack::start(persistence).await?)))
+}
+
+#[cfg(not(feature = "containers"))]
+async fn start_containers(_persistence: RedisPersistence) -> anyhow::Result<Backends> {
+    bail!(
+        "{}=containers, but flashsale was built without the `containers` feature: \
+         cargo test --features containers",
+        BackendKind::ENV
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_kind_parses() {
+        assert_eq!("local".parse::<BackendKind>().expect("local"), BackendKind::Local);
+        assert_eq!("".parse::<BackendKind>().expect("empty"), BackendKind::Local);
+        assert_eq!("containers".parse::<BackendKind>().expect("containers"), BackendKind::Containers);
+        assert!("docker".parse::<BackendKind>().is_err());
+    }
+
+    #[cfg(not(feature = "containers"))]
+    #[tokio::test]
+    async fn containers_without_the_feature_is_a_clear_error() {
+        let error = start_backends(BackendKind::Containers, RedisPersistence::None).await.expect_err("an error");
+        assert!(error.to_string().contains("cargo test --features containers"), "{error}");
     }
 }

@@ -53,19 +53,44 @@ fn with_parent_death_signal(command: &mut Command) {
     }
 }
 
-fn signal(child: &Child, signal: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
-    #[allow(unsafe_code)]
-    // SAFETY: sending a signal to our own child's pid has no memory effects.
-    unsafe {
-        libc::kill(pid, signal);
+/// A child process that is stopped (after a SIGCONT, in case it was paused) when the
+/// handle is dropped.
+#[derive(Debug, Default)]
+struct ChildProcess(Option<Child>);
+
+impl ChildProcess {
+    fn replace(&mut self, child: Child) {
+        self.kill();
+        self.0 = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut process) = self.0.take() {
+            self.signal_child(&process, libc::SIGCONT);
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = &self.0 {
+            self.signal_child(child, signal);
+        }
+    }
+
+    fn signal_child(&self, child: &Child, signal: libc::c_int) {
+        let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
+        #[allow(unsafe_code)]
+        // SAFETY: sending a signal to our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(pid, signal);
+        }
     }
 }
 
-fn stop(child: &mut Option<Child>) {
-    if let Some(mut process) = child.take() {
-        let _ = process.kill();
-        let _ = process.wait();
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -81,7 +106,7 @@ pub enum RedisPersistence {
 /// A `redis-server` on a free port.
 #[derive(Debug)]
 pub struct RedisServer {
-    child: Option<Child>,
+    child: ChildProcess,
     port: u16,
     dir: TempDir,
     persistence: RedisPersistence,
@@ -92,7 +117,7 @@ impl RedisServer {
     pub fn start(persistence: RedisPersistence) -> anyhow::Result<Self> {
         let binary = find_binary("redis-server", "FLASHSALE_REDIS_SERVER_BIN")?;
         let dir = tempfile::Builder::new().prefix("flashsale-redis-").tempdir()?;
-        let mut server = Self { child: None, port: free_port()?, dir, persistence, binary };
+        let mut server = Self { child: ChildProcess::default(), port: free_port()?, dir, persistence, binary };
         server.spawn()?;
         Ok(server)
     }
@@ -121,7 +146,7 @@ impl RedisServer {
             RedisPersistence::AppendOnly => command.arg("--appendonly").arg("yes").arg("--appendfsync").arg("always"),
         };
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        self.child = Some(spawn_from_launcher(command)?);
+        self.child.replace(spawn_from_launcher(command)?);
         wait_for_port(([127, 0, 0, 1], self.port).into(), STARTUP_TIMEOUT).context("redis-server did not start")
     }
 
@@ -139,7 +164,7 @@ impl RedisServer {
 
     /// SIGKILL: no shutdown save, whatever the persistence.
     pub fn kill(&mut self) {
-        stop(&mut self.child);
+        self.child.kill();
     }
 
     /// Starts again on the same port and directory.
@@ -148,30 +173,20 @@ impl RedisServer {
         self.spawn()
     }
 
+    /// SIGSTOP: the process stops answering but keeps its connections.
     pub fn pause(&self) {
-        if let Some(child) = &self.child {
-            signal(child, libc::SIGSTOP);
-        }
+        self.child.signal(libc::SIGSTOP);
     }
 
     pub fn resume(&self) {
-        if let Some(child) = &self.child {
-            signal(child, libc::SIGCONT);
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.resume();
-        stop(&mut self.child);
+        self.child.signal(libc::SIGCONT);
     }
 }
 
 /// A FerretDB (SQLite handler) on a free port.
 #[derive(Debug)]
 pub struct FerretDb {
-    child: Option<Child>,
+    child: ChildProcess,
     port: u16,
     dir: TempDir,
     binary: PathBuf,
@@ -182,7 +197,7 @@ impl FerretDb {
         let binary = find_binary("ferretdb", "FLASHSALE_FERRETDB_BIN")?;
         let dir = tempfile::Builder::new().prefix("flashsale-ferretdb-").tempdir()?;
         std::fs::create_dir_all(dir.path().join("data"))?;
-        let mut server = Self { child: None, port: free_port()?, dir, binary };
+        let mut server = Self { child: ChildProcess::default(), port: free_port()?, dir, binary };
         server.spawn()?;
         Ok(server)
     }
@@ -202,7 +217,7 @@ impl FerretDb {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        self.child = Some(spawn_from_launcher(command)?);
+        self.child.replace(spawn_from_launcher(command)?);
         wait_for_port(([127, 0, 0, 1], self.port).into(), STARTUP_TIMEOUT).context("ferretdb did not start")
     }
 
@@ -215,7 +230,7 @@ impl FerretDb {
     }
 
     pub fn kill(&mut self) {
-        stop(&mut self.child);
+        self.child.kill();
     }
 
     /// Starts again on the same port and data directory.
@@ -224,22 +239,12 @@ impl FerretDb {
         self.spawn()
     }
 
+    /// SIGSTOP: the process stops answering but keeps its connections.
     pub fn pause(&self) {
-        if let Some(child) = &self.child {
-            signal(child, libc::SIGSTOP);
-        }
+        self.child.signal(libc::SIGSTOP);
     }
 
     pub fn resume(&self) {
-        if let Some(child) = &self.child {
-            signal(child, libc::SIGCONT);
-        }
-    }
-}
-
-impl Drop for FerretDb {
-    fn drop(&mut self) {
-        self.resume();
-        stop(&mut self.child);
+        self.child.signal(libc::SIGCONT);
     }
 }

@@ -1,27 +1,110 @@
-//! Test support: one redis-server and one FerretDB per test binary (started on first
-//! use, on free ports), and per test a server on port 0 with its own key prefix and
-//! database, so tests run in parallel without sharing state. Tests that break a
-//! backend start their own with [`TestApp::spawn_with_own_backends`].
+//! Test support: one Redis and one MongoDB-compatible backend per test binary (started
+//! on first use), and per test a server on port 0 with its own key prefix and database,
+//! so tests run in parallel without sharing state. The shared backends are local
+//! `redis-server` and FerretDB processes on free ports, or with `FLASHSALE_BACKEND=containers`
+//! (and `--features containers`) `redis:7` and `mongo:7` Docker containers. Tests that
+//! break a backend start their own local processes with [`TestApp::spawn_with_own_backends`].
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use flashsale::auth::extract::Role;
 use flashsale::clock::Ids;
 use flashsale::config::Config;
-use flashsale::stack::{FerretDb, RedisPersistence, RedisServer};
+use flashsale::stack::{BackendKind, Backends, FerretDb, LocalStack, RedisPersistence, RedisServer};
 use flashsale::startup::RunningServer;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-static SHARED: OnceLock<(RedisServer, FerretDb)> = OnceLock::new();
+/// The backends shared by every test of this binary that does not own its own.
+#[derive(Debug)]
+pub struct SharedBackends {
+    redis_url: String,
+    mongo_url: String,
+    owner: Owner,
+}
 
-pub fn shared_backends() -> &'static (RedisServer, FerretDb) {
+#[derive(Debug)]
+enum Owner {
+    /// Child processes: they die with the test binary.
+    Processes { _backends: Backends },
+    /// Containers, with a runtime of their own: they outlive the per-test runtimes (a
+    /// container's handle needs a live runtime). A static is never dropped, so they are
+    /// removed by an exit hook, which takes them out of the mutex.
+    Containers { runtime: tokio::runtime::Runtime, backends: Mutex<Option<Backends>> },
+}
+
+impl SharedBackends {
+    pub fn redis_url(&self) -> String {
+        self.redis_url.clone()
+    }
+
+    pub fn mongo_url(&self) -> String {
+        self.mongo_url.clone()
+    }
+
+    fn start() -> anyhow::Result<Self> {
+        match BackendKind::from_env()? {
+            BackendKind::Local => {
+                let backends = Backends::Local(LocalStack::start(RedisPersistence::None)?);
+                Ok(Self {
+                    redis_url: backends.redis_url(),
+                    mongo_url: backends.mongo_url(),
+                    owner: Owner::Processes { _backends: backends },
+                })
+            }
+            BackendKind::Containers => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("flashsale-containers")
+                    .enable_all()
+                    .build()?;
+                let backends = runtime
+                    .block_on(flashsale::stack::start_backends(BackendKind::Containers, RedisPersistence::None))?;
+                Ok(Self {
+                    redis_url: backends.redis_url(),
+                    mongo_url: backends.mongo_url(),
+                    owner: Owner::Containers { runtime, backends: Mutex::new(Some(backends)) },
+                })
+            }
+        }
+    }
+}
+
+static SHARED: OnceLock<SharedBackends> = OnceLock::new();
+
+/// The shared backends, started on first use. Blocking: call it from a blocking thread
+/// (`spawn_blocking`) or outside async code. Kind from `FLASHSALE_BACKEND` (`local` by
+/// default); fault-injection tests (`faults.rs`, `ops.rs`, anything using
+/// [`TestApp::spawn_with_own_backends`]) kill, pause and restart processes and always use
+/// local processes of their own.
+pub fn shared_backends() -> &'static SharedBackends {
     SHARED.get_or_init(|| {
-        let redis = RedisServer::start(RedisPersistence::None).expect("starting redis-server");
-        let mongo = FerretDb::start().expect("starting ferretdb");
-        (redis, mongo)
+        let shared = SharedBackends::start().unwrap_or_else(|error| panic!("starting the shared backends: {error:#}"));
+        if matches!(shared.owner, Owner::Containers { .. }) {
+            remove_containers_at_exit();
+        }
+        shared
     })
+}
+
+/// Registers [`remove_shared_containers`] to run when the test binary exits.
+fn remove_containers_at_exit() {
+    #[allow(unsafe_code)]
+    // SAFETY: registers a plain `extern "C" fn` with libc; it takes no arguments.
+    let status = unsafe { libc::atexit(remove_shared_containers) };
+    if status != 0 {
+        eprintln!("could not register the exit hook: the shared backend containers stay running");
+    }
+}
+
+extern "C" fn remove_shared_containers() {
+    if let Some(SharedBackends { owner: Owner::Containers { runtime, backends }, .. }) = SHARED.get() {
+        let taken =
+            backends.lock().map(|mut guard| guard.take()).unwrap_or_else(|poisoned| poisoned.into_inner().take());
+        let _guard = runtime.enter();
+        drop(taken);
+    }
 }
 
 /// Backends owned by one test (it may kill, pause or restart them).
@@ -63,13 +146,14 @@ impl TestApp {
 
     /// Spawns with the shared backends and a config adjusted by `adjust`.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
-        let (redis, mongo) = tokio::task::spawn_blocking(shared_backends).await.expect("backends");
-        let mut config = test_config(&redis.url(), &mongo.url());
+        let shared = tokio::task::spawn_blocking(shared_backends).await.expect("backends");
+        let mut config = test_config(&shared.redis_url(), &shared.mongo_url());
         adjust(&mut config);
         Self::start(config, None).await
     }
 
-    /// Spawns with a redis-server and a FerretDB of its own.
+    /// Spawns with a redis-server and a FerretDB of its own: always local processes, whatever
+    /// `FLASHSALE_BACKEND` says, because the tests that use this kill, pause and restart them.
     pub async fn spawn_with_own_backends(persistence: RedisPersistence, adjust: impl FnOnce(&mut Config)) -> Self {
         let own = tokio::task::spawn_blocking(move || OwnBackends {
             redis: RedisServer::start(persistence).expect("starting redis-server"),

@@ -201,3 +201,46 @@ async fn a_purchase_publishes_stock_events_to_server_sent_event_clients() {
     assert!(seen.contains("event: stock_updated"), "{seen}");
     assert!(seen.contains("event: sold_out"), "{seen}");
 }
+
+#[tokio::test]
+async fn a_cancelled_order_gives_its_unit_and_buyer_slot_back_and_stays_burnt() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(1, true).await;
+    let (buyer, user_id) = app.verified_buyer(Role::Buyer).await;
+    let (admin, _) = app.verified_buyer(Role::Admin).await;
+    let (_, _, body) = app.buy(&buyer, product, "first").await;
+    let order_id = json_body(&body)["order_id"].as_str().expect("order id").to_owned();
+
+    let cancel = admin.post(app.url(&format!("/api/v1/admin/orders/{order_id}/cancel"))).send().await.expect("cancel");
+    assert_eq!(cancel.status(), 200);
+    let again = admin.post(app.url(&format!("/api/v1/admin/orders/{order_id}/cancel"))).send().await.expect("cancel");
+    assert_eq!(again.status(), 200, "cancelling twice is harmless");
+
+    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    assert_eq!(stock.remaining(), 1, "the unit is back");
+    let stored = orders::find_order(app.app(), Uuid::parse_str(&order_id).expect("uuid")).await.expect("mongo");
+    assert_eq!(stored.map(|o| o.status), Some(orders::OrderStatus::Released));
+    // The burnt order id can never take a unit again; the buyer may buy anew.
+    let late_insert = orders::OrderDoc::confirmed(
+        &orders::Reservation {
+            order_id: Uuid::parse_str(&order_id).expect("uuid"),
+            product_id: product,
+            user_id,
+            unit: 1,
+            reserved_at_ms: 0,
+        },
+        true,
+    );
+    assert!(matches!(
+        orders::persist(app.app(), &late_insert).await.expect("mongo"),
+        orders::Persisted::Conflict(orders::Conflict::OrderIdTaken(_))
+    ));
+    let (status, _, body) = app.buy(&buyer, product, "second").await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json_body(&body)["unit"], 1);
+
+    let (buyer_client, _) = app.verified_buyer(Role::Buyer).await;
+    let forbidden =
+        buyer_client.post(app.url(&format!("/api/v1/admin/orders/{order_id}/cancel"))).send().await.expect("x");
+    assert_eq!(forbidden.status(), 403);
+}

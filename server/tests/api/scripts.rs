@@ -130,10 +130,10 @@ proptest! {
 
     #[test]
     fn the_sale_scripts_agree_with_the_model(ops in proptest::collection::vec(op(), 1..40), stock in 0i64..6, one_per_user in any::<bool>()) {
-        let (redis, _) = crate::helpers::shared_backends();
+        let redis = crate::helpers::shared_backends();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async {
-            let mut conn = RedisConn::connect(&redis.url(), std::time::Duration::from_secs(5)).await.expect("redis");
+            let mut conn = RedisConn::connect(&redis.redis_url(), std::time::Duration::from_secs(5)).await.expect("redis");
             run(&mut conn, &ops, stock, one_per_user).await
         })?;
     }
