@@ -109,7 +109,7 @@ pub struct Config {
 
     /// An in-flight idempotency record older than this may be taken over by a retry
     /// (its holder is presumed dead).
-    #[arg(long, env = "FLASHSALE_IDEMPOTENCY_LEASE_MS", default_value_t = 15_000)]
+    #[arg(long, env = "FLASHSALE_IDEMPOTENCY_LEASE_MS", default_value_t = 5_000)]
     pub idempotency_lease_ms: u64,
 
     /// How long the purchase path waits for MongoDB before answering 202 pending.

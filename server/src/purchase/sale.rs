@@ -57,7 +57,10 @@ pub async fn snapshot_from_mongo(app: &App, product_id: Uuid, product: &Product)
 pub async fn restock(app: &App, product_id: Uuid, stock_total: i64) -> anyhow::Result<Option<i64>> {
     let mut conn = app.redis.clone();
     let channel = app.keys.events_channel();
-    scripts::restock(&mut conn, &app.keys.sale(product_id), stock_total, &channel, product_id).await
+    let remaining = scripts::restock(&mut conn, &app.keys.sale(product_id), stock_total, &channel, product_id).await?;
+    // This instance forgets the sell-out at once; the others when the event reaches them.
+    app.sold_out.forget(product_id);
+    Ok(remaining)
 }
 
 /// Applies a product's window and one-per-user rule to its loaded sale.

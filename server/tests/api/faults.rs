@@ -152,3 +152,28 @@ async fn purchases_while_ferretdb_is_down_are_pending_and_reconciled_exactly_onc
     let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_paused_purchases_fail_closed_and_resume_afterwards() {
+    let app = TestApp::spawn_with_own_backends(RedisPersistence::None, |config| {
+        config.redis_timeout_ms = 300;
+    })
+    .await;
+    let product = app.create_product(5, true).await;
+    let (_, cookie) = app.buyer_cookie().await;
+    let client = reqwest::Client::new();
+
+    app.own.as_ref().expect("own").redis.pause();
+    let started = tokio::time::Instant::now();
+    let (status, body) = buy_with_cookie(&app, &client, &cookie, product, "paused").await;
+    let waited = started.elapsed();
+    app.own.as_ref().expect("own").redis.resume();
+
+    assert_eq!(status, 503, "fail closed, never open: {body}");
+    assert_eq!(body["type"], "/problems/unavailable");
+    assert!(waited < Duration::from_secs(10), "bounded by the Redis timeout, took {waited:?}");
+    let (status, body) = buy_until_settled(&app, &client, &cookie, product, "paused").await;
+    assert_eq!(status, 201, "{body}");
+    let stored = orders::orders_of_product(app.app(), product).await.expect("orders");
+    assert_eq!(stored.len(), 1);
+}

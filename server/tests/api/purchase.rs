@@ -244,3 +244,57 @@ async fn a_cancelled_order_gives_its_unit_and_buyer_slot_back_and_stays_burnt() 
         buyer_client.post(app.url(&format!("/api/v1/admin/orders/{order_id}/cancel"))).send().await.expect("x");
     assert_eq!(forbidden.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restock_after_sell_out_reopens_the_sale_on_every_instance() {
+    let app = TestApp::spawn().await;
+    // A second instance on the same Redis, MongoDB, key prefix and database.
+    let mut second_config = app.config.clone();
+    second_config.listen_addr = "127.0.0.1:0".parse().expect("addr");
+    let second = flashsale::startup::RunningServer::start(second_config, flashsale::clock::Ids::system())
+        .await
+        .expect("second instance");
+    tokio::time::timeout(std::time::Duration::from_secs(10), second.app.events.wait_subscribed())
+        .await
+        .expect("the second instance subscribes");
+    let product = app.create_product(1, true).await;
+    let (winner, _) = app.verified_buyer(Role::Buyer).await;
+    let (late, _) = app.verified_buyer(Role::Buyer).await;
+    let (other, _) = app.verified_buyer(Role::Buyer).await;
+    assert_eq!(app.buy(&winner, product, "w").await.0, 201);
+    assert_eq!(app.buy(&late, product, "l").await.0, 409);
+    let second_buy = |client: reqwest::Client, key: &'static str| {
+        let url = format!("{}/api/v1/user/buy/{product}", second.base_url());
+        async move { client.post(url).header("idempotency-key", key).send().await.expect("buy").status().as_u16() }
+    };
+    assert_eq!(second_buy(other.clone(), "o").await, 409);
+    assert!(app.app().sold_out.check(product, Uuid::new_v4()) == flashsale::purchase::sold_out::Shortcut::SoldOut);
+
+    let (admin, _) = app.verified_buyer(Role::Admin).await;
+    let mut second_events = second.app.events.subscribe();
+    let restock = admin
+        .post(app.url(&format!("/api/v1/products/{product}/restock")))
+        .json(&serde_json::json!({ "quantity": 2 }))
+        .send()
+        .await
+        .expect("restock");
+    assert_eq!(restock.status(), 200);
+
+    // The instance that restocked forgets the sell-out at once.
+    assert_eq!(app.buy(&late, product, "l2").await.0, 201);
+    // The other instance forgets it when the stock event reaches it: the subscriber
+    // applies an event to the shortcut before handing it on, so seeing it is enough.
+    let reopened = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match second_events.recv().await {
+                Ok(event) if event.product_id == product && event.remaining.is_some_and(|left| left > 0) => break,
+                Ok(_) => continue,
+                Err(err) => panic!("event stream ended: {err}"),
+            }
+        }
+    })
+    .await;
+    assert!(reopened.is_ok(), "the second instance never saw the restock");
+    assert_eq!(second_buy(other, "o2").await, 201);
+    second.stop().await.expect("stop");
+}
