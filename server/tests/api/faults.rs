@@ -177,3 +177,32 @@ async fn with_redis_paused_purchases_fail_closed_and_resume_afterwards() {
     let stored = orders::orders_of_product(app.app(), product).await.expect("orders");
     assert_eq!(stored.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushall_mid_sale_is_rebuilt_from_mongodb_without_a_second_order() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(3, true).await;
+    let client = reqwest::Client::new();
+    let (first_user, first_cookie) = app.buyer_cookie().await;
+    let (status, first_body) = buy_with_cookie(&app, &client, &first_cookie, product, "before").await;
+    assert_eq!(status, 201, "{first_body}");
+
+    // The shared Redis holds other tests' keys: remove only this test's (its prefix),
+    // which is what FLUSHALL does to one deployment.
+    let mut conn = app.app().redis.clone();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}:*", app.app().keys.prefix())).query_async(&mut conn).await.expect("keys");
+    let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.expect("del");
+
+    let session = relogin(&app, first_user).await;
+    let (status, body) = buy_until_settled(&app, &client, &session, product, "before").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body, first_body, "the retry names the same order and unit");
+    let (status, body) = buy_until_settled(&app, &client, &session, product, "careless").await;
+    assert_eq!(status, 409, "one per user survives the data loss: {body}");
+    assert_eq!(body["type"], "/problems/already-purchased");
+    let stored = orders::orders_of_product(app.app(), product).await.expect("orders");
+    assert_eq!(stored.len(), 1);
+    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    assert_eq!(stock.remaining(), 2);
+}

@@ -71,3 +71,17 @@ async fn the_server_refuses_to_start_on_a_redis_that_may_evict_keys() {
         .expect("config set");
     assert!(flashsale::startup::build_state(test_config(&redis.url(), &mongo.url()), Ids::system()).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_refuses_to_start_without_mongodb() {
+    let redis = tokio::task::spawn_blocking(|| RedisServer::start(RedisPersistence::None).expect("redis"))
+        .await
+        .expect("backend");
+    let closed_port = flashsale::stack::free_port().expect("port");
+    let mut config = test_config(&redis.url(), &format!("mongodb://127.0.0.1:{closed_port}/"));
+    config.mongo_select_timeout_ms = 300;
+
+    let refused = flashsale::startup::build_state(config, Ids::system()).await;
+
+    assert!(refused.is_err(), "no indexes, no service");
+}

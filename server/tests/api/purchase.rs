@@ -298,3 +298,63 @@ async fn a_restock_after_sell_out_reopens_the_sale_on_every_instance() {
     assert_eq!(second_buy(other, "o2").await, 201);
     second.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn a_request_whose_key_is_still_in_flight_gets_409_naming_its_order() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(5, true).await;
+    let (buyer, user_id) = app.verified_buyer(Role::Buyer).await;
+    let order_id = flashsale::clock::derive_order_id(user_id, "busy");
+    // Another request holds the key (its lease is live).
+    let held = flashsale::purchase::idempotency::begin(app.app(), user_id, "busy", product, order_id).await;
+    assert!(matches!(held, Ok(flashsale::purchase::idempotency::Begin::Proceed(_))));
+
+    let (status, _, body) = app.buy(&buyer, product, "busy").await;
+
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    let body = json_body(&body);
+    assert_eq!(body["type"], "/problems/idempotency-in-flight");
+    assert_eq!(body["order_id"], order_id.to_string().as_str());
+    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    assert_eq!(stock.remaining(), 5);
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_per_user() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(5, true).await;
+    let (first, _) = app.verified_buyer(Role::Buyer).await;
+    let (second, _) = app.verified_buyer(Role::Buyer).await;
+
+    let (status_a, _, body_a) = app.buy(&first, product, "shared-key").await;
+    let (status_b, _, body_b) = app.buy(&second, product, "shared-key").await;
+
+    assert_eq!((status_a, status_b), (201, 201));
+    assert_ne!(json_body(&body_a)["order_id"], json_body(&body_b)["order_id"]);
+}
+
+#[tokio::test]
+async fn a_buyer_past_the_purchase_limit_gets_429_with_retry_after_and_ratelimit_fields() {
+    let app = TestApp::spawn_with(|config| config.limits.purchase_per_user_per_min = 2).await;
+    let product = app.create_product(5, true).await;
+    let (bot, _) = app.verified_buyer(Role::Buyer).await;
+
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for attempt in 0..4 {
+        let (status, headers, body) = app.buy(&bot, product, &format!("bot-{attempt}")).await;
+        statuses.push(status);
+        if status == 429 {
+            limited = Some((headers, json_body(&body)));
+        }
+    }
+
+    assert_eq!(&statuses[..2], &[201, 409], "{statuses:?}");
+    let (headers, body) = limited.expect("the limit answers 429");
+    assert_eq!(body["type"], "/problems/rate-limited");
+    assert!(headers.get("retry-after").is_some());
+    assert!(headers.get("ratelimit-policy").is_some_and(|v| v.to_str().unwrap_or("").contains("q=2")));
+    assert!(headers.get("ratelimit").is_some());
+    let stored = orders::orders_of_product(app.app(), product).await.expect("orders");
+    assert_eq!(stored.len(), 1, "never an extra unit");
+}
