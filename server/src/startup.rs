@@ -103,10 +103,13 @@ pub fn router(app: AppState) -> Router {
 /// background tasks.
 pub async fn serve(listener: TcpListener, app: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
     let background = spawn_background(&app, &shutdown);
-    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let signal = shutdown.clone();
     axum::serve(listener, service)
-        .with_graceful_shutdown(async move { signal.cancelled().await })
+        .with_graceful_shutdown(async move {
+            signal.cancelled().await;
+            app.events.close();
+        })
         .await
         .context("HTTP server")?;
     shutdown.cancel();

@@ -46,6 +46,8 @@ pub struct EventHub {
     sender: broadcast::Sender<SaleEvent>,
     /// Whether the Redis subscription is live (events published now will arrive).
     subscribed: tokio::sync::watch::Sender<bool>,
+    /// Fired at shutdown: every SSE stream ends, so draining connections can finish.
+    closed: CancellationToken,
 }
 
 impl Default for EventHub {
@@ -56,7 +58,21 @@ impl Default for EventHub {
 
 impl EventHub {
     pub fn new() -> Self {
-        Self { sender: broadcast::channel(EVENT_BUFFER).0, subscribed: tokio::sync::watch::channel(false).0 }
+        Self {
+            sender: broadcast::channel(EVENT_BUFFER).0,
+            subscribed: tokio::sync::watch::channel(false).0,
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// Ends every event stream (at shutdown).
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Resolves when the hub is closed.
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.closed.clone().cancelled_owned()
     }
 
     /// Waits until this instance's Redis subscription is live.

@@ -41,5 +41,8 @@ pub async fn events_stream(
             Some(Ok(Event::default().event("lagged").data(format!("{{\"missed\":{missed}}}"))))
         }
     });
+    // An event stream never ends by itself: it ends at shutdown, so that the graceful
+    // drain of connections can complete.
+    let stream = futures::StreamExt::take_until(stream, app.events.closed());
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }

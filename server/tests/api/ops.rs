@@ -85,3 +85,19 @@ async fn the_server_refuses_to_start_without_mongodb() {
 
     assert!(refused.is_err(), "no indexes, no service");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_completes_while_an_event_stream_is_open() {
+    let app = TestApp::spawn().await;
+    let mut events = reqwest::Client::new().get(app.url("/api/v1/events")).send().await.expect("sse");
+    assert_eq!(events.status(), 200);
+
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), app.server.stop()).await;
+
+    assert!(matches!(stopped, Ok(Ok(()))), "shutdown must not wait forever on a stream: {stopped:?}");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(Some(_)) = events.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream ends at shutdown");
+}
