@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flashsale::clock::Ids;
 use flashsale::config::{Config, OtpDelivery};
-use flashsale::stack::{LocalStack, RedisPersistence};
+use flashsale::stack::{BackendKind, RedisPersistence, start_backends};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -90,15 +90,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn dev(mut config: Config) -> anyhow::Result<()> {
-    let stack = tokio::task::spawn_blocking(|| LocalStack::start(RedisPersistence::AppendOnly))
-        .await?
-        .context("starting local redis-server and FerretDB (run scripts/install-deps first)")?;
-    config.redis_url = stack.redis.url();
-    config.mongo_url = stack.mongo.url();
+    // Local processes by default; FLASHSALE_BACKEND=containers (with the `containers`
+    // feature and a Docker engine) starts redis:7 and mongo:7 containers instead.
+    let kind = BackendKind::from_env()?;
+    let stack = start_backends(kind, RedisPersistence::AppendOnly)
+        .await
+        .context("starting the backends (for local processes, run scripts/install-deps first)")?;
+    config.redis_url = stack.redis_url();
+    config.mongo_url = stack.mongo_url();
     config.cookie_secure = false;
     config.otp_delivery = OtpDelivery::Log;
-    println!("redis:   {}", stack.redis.url());
-    println!("mongodb: {}", stack.mongo.url());
+    println!("redis:   {}", stack.redis_url());
+    println!("mongodb: {}", stack.mongo_url());
     println!("api:     http://{}/api/v1  (OpenAPI at /openapi.json)", config.listen_addr);
     let result = serve(config).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
