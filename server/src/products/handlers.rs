@@ -71,8 +71,9 @@ pub async fn detail(
     Ok(with_limits(Json(view).into_response(), &limits))
 }
 
-/// The live product, from the cache or else MongoDB (then cached).
-async fn load_product(app: &App, id: Uuid) -> ApiResult<Product> {
+/// The live product, from the cache or else MongoDB (then cached). The purchase path
+/// reads it here too, so a winning purchase costs no extra MongoDB round trip.
+pub(crate) async fn load_product(app: &App, id: Uuid) -> ApiResult<Product> {
     if let Some(product) = cache::get_product(app, id).await {
         return live_or_not_found(Some(product));
     }

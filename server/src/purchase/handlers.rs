@@ -186,13 +186,16 @@ fn response(order_id: Uuid, product_id: Uuid, unit: i64, status: &'static str) -
 /// Writes the order to MongoDB within the configured time; 202 pending otherwise.
 async fn persist(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
     let Reservation { order_id, product_id, unit, .. } = *reservation;
-    let product = match find_product_cached(app, product_id).await {
-        Some(product) => product,
-        None => return Ok(Bought::Pending(response(order_id, product_id, unit, "pending"))),
+    // The product (for its one-per-user rule) comes from the cache on the hot path; the
+    // lookup and the insert share the write timeout.
+    let write = async {
+        let product = crate::products::handlers::load_product(app, product_id)
+            .await
+            .map_err(|err| anyhow::anyhow!("product lookup: {err}"))?;
+        orders::persist(app, &OrderDoc::confirmed(reservation, product.one_per_user)).await
     };
-    let document = OrderDoc::confirmed(reservation, product.one_per_user);
     let timeout = Duration::from_millis(app.config.order_write_timeout_ms);
-    let persisted = match tokio::time::timeout(timeout, orders::persist(app, &document)).await {
+    let persisted = match tokio::time::timeout(timeout, write).await {
         Ok(Ok(persisted)) => persisted,
         Ok(Err(err)) => {
             tracing::warn!(error = %err, %order_id, "order write failed; answering pending");
@@ -231,16 +234,6 @@ async fn persist(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
                 Conflict::BuyerHasOrder => Err(ApiError::AlreadyPurchased),
                 _ => Err(ApiError::SalePaused { retry_after_s: 1 }),
             }
-        }
-    }
-}
-
-async fn find_product_cached(app: &App, product_id: Uuid) -> Option<crate::products::model::Product> {
-    match crate::products::store::find_product(app, product_id).await {
-        Ok(product) => product,
-        Err(err) => {
-            tracing::debug!(error = %err, "product lookup failed");
-            None
         }
     }
 }

@@ -378,9 +378,9 @@ async fn live_stock_in_the_detail_is_never_served_from_the_cache() {
     let product = app.create_product(5, true).await;
     let (buyer, _) = app.verified_buyer(Role::Buyer).await;
     assert_eq!(get_json(&app, &product_path(product)).await.1["remaining"], 5);
+    assert_eq!(app.buy(&buyer, product, "key-1").await.0, 201);
     let hits = app.app().metrics.product_cache_hits.get();
 
-    assert_eq!(app.buy(&buyer, product, "key-1").await.0, 201);
     let (_, detail) = get_json(&app, &product_path(product)).await;
 
     assert_eq!(app.app().metrics.product_cache_hits.get(), hits + 1, "the document came from the cache");
