@@ -167,6 +167,13 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: RateLimits,
+
+    /// A deliberately broken behaviour of this instance, for the simulator (only with the
+    /// `broken` feature; not a flag: set by the code that starts the instance). `None`
+    /// behaves exactly as a build without the feature.
+    #[cfg(feature = "broken")]
+    #[arg(skip)]
+    pub broken: Option<crate::broken::Broken>,
 }
 
 /// An SMTP connection URL. It may carry a password, so `Debug` shows it with the password

@@ -16,8 +16,12 @@
 //! - [`purchase`]: the purchase protocol, orders, idempotency, reconciler, rebuild.
 //! - [`ratelimit`], [`events`] (pub/sub and SSE), [`http`] (extractors, ops endpoints).
 //! - [`stack`]: local redis-server and FerretDB processes for tests and `dev`.
+//! - `broken` (only with the `broken` feature): deliberately broken variants of the
+//!   purchase protocol, for the simulator's checker.
 
 pub mod auth;
+#[cfg(feature = "broken")]
+pub mod broken;
 pub mod clock;
 pub mod config;
 pub mod db;

@@ -1,103 +1,109 @@
-//! `flashsale-sim`: the flash-sale simulator. It expands a seed into a plan (products,
-//! buyers and their behaviours, faults) and prints it with its hash. Running a plan
-//! against real redis-server, FerretDB and server instances, recording the history and
-//! checking the invariants is being built (the simulator issue): `run` and `sweep`
-//! say so and exit with status 2.
-
-mod plan;
+//! `flashsale-sim`: the flash-sale simulator's command line. `plan` prints what a seed
+//! expands into; `run` plays it against real backends and server instances and prints
+//! the verdict of every invariant; `sweep` runs a range of seeds. Exit status: 0 every
+//! invariant held, 1 a violation or a vacuous run, 2 bad arguments, 3 the run itself
+//! failed (a backend would not start...).
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
+use flashsale_sim::cli::{Cli, Command, PlanArgs, RunOptions};
+use flashsale_sim::plan::Plan;
+use flashsale_sim::runner::RunOutcome;
+use flashsale_sim::{report, runner};
 
-use plan::{FaultMix, Plan, PlanOptions, Topology};
-
-/// Exit status of a command that is not built yet.
-const NOT_BUILT: u8 = 2;
-
-#[derive(Debug, Parser)]
-#[command(name = "flashsale-sim", version, about = "Flash-sale simulator")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Print the plan one seed expands into, and its hash.
-    Plan(PlanArgs),
-    /// Run one seed's plan and check the invariants (not built yet).
-    Run(PlanArgs),
-    /// Run many seeds, e.g. `--seeds 1..100` (not built yet).
-    Sweep {
-        /// Range of seeds, `A..B`.
-        #[arg(long)]
-        seeds: String,
-    },
-}
-
-#[derive(Debug, Args)]
-struct PlanArgs {
-    /// Seed the plan is expanded from.
-    #[arg(long)]
-    seed: u64,
-    /// Virtual buyers.
-    #[arg(long, default_value_t = 5_000)]
-    buyers: usize,
-    /// Products on sale.
-    #[arg(long, default_value_t = 3)]
-    products: usize,
-    /// Units of each product.
-    #[arg(long, default_value_t = 100)]
-    stock: i64,
-    /// Server instances.
-    #[arg(long, default_value_t = 2)]
-    instances: usize,
-    /// Redis topology.
-    #[arg(long, value_enum, default_value_t = Topology::Single)]
-    topology: Topology,
-    /// Faults to schedule.
-    #[arg(long, value_enum, default_value_t = FaultMix::Default)]
-    faults: FaultMix,
-    /// Length of the run in milliseconds.
-    #[arg(long, default_value_t = 60_000)]
-    duration_ms: u64,
-}
-
-impl PlanArgs {
-    fn options(&self) -> PlanOptions {
-        PlanOptions {
-            seed: self.seed,
-            buyers: self.buyers,
-            products: self.products,
-            stock_per_product: self.stock,
-            instances: self.instances,
-            topology: self.topology,
-            fault_mix: self.faults,
-            duration_ms: self.duration_ms,
-        }
-    }
-}
+const FAILED_RUN: u8 = 3;
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Plan(args) => match Plan::generate(args.options()) {
+        Command::Plan(args) => match plan(&args) {
             Ok(plan) => {
                 // A closed pipe (`| head`) ends the output early; that is not an error.
                 let _ = print_plan(&mut std::io::stdout().lock(), &plan);
                 ExitCode::SUCCESS
             }
-            Err(problem) => {
-                eprintln!("flashsale-sim plan: {problem}");
+            Err(code) => code,
+        },
+        Command::Run(args) => {
+            let plan = match plan(&args.plan) {
+                Ok(plan) => plan,
+                Err(code) => return code,
+            };
+            let _ = print_plan(&mut std::io::stdout().lock(), &plan);
+            match block_on(run_one(plan, &args.run)) {
+                Ok(outcome) if outcome.report.passed() => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(err) => {
+                    eprintln!("flashsale-sim run: {err:#}");
+                    ExitCode::from(FAILED_RUN)
+                }
+            }
+        }
+        Command::Sweep(args) => {
+            let mut failing = Vec::new();
+            for seed in args.seeds.seeds() {
+                let plan = match Plan::generate(args.shape.options(seed)) {
+                    Ok(plan) => plan,
+                    Err(problem) => {
+                        eprintln!("flashsale-sim sweep: {problem}");
+                        return ExitCode::from(2);
+                    }
+                };
+                println!("== seed {seed}: plan hash {}", plan.hash());
+                // One folder per seed under the given root.
+                let mut options = args.run.clone();
+                options.report_dir =
+                    args.run.report_dir.as_ref().map(|root| root.join(format!("seed-{seed}-{}", plan.hash())));
+                match block_on(run_one(plan, &options)) {
+                    Ok(outcome) if outcome.report.passed() => println!("== seed {seed}: every invariant held"),
+                    Ok(outcome) => failing.push((seed, outcome.replay_command.clone())),
+                    Err(err) => failing.push((seed, format!("run failed: {err:#}"))),
+                }
+            }
+            if failing.is_empty() {
+                println!("sweep {}..={}: every seed passed", args.seeds.first, args.seeds.last);
+                ExitCode::SUCCESS
+            } else {
+                println!("sweep: {} seed(s) failed:", failing.len());
+                for (seed, replay) in &failing {
+                    println!("  seed {seed}: {replay}");
+                }
                 ExitCode::FAILURE
             }
-        },
-        Command::Run(_) | Command::Sweep { .. } => {
-            eprintln!("flashsale-sim: running plans is not built yet: see the simulator issue");
-            ExitCode::from(NOT_BUILT)
         }
     }
+}
+
+fn plan(args: &PlanArgs) -> Result<Plan, ExitCode> {
+    Plan::generate(args.shape.options(args.seed)).map_err(|problem| {
+        eprintln!("flashsale-sim: {problem}");
+        ExitCode::from(2)
+    })
+}
+
+fn block_on<T>(future: impl Future<Output = T>) -> T {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(future),
+        Err(err) => {
+            eprintln!("flashsale-sim: cannot start a runtime: {err}");
+            std::process::exit(i32::from(FAILED_RUN));
+        }
+    }
+}
+
+async fn run_one(plan: Plan, options: &RunOptions) -> anyhow::Result<RunOutcome> {
+    let outcome = runner::run(options.settings(plan)).await?;
+    let dir = options.report_dir.clone().unwrap_or_else(|| report::default_dir(&outcome));
+    print!("{}", report::verdict_table(&outcome));
+    if !outcome.report.passed() {
+        print!("{}", report::violation_details(&outcome));
+    }
+    match report::write(&dir, &outcome) {
+        Ok(_) => println!("report: {}", dir.display()),
+        Err(err) => eprintln!("flashsale-sim: writing the report to {}: {err:#}", dir.display()),
+    }
+    Ok(outcome)
 }
 
 fn print_plan(out: &mut impl Write, plan: &Plan) -> std::io::Result<()> {
@@ -116,6 +122,16 @@ fn print_plan(out: &mut impl Write, plan: &Plan) -> std::io::Result<()> {
     )?;
     for (behaviour, count) in plan.behaviour_counts() {
         writeln!(out, "  {behaviour:?}: {count}")?;
+    }
+    for product in &plan.products {
+        writeln!(
+            out,
+            "  product {}: {} units, {}, opens at {} ms",
+            product.index,
+            product.stock,
+            if product.one_per_user { "one per user" } else { "unlimited" },
+            product.opens_at_ms
+        )?;
     }
     for fault in &plan.faults {
         writeln!(out, "  at {:>6} ms for {:>5} ms: {:?}", fault.at_ms, fault.duration_ms, fault.fault)?;

@@ -15,6 +15,10 @@ pub const MAX_BUYERS: usize = 100_000;
 pub const MAX_PRODUCTS: usize = 64;
 /// Largest number of server instances one run may start.
 pub const MAX_INSTANCES: usize = 8;
+/// Shortest run.
+pub const MIN_DURATION_MS: u64 = 1_000;
+/// Shortest run with faults: each fault needs a slot of its own in the fault window.
+pub const MIN_FAULTED_DURATION_MS: u64 = 10_000;
 /// Share of buyers (in percent) that go through the full HTTP register → login → OTP flow.
 pub const HTTP_LOGIN_PERCENT: u32 = 2;
 
@@ -34,8 +38,12 @@ pub enum Topology {
 pub enum FaultMix {
     /// No faults: load and retries only.
     None,
-    /// Proxy faults, pauses and restarts of Redis and FerretDB, an instance killed.
+    /// Proxy faults, pauses and restarts of Redis and FerretDB, an instance killed,
+    /// `CLIENT PAUSE WRITE`: one of each, in a seeded order, one at a time.
     Default,
+    /// MongoDB unreachable (blackholed) across every product's opening: purchases
+    /// answer 202 pending and the reconciler must finish them.
+    MongoOutage,
 }
 
 /// Everything a plan depends on besides the seed.
@@ -66,8 +74,11 @@ impl PlanOptions {
         if self.instances == 0 || self.instances > MAX_INSTANCES {
             return Err(format!("instances must be 1..={MAX_INSTANCES}"));
         }
-        if self.duration_ms < 1_000 {
-            return Err("duration must be at least 1 s".into());
+        if self.duration_ms < MIN_DURATION_MS {
+            return Err(format!("duration must be at least {MIN_DURATION_MS} ms"));
+        }
+        if self.fault_mix != FaultMix::None && self.duration_ms < MIN_FAULTED_DURATION_MS {
+            return Err(format!("a run with faults must last at least {MIN_FAULTED_DURATION_MS} ms"));
         }
         Ok(())
     }
@@ -125,6 +136,9 @@ pub struct ProductPlan {
     pub index: usize,
     pub stock: i64,
     pub one_per_user: bool,
+    /// When its sale opens, from the start of the run. Openings are staggered over the
+    /// fault window, so faults meet sales at their busiest.
+    pub opens_at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -150,6 +164,8 @@ pub enum Fault {
     ProxyLatency { target: Backend, latency_ms: u64 },
     /// Connections through the proxy are reset.
     ProxyReset { target: Backend },
+    /// The proxy delays closing one side after the other closed.
+    ProxySlowClose { target: Backend, delay_ms: u64 },
     /// The proxy accepts but never answers.
     ProxyBlackhole { target: Backend },
     /// SIGSTOP, then SIGCONT after the fault's duration.
@@ -190,11 +206,16 @@ impl Plan {
     pub fn generate(options: PlanOptions) -> Result<Self, String> {
         options.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-        let products = (0..options.products)
-            .map(|index| ProductPlan { index, stock: options.stock_per_product, one_per_user: rng.random_bool(0.85) })
+        let products: Vec<ProductPlan> = (0..options.products)
+            .map(|index| ProductPlan {
+                index,
+                stock: options.stock_per_product,
+                one_per_user: rng.random_bool(0.85),
+                opens_at_ms: opening_ms(&options, index),
+            })
             .collect();
-        let buyers = (0..options.buyers).map(|index| plan_buyer(&mut rng, &options, index)).collect();
-        let faults = plan_faults(&mut rng, &options);
+        let buyers = (0..options.buyers).map(|index| plan_buyer(&mut rng, &options, &products, index)).collect();
+        let faults = plan_faults(&mut rng, &options, &products);
         Ok(Self { options, products, buyers, faults })
     }
 
@@ -213,54 +234,114 @@ impl Plan {
     }
 }
 
-fn plan_buyer(rng: &mut ChaCha8Rng, options: &PlanOptions, index: usize) -> BuyerPlan {
+/// Share of the run over which product openings and faults are spread; the rest lets
+/// late buyers arrive and retries settle.
+const FAULT_WINDOW_PERCENT: u64 = 60;
+
+fn opening_ms(options: &PlanOptions, index: usize) -> u64 {
+    let window = options.duration_ms * FAULT_WINDOW_PERCENT / 100;
+    window * index as u64 / options.products as u64
+}
+
+fn plan_buyer(rng: &mut ChaCha8Rng, options: &PlanOptions, products: &[ProductPlan], index: usize) -> BuyerPlan {
     let behaviour = Behaviour::draw(rng);
-    // Most buyers arrive in the first tenth of the run (the flash); late buyers after
-    // the middle, when the stock should be gone.
-    let rush_ms = (options.duration_ms / 10).max(1);
+    let product = rng.random_range(0..options.products);
+    let opens = products.get(product).map_or(0, |p| p.opens_at_ms);
+    // Two in five buyers are there at the opening (some clicking up to 300 ms early, to
+    // be told the sale has not started); the rest trickle in over a fifth of the run;
+    // late buyers come after the fault window, when the stock should be gone.
     let start_at_ms = match behaviour {
-        Behaviour::LateBuyer => options.duration_ms / 2 + rng.random_range(0..options.duration_ms / 4),
-        _ => rng.random_range(0..rush_ms),
+        Behaviour::LateBuyer => {
+            options.duration_ms * 70 / 100 + rng.random_range(0..(options.duration_ms * 15 / 100).max(1))
+        }
+        _ if rng.random_bool(0.4) => opens.saturating_sub(rng.random_range(0..300)),
+        _ => opens + rng.random_range(0..(options.duration_ms / 5).max(1)),
     };
     BuyerPlan {
         index,
         behaviour,
-        product: rng.random_range(0..options.products),
+        product,
         start_at_ms,
         via_http_login: rng.random_range(0..100) < HTTP_LOGIN_PERCENT,
         instance: rng.random_range(0..options.instances),
     }
 }
 
-fn plan_faults(rng: &mut ChaCha8Rng, options: &PlanOptions) -> Vec<FaultPlan> {
-    if options.fault_mix == FaultMix::None {
-        return Vec::new();
+fn plan_faults(rng: &mut ChaCha8Rng, options: &PlanOptions, products: &[ProductPlan]) -> Vec<FaultPlan> {
+    let window = (options.duration_ms * FAULT_WINDOW_PERCENT / 100).max(1);
+    match options.fault_mix {
+        FaultMix::None => Vec::new(),
+        FaultMix::MongoOutage => products
+            .iter()
+            .map(|p| FaultPlan {
+                at_ms: p.opens_at_ms.saturating_sub(200),
+                duration_ms: (window / options.products as u64).clamp(500, 2_500),
+                fault: Fault::ProxyBlackhole { target: Backend::Mongo },
+            })
+            .collect(),
+        FaultMix::Default => default_faults(rng, options, window),
     }
+}
+
+/// One fault of each kind, in a seeded order, one at a time across the fault window
+/// (overlapping faults would make the timeline unreadable and a heal ambiguous).
+fn default_faults(rng: &mut ChaCha8Rng, options: &PlanOptions, window: u64) -> Vec<FaultPlan> {
     let backend = |rng: &mut ChaCha8Rng| if rng.random_bool(0.5) { Backend::Redis } else { Backend::Mongo };
-    let mut candidates = vec![
+    let mut kinds = vec![
         Fault::ProxyLatency { target: backend(rng), latency_ms: rng.random_range(5..200) },
         Fault::ProxyReset { target: backend(rng) },
         Fault::ProxyBlackhole { target: backend(rng) },
+        Fault::ProxySlowClose { target: backend(rng), delay_ms: rng.random_range(100..1_000) },
         Fault::Pause { target: backend(rng) },
-        Fault::KillRestart { target: Backend::Redis, persistent: rng.random_bool(0.5) },
+        Fault::KillRestart { target: Backend::Redis, persistent: true },
         Fault::KillRestart { target: Backend::Mongo, persistent: true },
         Fault::ClientPauseWrite,
     ];
     if options.instances > 1 {
-        candidates.push(Fault::KillInstance { instance: rng.random_range(0..options.instances) });
+        kinds.push(Fault::KillInstance { instance: rng.random_range(0..options.instances) });
     }
-    // Faults land in the first 60% of the run, so that healing and draining fit after.
-    let window = (options.duration_ms * 6 / 10).max(1);
-    let mut faults: Vec<FaultPlan> = candidates
+    // Fisher-Yates with the plan's stream (not `SliceRandom`, whose algorithm may change).
+    for i in (1..kinds.len()).rev() {
+        kinds.swap(i, rng.random_range(0..=i));
+    }
+    // Redis data loss (a restart without persistence) goes before every MongoDB fault: a
+    // 202 pending answer is as durable as Redis, and losing both at once is the
+    // documented limit of the protocol, not something the checker should flag.
+    let first_mongo = kinds.iter().position(|f| f.target() == Some(Backend::Mongo)).unwrap_or(kinds.len());
+    kinds.insert(rng.random_range(0..=first_mongo), Fault::KillRestart { target: Backend::Redis, persistent: false });
+
+    let slot = window / kinds.len() as u64;
+    let mut at = 0;
+    kinds
         .into_iter()
-        .map(|fault| FaultPlan {
-            at_ms: rng.random_range(0..window),
-            duration_ms: rng.random_range(200..(options.duration_ms / 10).max(201)),
-            fault,
+        .map(|fault| {
+            let duration_ms = rng.random_range(300..(slot * 2 / 3).clamp(301, 3_000));
+            let start = at + rng.random_range(0..(slot - duration_ms.min(slot)).max(1));
+            at += slot;
+            FaultPlan { at_ms: start, duration_ms, fault }
         })
-        .collect();
-    faults.sort_by_key(|f| f.at_ms);
-    faults
+        .collect()
+}
+
+impl Fault {
+    /// The backend it acts on, if any.
+    pub fn target(&self) -> Option<Backend> {
+        match self {
+            Self::ProxyLatency { target, .. }
+            | Self::ProxyReset { target }
+            | Self::ProxySlowClose { target, .. }
+            | Self::ProxyBlackhole { target }
+            | Self::Pause { target }
+            | Self::KillRestart { target, .. } => Some(*target),
+            Self::ClientPauseWrite => Some(Backend::Redis),
+            Self::KillInstance { .. } => None,
+        }
+    }
+
+    /// Whether it can lose Redis data.
+    pub fn loses_redis_data(&self) -> bool {
+        matches!(self, Self::KillRestart { target: Backend::Redis, persistent: false })
+    }
 }
 
 #[cfg(test)]
@@ -303,6 +384,10 @@ mod tests {
         }
         assert!(plan.faults.iter().any(|f| matches!(f.fault, Fault::KillInstance { .. })));
         assert!(plan.faults.iter().all(|f| f.at_ms < plan.options.duration_ms));
+        assert!(plan.faults.windows(2).all(|w| w[0].at_ms + w[0].duration_ms <= w[1].at_ms), "faults overlap");
+        let loss = plan.faults.iter().position(|f| f.fault.loses_redis_data()).expect("a Redis data loss");
+        let mongo = plan.faults.iter().position(|f| f.fault.target() == Some(Backend::Mongo)).expect("a Mongo fault");
+        assert!(loss < mongo, "Redis data loss is planned after a MongoDB fault");
         assert!(plan.buyers.iter().filter(|b| b.via_http_login).count() > 0);
     }
 

@@ -105,10 +105,16 @@ pub async fn create_verified_session(app: &App, user_id: Uuid) -> anyhow::Result
     let Some(user) = users::find_by_id(app, user_id).await? else {
         anyhow::bail!("no user has the id {user_id}");
     };
+    create_verified_session_for(app, &user).await
+}
+
+/// A fresh session, OTP already verified, for a user record already at hand.
+pub async fn create_verified_session_for(app: &App, user: &users::UserDoc) -> anyhow::Result<String> {
+    let user_id = user.uuid()?;
     let now_ms = app.ids.now_ms();
     let session = Session {
         user_id,
-        email: user.email,
+        email: user.email.clone(),
         role: user.role,
         otp_verified: true,
         created_at_ms: now_ms,

@@ -120,6 +120,33 @@ pub async fn create_user_with_hash(app: &App, email: &str, password_hash: &str, 
     }
 }
 
+/// Users inserted per `insert_many` by [`create_users_with_hash`].
+pub const USER_BATCH: usize = 1_000;
+
+/// Inserts many users sharing one precomputed hash, in batches (the simulator's setup:
+/// thousands of buyers before the sale). Fails if any email is taken.
+pub async fn create_users_with_hash(
+    app: &App,
+    emails: &[String],
+    password_hash: &str,
+    role: Role,
+) -> anyhow::Result<Vec<UserDoc>> {
+    let users: Vec<UserDoc> = emails
+        .iter()
+        .map(|email| UserDoc {
+            id: app.ids.new_record_id().to_string(),
+            email: normalise_email(email),
+            password_hash: password_hash.to_owned(),
+            role,
+            created_at_ms: app.ids.now_ms(),
+        })
+        .collect();
+    for batch in users.chunks(USER_BATCH) {
+        app.db.collection::<UserDoc>(USERS).insert_many(batch).await?;
+    }
+    Ok(users)
+}
+
 pub async fn find_by_email(app: &App, normalised_email: &str) -> Result<Option<UserDoc>, mongodb::error::Error> {
     app.db.collection::<UserDoc>(USERS).find_one(doc! { "email": normalised_email }).await
 }

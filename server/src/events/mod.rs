@@ -81,6 +81,11 @@ impl EventHub {
         let _ = receiver.wait_for(|live| *live).await;
     }
 
+    /// Whether this instance's Redis subscription is live right now.
+    pub fn is_subscribed(&self) -> bool {
+        *self.subscribed.borrow()
+    }
+
     fn set_subscribed(&self, live: bool) {
         self.subscribed.send_replace(live);
     }
@@ -109,10 +114,16 @@ pub async fn publish(app: &crate::state::App, event: &SaleEvent) {
 /// Receives events from Redis until `shutdown`, reconnecting when Redis goes away.
 pub async fn run_subscriber(app: AppState, shutdown: CancellationToken) {
     let channel = app.keys.events_channel();
-    let first_url = app.config.redis_url.split(',').next().unwrap_or_default().trim().to_owned();
+    // On Redis Cluster a PUBLISH reaches every node, so any seed will do: try them in
+    // turn, so that events keep flowing while one node is down.
+    let urls: Vec<String> =
+        app.config.redis_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+    let mut attempt = 0usize;
     while !shutdown.is_cancelled() {
+        let url = urls.get(attempt % urls.len().max(1)).cloned().unwrap_or_default();
+        attempt = attempt.wrapping_add(1);
         let subscribed = async {
-            let client = redis::Client::open(first_url.as_str())?;
+            let client = redis::Client::open(url.as_str())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)

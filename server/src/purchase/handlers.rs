@@ -51,6 +51,8 @@ pub async fn buy(
 ) -> ApiResult<Response> {
     let key = idempotency::key_from_headers(&headers)?;
     let order_id = derive_order_id(user.user_id, &key);
+    #[cfg(feature = "broken")]
+    let order_id = crate::broken::order_id(&app, order_id);
     // After a sell-out the flood is answered here, before any Redis round trip.
     if app.sold_out.check(product_id, order_id) == Shortcut::SoldOut {
         app.metrics.sold_out_shortcuts.inc();
@@ -164,6 +166,12 @@ async fn reserve(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) -> 
     let channel = app.keys.events_channel();
     let args = PurchaseArgs { order_id, user_id, product_id, now_ms: app.ids.now_ms(), channel: &channel };
     let mut conn = app.redis.clone();
+    #[cfg(feature = "broken")]
+    if let Some(broken) = crate::broken::selected(app) {
+        return scripts::purchase_broken(&mut conn, &app.keys.sale(product_id), &args, broken)
+            .await
+            .map_err(redis_unavailable);
+    }
     scripts::purchase(&mut conn, &app.keys.sale(product_id), &args).await.map_err(redis_unavailable)
 }
 
@@ -192,7 +200,10 @@ async fn persist(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
         let product = crate::products::handlers::load_product(app, product_id)
             .await
             .map_err(|err| anyhow::anyhow!("product lookup: {err}"))?;
-        orders::persist(app, &OrderDoc::confirmed(reservation, product.one_per_user)).await
+        let order = OrderDoc::confirmed(reservation, product.one_per_user);
+        #[cfg(feature = "broken")]
+        let order = crate::broken::buyer_slot(app, order);
+        orders::persist(app, &order).await
     };
     let timeout = Duration::from_millis(app.config.order_write_timeout_ms);
     let persisted = match tokio::time::timeout(timeout, write).await {
@@ -241,6 +252,11 @@ async fn persist(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
 /// After a sold-out answer, remembers the product in process with the orders that hold
 /// its units, unless a stock event arrived meanwhile.
 async fn remember_sold_out(app: &App, product_id: Uuid) {
+    // Without a live subscription a release or restock would go unseen: the shortcut
+    // is only as fresh as the events that invalidate it.
+    if !app.events.is_subscribed() {
+        return;
+    }
     let epoch = app.sold_out.epoch();
     let mut conn = app.redis.clone();
     let holders: redis::RedisResult<Vec<String>> =

@@ -51,6 +51,11 @@ pub fn fingerprint(product_id: Uuid) -> String {
 pub async fn begin(app: &App, user_id: Uuid, key: &str, product_id: Uuid, order_id: Uuid) -> Result<Begin, ApiError> {
     let record_key = app.keys.idempotency(user_id, key);
     let fingerprint = fingerprint(product_id);
+    #[cfg(feature = "broken")]
+    if crate::broken::is(app, crate::broken::Broken::NewOrderOnReplay) {
+        // Broken: the record is never consulted (nor written by `finish`).
+        return Ok(Begin::Proceed(Claim { record_key, fingerprint }));
+    }
     let mut conn = app.redis.clone();
     let ttl_ms = app.config.idempotency_ttl_s.saturating_mul(1000);
     let begun = scripts::idempotency_begin(
@@ -74,6 +79,10 @@ pub async fn begin(app: &App, user_id: Uuid, key: &str, product_id: Uuid, order_
 /// Ends the claim: a success is stored for replay, anything else leaves the key bound
 /// to this request but re-evaluated on retry.
 pub async fn finish(app: &App, claim: &Claim, stored: Option<(u16, &[u8])>) {
+    #[cfg(feature = "broken")]
+    if crate::broken::is(app, crate::broken::Broken::NewOrderOnReplay) {
+        return;
+    }
     let end = match stored {
         Some((status, body)) => IdempotencyEnd::Done { status, body },
         None => IdempotencyEnd::Open,

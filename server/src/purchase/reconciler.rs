@@ -104,7 +104,16 @@ pub async fn reconcile_product(
             scripts::confirm(&mut conn, &keys, order_id).await?;
             continue;
         }
+        #[cfg(feature = "broken")]
+        if crate::broken::is(app, crate::broken::Broken::DropPending) {
+            // Broken: dropped from Redis unpersisted, its unit and buyer slot still taken.
+            drop_reservation(app, product_id, order_id).await?;
+            pass.settled += 1;
+            continue;
+        }
         let document = OrderDoc::confirmed(&reservation, product.one_per_user);
+        #[cfg(feature = "broken")]
+        let document = crate::broken::phantom_id(app, crate::broken::buyer_slot(app, document));
         match orders::persist(app, &document).await? {
             Persisted::Inserted => {
                 scripts::confirm(&mut conn, &keys, order_id).await?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 pub use keys::Keys;
@@ -89,16 +90,34 @@ impl ConnectionLike for RedisConn {
     }
 }
 
+/// Every master of the cluster: the cluster client sends `CONFIG GET` to one random node
+/// by default, and answers per node (a map of address to reply) when routed here.
+fn all_masters() -> RoutingInfo {
+    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None))
+}
+
 /// The `maxmemory-policy` of the server (or of every master in a cluster).
 pub async fn eviction_policies(conn: &mut RedisConn) -> anyhow::Result<Vec<String>> {
-    let reply: Value = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(conn)
-        .await
-        .context("CONFIG GET maxmemory-policy")?;
+    let mut cmd = redis::cmd("CONFIG");
+    cmd.arg("GET").arg("maxmemory-policy");
     let mut policies = Vec::new();
-    collect_policy_values(&reply, &mut policies);
+    match conn {
+        RedisConn::Single(_) => {
+            let reply: Value = cmd.query_async(conn).await.context("CONFIG GET maxmemory-policy")?;
+            collect_policy_values(&reply, &mut policies);
+        }
+        RedisConn::Cluster(cluster) => {
+            let reply = cluster.route_command(cmd, all_masters()).await.context("CONFIG GET maxmemory-policy")?;
+            let Value::Map(per_node) = reply else { anyhow::bail!("CONFIG GET on every master: {reply:?}") };
+            for (node, reply) in &per_node {
+                let before = policies.len();
+                collect_policy_values(reply, &mut policies);
+                if policies.len() == before {
+                    anyhow::bail!("no maxmemory-policy from cluster node {node:?}: {reply:?}");
+                }
+            }
+        }
+    }
     Ok(policies)
 }
 
@@ -134,12 +153,37 @@ fn collect_policy_values(value: &Value, out: &mut Vec<String>) {
 
 /// The `run_id` of the Redis server: it changes when the server restarts, which is how
 /// a restart that may have lost sale state is detected.
+///
+/// On a cluster, `INFO` goes to every master and the reply is a map of address to
+/// text: the `run_id`s of all masters, sorted and joined, so a restart of any master
+/// changes the result.
 pub async fn run_id(conn: &mut RedisConn) -> anyhow::Result<String> {
-    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await.context("INFO server")?;
-    let mut ids: Vec<&str> = info.lines().filter_map(|line| line.strip_prefix("run_id:")).map(str::trim).collect();
+    let reply: Value = redis::cmd("INFO").arg("server").query_async(conn).await.context("INFO server")?;
+    let mut infos = Vec::new();
+    collect_texts(&reply, &mut infos)?;
+    let mut ids = Vec::with_capacity(infos.len());
+    for info in &infos {
+        let id = info.lines().find_map(|line| line.strip_prefix("run_id:")).map(str::trim);
+        ids.push(id.context("INFO server has no run_id")?);
+    }
     ids.sort_unstable();
     if ids.is_empty() {
         anyhow::bail!("INFO server has no run_id");
     }
     Ok(ids.join(","))
+}
+
+/// The text of an `INFO` reply: one string, or one per node (a cluster's map).
+fn collect_texts(value: &Value, out: &mut Vec<String>) -> anyhow::Result<()> {
+    match value {
+        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => out.push(text.clone()),
+        Value::Map(per_node) => {
+            for (_, reply) in per_node {
+                collect_texts(reply, out)?;
+            }
+        }
+        other => anyhow::bail!("unexpected INFO reply: {other:?}"),
+    }
+    Ok(())
 }

@@ -28,6 +28,14 @@ script!(RATE_LIMIT, "rate_limit.lua");
 script!(IDEMPOTENCY_BEGIN, "idempotency_begin.lua");
 script!(IDEMPOTENCY_FINISH, "idempotency_finish.lua");
 
+// Deliberately broken copies of purchase.lua (see `crate::broken`).
+#[cfg(feature = "broken")]
+script!(PURCHASE_OVERSELL, "broken/purchase_oversell.lua");
+#[cfg(feature = "broken")]
+script!(PURCHASE_DOUBLE_BUY, "broken/purchase_double_buy.lua");
+#[cfg(feature = "broken")]
+script!(PURCHASE_PREMATURE_SOLD_OUT, "broken/purchase_premature_sold_out.lua");
+
 /// The source of the purchase script (for benchmarks that run it raw).
 pub const PURCHASE_SOURCE: &str = include_str!("../../../lua/purchase.lua");
 
@@ -88,7 +96,40 @@ pub async fn purchase(
     keys: &SaleKeys,
     args: &PurchaseArgs<'_>,
 ) -> anyhow::Result<PurchaseOutcome> {
-    let reply: Value = PURCHASE
+    run_purchase(&PURCHASE, conn, keys, args).await
+}
+
+/// [`purchase`] as a broken variant runs it: its own copy of the script for
+/// [`Broken::Oversell`], [`Broken::DoubleBuy`] and [`Broken::PrematureSoldOut`], the
+/// normal script for every other variant.
+///
+/// [`Broken::Oversell`]: crate::broken::Broken::Oversell
+/// [`Broken::DoubleBuy`]: crate::broken::Broken::DoubleBuy
+/// [`Broken::PrematureSoldOut`]: crate::broken::Broken::PrematureSoldOut
+#[cfg(feature = "broken")]
+pub async fn purchase_broken(
+    conn: &mut RedisConn,
+    keys: &SaleKeys,
+    args: &PurchaseArgs<'_>,
+    broken: crate::broken::Broken,
+) -> anyhow::Result<PurchaseOutcome> {
+    use crate::broken::Broken;
+    let script = match broken {
+        Broken::Oversell => &PURCHASE_OVERSELL,
+        Broken::DoubleBuy => &PURCHASE_DOUBLE_BUY,
+        Broken::PrematureSoldOut => &PURCHASE_PREMATURE_SOLD_OUT,
+        Broken::NewOrderOnReplay | Broken::DropPending | Broken::Phantom => &PURCHASE,
+    };
+    run_purchase(script, conn, keys, args).await
+}
+
+async fn run_purchase(
+    script: &Script,
+    conn: &mut RedisConn,
+    keys: &SaleKeys,
+    args: &PurchaseArgs<'_>,
+) -> anyhow::Result<PurchaseOutcome> {
+    let reply: Value = script
         .key(&keys.script_keys()[..])
         .arg(args.order_id.to_string())
         .arg(args.user_id.to_string())

@@ -1,11 +1,13 @@
 //! Local backends for tests, the simulator, the load generator and `flashsale dev`:
 //! fresh `redis-server` and FerretDB processes on free ports, each with its own
 //! temporary directory. Processes die with the process that started them.
+//! [`RedisCluster`] runs several `redis-server` processes as one Redis Cluster.
 //!
 //! With the `containers` feature and `FLASHSALE_BACKEND=containers`, [`start_backends`]
 //! gives the same backends from Docker containers (`redis:7`, `mongo:7`) instead; that
 //! path is compiled and linted in CI but untested there (no Docker engine).
 
+mod cluster;
 #[cfg(feature = "containers")]
 mod containers;
 mod process;
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+pub use cluster::{CLUSTER_NODE_TIMEOUT_MS, CLUSTER_SLOTS, RedisCluster, RedisClusterOptions};
 #[cfg(feature = "containers")]
 pub use containers::ContainerStack;
 pub use process::{FerretDb, RedisPersistence, RedisServer};

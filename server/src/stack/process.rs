@@ -18,8 +18,8 @@ type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 /// when the *thread* that forked exits, so children must come from a thread that lives
 /// as long as the process.
 fn spawn_from_launcher(command: Command) -> anyhow::Result<Child> {
-    static LAUNCHER: OnceLock<std::sync::Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    let sender = LAUNCHER.get_or_init(|| {
+    static LAUNCHER: OnceLock<Result<std::sync::Mutex<mpsc::Sender<SpawnRequest>>, String>> = OnceLock::new();
+    let launcher = LAUNCHER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
         std::thread::Builder::new()
             .name("flashsale-launcher".into())
@@ -29,9 +29,10 @@ fn spawn_from_launcher(command: Command) -> anyhow::Result<Child> {
                     let _ = reply.send(command.spawn());
                 }
             })
-            .expect("spawning the launcher thread");
-        std::sync::Mutex::new(tx)
+            .map(|_| std::sync::Mutex::new(tx))
+            .map_err(|error| format!("spawning the launcher thread: {error}"))
     });
+    let sender = launcher.as_ref().map_err(|error| anyhow!("{error}"))?;
     let (reply_tx, reply_rx) = mpsc::channel();
     sender
         .lock()
@@ -103,6 +104,19 @@ pub enum RedisPersistence {
     AppendOnly,
 }
 
+/// What a restart leaves in the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataOnRestart {
+    /// Whatever the persistence setting kept.
+    Keep,
+    /// The AOF directory and the RDB file are deleted (`nodes.conf` stays).
+    Delete,
+}
+
+/// Data files a restart without persistence deletes: the AOF directory (Redis 7), the
+/// single AOF file of older versions, and the RDB snapshot.
+const DATA_FILES: &[&str] = &["appendonlydir", "appendonly.aof", "dump.rdb"];
+
 /// A `redis-server` on a free port.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -111,13 +125,26 @@ pub struct RedisServer {
     dir: TempDir,
     persistence: RedisPersistence,
     binary: PathBuf,
+    /// Arguments after the common ones (cluster mode); the same on every restart.
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start(persistence: RedisPersistence) -> anyhow::Result<Self> {
+        Self::start_with_args(persistence, free_port()?, |_| Vec::new())
+    }
+
+    /// Starts on `port` with extra arguments, built from the server's data directory
+    /// (which exists by then). The arguments are kept for every restart.
+    pub(super) fn start_with_args(
+        persistence: RedisPersistence,
+        port: u16,
+        extra_args: impl FnOnce(&Path) -> Vec<String>,
+    ) -> anyhow::Result<Self> {
         let binary = find_binary("redis-server", "FLASHSALE_REDIS_SERVER_BIN")?;
         let dir = tempfile::Builder::new().prefix("flashsale-redis-").tempdir()?;
-        let mut server = Self { child: ChildProcess::default(), port: free_port()?, dir, persistence, binary };
+        let extra_args = extra_args(dir.path());
+        let mut server = Self { child: ChildProcess::default(), port, dir, persistence, binary, extra_args };
         server.spawn()?;
         Ok(server)
     }
@@ -145,6 +172,7 @@ impl RedisServer {
             RedisPersistence::None => command.arg("--appendonly").arg("no"),
             RedisPersistence::AppendOnly => command.arg("--appendonly").arg("yes").arg("--appendfsync").arg("always"),
         };
+        command.args(&self.extra_args);
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         self.child.replace(spawn_from_launcher(command)?);
         wait_for_port(([127, 0, 0, 1], self.port).into(), STARTUP_TIMEOUT).context("redis-server did not start")
@@ -167,10 +195,40 @@ impl RedisServer {
         self.child.kill();
     }
 
-    /// Starts again on the same port and directory.
+    /// Starts again on the same port, directory and arguments (a cluster node keeps its
+    /// `nodes.conf`, so it rejoins with its slots). Keeps the data when persistence is
+    /// [`RedisPersistence::AppendOnly`]; comes back empty otherwise.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.restart_leaving(DataOnRestart::Keep)
+    }
+
+    /// Restart without persistence, whatever the persistence setting: SIGKILL, delete the
+    /// data files (AOF, RDB) but keep a cluster node's `nodes.conf`, start again on the
+    /// same port. Every key this server held is lost.
+    pub fn restart_empty(&mut self) -> anyhow::Result<()> {
+        self.restart_leaving(DataOnRestart::Delete)
+    }
+
+    fn restart_leaving(&mut self, data: DataOnRestart) -> anyhow::Result<()> {
         self.kill();
+        if data == DataOnRestart::Delete {
+            self.delete_data_files()?;
+        }
         self.spawn()
+    }
+
+    fn delete_data_files(&self) -> anyhow::Result<()> {
+        for name in DATA_FILES {
+            let path = self.dir.path().join(name);
+            let removed = match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+                Ok(_) => std::fs::remove_file(&path),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(error) => Err(error),
+            };
+            removed.with_context(|| format!("deleting {}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// SIGSTOP: the process stops answering but keeps its connections.
@@ -246,5 +304,27 @@ impl FerretDb {
 
     pub fn resume(&self) {
         self.child.signal(libc::SIGCONT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(server: &RedisServer) -> redis::Connection {
+        let client = redis::Client::open(server.url()).expect("url");
+        client.get_connection_with_timeout(std::time::Duration::from_secs(5)).expect("connect")
+    }
+
+    #[test]
+    fn restart_keeps_append_only_data_and_restart_empty_loses_it() {
+        let mut server = RedisServer::start(RedisPersistence::AppendOnly).expect("redis-server");
+        let () = redis::cmd("SET").arg("k").arg("v").query(&mut connect(&server)).expect("SET");
+        server.restart().expect("restart");
+        let kept: Option<String> = redis::cmd("GET").arg("k").query(&mut connect(&server)).expect("GET");
+        assert_eq!(kept.as_deref(), Some("v"), "the AOF survives a restart");
+        server.restart_empty().expect("restart without data");
+        let lost: Option<String> = redis::cmd("GET").arg("k").query(&mut connect(&server)).expect("GET");
+        assert_eq!(lost, None, "restart_empty deletes the AOF");
     }
 }

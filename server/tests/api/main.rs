@@ -4,6 +4,8 @@
 mod helpers;
 
 mod auth;
+mod broken;
+mod cluster;
 mod concurrency;
 mod faults;
 mod fuzz;

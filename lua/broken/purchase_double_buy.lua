@@ -1,0 +1,69 @@
+-- broken/purchase_double_buy.lua: a deliberately BROKEN copy of purchase.lua.
+--
+-- BROKEN (double_buy), run only with the `broken` feature and `Broken::DoubleBuy`: the
+-- one-per-user check is skipped, so a buyer with a new order id (a new Idempotency-Key)
+-- gets another unit of a one-per-user product. Besides this header, only the line
+-- marked BROKEN differs from purchase.lua.
+--
+-- KEYS[1] sale hash      (stock_total, next_unit, one_per_user, starts_at_ms, ends_at_ms, paused)
+-- KEYS[2] free zset      (returned units, score = unit number)
+-- KEYS[3] buyers hash    (user_id -> live order count)
+-- KEYS[4] orders hash    (order_id -> "user_id|unit|reserved_at_ms|state", state R or C)
+-- KEYS[5] pending zset   (order ids not yet confirmed in MongoDB, score = reserved_at_ms)
+-- KEYS[6] tombstone set  (order ids released for good)
+-- ARGV[1] order_id  ARGV[2] user_id  ARGV[3] now_ms  ARGV[4] events channel  ARGV[5] product_id
+--
+-- Returns one of:
+--   {"reserved", unit, remaining}
+--   {"replay", unit, state, user_id}   the order already holds a unit
+--   {"released"} {"sold_out"} {"already_purchased"} {"not_started"} {"ended"}
+--   {"not_loaded"} {"paused"}
+--
+-- Every read and check comes before the first write: a Redis script has no rollback.
+local sale = redis.call('HMGET', KEYS[1], 'stock_total', 'next_unit', 'one_per_user',
+  'starts_at_ms', 'ends_at_ms', 'paused')
+local stock_total = tonumber(sale[1])
+local next_unit = tonumber(sale[2])
+if not stock_total or not next_unit then return {'not_loaded'} end
+if sale[6] == '1' then return {'paused'} end
+
+local existing = redis.call('HGET', KEYS[4], ARGV[1])
+if existing then
+  local user, unit, _, state = string.match(existing, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  return {'replay', tonumber(unit), state, user}
+end
+if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 1 then return {'released'} end
+
+local now = tonumber(ARGV[3])
+local starts = tonumber(sale[4])
+local ends = tonumber(sale[5])
+if starts and now < starts then return {'not_started'} end
+if ends and ends > 0 and now >= ends then return {'ended'} end
+
+-- BROKEN: the one-per-user check (buyers hash) is skipped here.
+
+local free_count = redis.call('ZCARD', KEYS[2])
+local fresh_left = math.max(stock_total - next_unit + 1, 0)
+if free_count + fresh_left <= 0 then return {'sold_out'} end
+local lowest_free = nil
+if free_count > 0 then lowest_free = redis.call('ZRANGE', KEYS[2], 0, 0)[1] end
+
+-- Writes start here; nothing below can fail a check.
+local unit
+if lowest_free then
+  unit = tonumber(lowest_free)
+  redis.call('ZREM', KEYS[2], lowest_free)
+else
+  unit = next_unit
+  redis.call('HSET', KEYS[1], 'next_unit', next_unit + 1)
+end
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2] .. '|' .. unit .. '|' .. ARGV[3] .. '|R')
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+
+local remaining = free_count + fresh_left - 1
+redis.call('PUBLISH', ARGV[4], cjson.encode({type = 'stock_updated', product_id = ARGV[5], remaining = remaining}))
+if remaining == 0 then
+  redis.call('PUBLISH', ARGV[4], cjson.encode({type = 'sold_out', product_id = ARGV[5], remaining = 0}))
+end
+return {'reserved', unit, remaining}

@@ -1,0 +1,154 @@
+//! Deliberately broken variants of the purchase protocol, for the simulator only.
+//!
+//! This module exists only with the `broken` cargo feature; without it none of this code
+//! (nor the scripts in `lua/broken/`) is in the binary. With the feature, an instance
+//! misbehaves only if its [`Config::broken`](crate::config::Config) names a variant
+//! (`config.broken = Some(Broken::Oversell)`); with `None` it behaves exactly as a build
+//! without the feature. Each variant breaks one or more invariants of the architecture
+//! brief, so the simulator can show that its checker catches it.
+//!
+//! The broken branches sit behind `#[cfg(feature = "broken")]` at their call sites in
+//! `purchase/` and `redis/scripts.rs`; the helpers below keep those branches one line.
+
+use uuid::Uuid;
+
+use crate::purchase::orders::OrderDoc;
+use crate::state::App;
+
+/// One deliberately broken behaviour of a server instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Broken {
+    /// The purchase script (`lua/broken/purchase_oversell.lua`) checks the stock as if the
+    /// unit were already taken (off by one, fresh units not clamped at 0): it sells one
+    /// unit beyond the stock, unit `stock_total + 1`, and answers `remaining = -1`.
+    /// MongoDB's `(product_id, unit)` index does not stop it: the extra unit number is new.
+    ///
+    /// Breaks: no oversell (stock + 1 confirmed orders), stock never negative, conservation.
+    Oversell,
+    /// The purchase script (`lua/broken/purchase_double_buy.lua`) skips the one-per-user
+    /// check, and every order document gets a `buyer_slot` of its own (its order id, as
+    /// for products without the rule), so MongoDB's `(product_id, buyer_slot)` index does
+    /// not stop it either: a buyer who sends a new Idempotency-Key per attempt gets a
+    /// second unit of a one-per-user product.
+    ///
+    /// Breaks: one per user.
+    DoubleBuy,
+    /// The order id is random per request (not derived from user and Idempotency-Key), and
+    /// the idempotency record is neither consulted nor written: a retry with the same key
+    /// makes a new order (two 201s with different ids on a product without the
+    /// one-per-user rule; 409 `already-purchased` instead of its own order on one with it).
+    ///
+    /// Breaks: idempotency (a retry never gets its order back), and no phantom order (the
+    /// stored ids are derived from no user and key).
+    NewOrderOnReplay,
+    /// The reconciler drops each pending reservation instead of persisting it: it removes
+    /// the reservation from Redis (`orders` record and `pending` entry) without writing
+    /// MongoDB and without giving its unit or buyer slot back. A 202 pending answer then
+    /// never gets its MongoDB document (a retry with the same key finds no reservation,
+    /// and on a one-per-user product gets 409 `already-purchased`).
+    ///
+    /// Breaks: no lost acknowledged order, conservation (a unit is taken in Redis but no
+    /// order holds it).
+    DropPending,
+    /// The reconciler writes each reservation it persists under a fresh random `_id`
+    /// instead of the reservation's order id, and confirms the reservation in Redis as
+    /// usual. (The purchase request's own write is unchanged.)
+    ///
+    /// Breaks: no phantom order (a MongoDB order nobody requested), no lost acknowledged
+    /// order (the 202's order id never appears in MongoDB, though a retry gets 201 for it).
+    Phantom,
+    /// The purchase script (`lua/broken/purchase_premature_sold_out.lua`) answers
+    /// `sold_out` while one unit is still free (`<= 1` instead of `<= 0`); a product of
+    /// stock 1 never sells.
+    ///
+    /// Breaks: conservation (a sold-out answer while a unit was free; at the end free
+    /// units + orders = stock still holds, with one unit never sold).
+    PrematureSoldOut,
+}
+
+/// The broken variant this instance runs, if any.
+pub fn selected(app: &App) -> Option<Broken> {
+    app.config.broken
+}
+
+/// Whether this instance runs `variant`.
+pub fn is(app: &App, variant: Broken) -> bool {
+    selected(app) == Some(variant)
+}
+
+/// [`Broken::NewOrderOnReplay`]: a random order id instead of the derived one.
+pub fn order_id(app: &App, derived: Uuid) -> Uuid {
+    if is(app, Broken::NewOrderOnReplay) { app.ids.new_record_id() } else { derived }
+}
+
+/// [`Broken::DoubleBuy`]: the buyer slot of every order is its own id, so MongoDB's
+/// `(product_id, buyer_slot)` index never refuses a second order of a buyer.
+pub fn buyer_slot(app: &App, mut order: OrderDoc) -> OrderDoc {
+    if is(app, Broken::DoubleBuy) {
+        order.buyer_slot.clone_from(&order.id);
+    }
+    order
+}
+
+/// [`Broken::Phantom`]: the reconciler's document gets a fresh random `_id`.
+pub fn phantom_id(app: &App, mut order: OrderDoc) -> OrderDoc {
+    if is(app, Broken::Phantom) {
+        order.id = app.ids.new_record_id().to_string();
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::*;
+
+    /// The code lines of a script: no comment-only or blank lines, and no trailing comment
+    /// except the `BROKEN` marker.
+    fn code_lines(source: &str) -> Vec<&str> {
+        source
+            .lines()
+            .map(str::trim_end)
+            .filter(|line| !line.is_empty() && !line.trim_start().starts_with("--"))
+            .collect()
+    }
+
+    /// Each broken copy is `purchase.lua` with at most `changed` code lines replaced or
+    /// removed, every new line marked `BROKEN`: the copies cannot drift from the script
+    /// they break without this test noticing.
+    #[test]
+    fn the_broken_scripts_differ_from_purchase_lua_only_in_their_marked_lines() {
+        let original = code_lines(include_str!("../../lua/purchase.lua"));
+        let copies = [
+            (include_str!("../../lua/broken/purchase_oversell.lua"), 2),
+            (include_str!("../../lua/broken/purchase_double_buy.lua"), 3),
+            (include_str!("../../lua/broken/purchase_premature_sold_out.lua"), 1),
+        ];
+        for (copy, changed) in copies {
+            let lines = code_lines(copy);
+            let marked = lines.iter().filter(|line| line.contains("-- BROKEN")).count();
+            assert!(marked <= changed, "{marked} marked lines");
+            // The unmarked lines are, in order, lines of the original.
+            let mut rest = original.iter();
+            for line in lines.iter().filter(|line| !line.contains("-- BROKEN")) {
+                assert!(rest.any(|candidate| candidate == line), "line not in purchase.lua (or out of order): {line}");
+            }
+            let kept = lines.len() - marked;
+            assert_eq!(original.len() - kept, changed, "lines of purchase.lua missing from a broken copy");
+        }
+    }
+
+    #[test]
+    fn variant_names_are_snake_case_in_serde_and_on_the_command_line() {
+        for variant in Broken::value_variants() {
+            let json = serde_json::to_string(variant).unwrap_or_default();
+            let name = json.trim_matches('"');
+            assert_eq!(Broken::from_str(name, false), Ok(*variant));
+            assert_eq!(serde_json::from_str::<Broken>(&json).ok(), Some(*variant));
+        }
+        assert_eq!(serde_json::to_string(&Broken::NewOrderOnReplay).ok().as_deref(), Some("\"new_order_on_replay\""));
+    }
+}

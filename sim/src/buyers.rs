@@ -1,0 +1,349 @@
+//! Virtual buyers: each one a task that plays its planned behaviour over real HTTP
+//! against the server instances, and records every request in the history.
+//!
+//! A buyer's keys are named from the plan (`b<buyer>-k<n>`), and its jitter comes from
+//! a ChaCha stream seeded by the run's seed and its index, so what each buyer *tries*
+//! is replayable; what the server answers depends on timing and is what the run checks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashsale::auth::session::COOKIE_NAME;
+use flashsale::state::AppState;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::history::{OpKind, Outcome, Recorder};
+use crate::plan::{Behaviour, BuyerPlan};
+use crate::world::Instances;
+
+/// Timeout of one request: past it the outcome is unknown (`info`).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Attempts one buyer makes on one key before giving up.
+const MAX_ATTEMPTS: u32 = 12;
+/// Longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(1_500);
+/// First pause between two attempts.
+const FIRST_BACKOFF_MS: u64 = 80;
+/// Requests an impatient buyer fires at once.
+const STORM_SIZE: usize = 6;
+/// Requests a bot fires back to back.
+const BOT_REQUESTS: usize = 40;
+/// Percent of buyers that, once they have an order, ask again with the same key.
+const ASK_AGAIN_PERCENT: u32 = 20;
+/// Percent of buyers that read the product before buying.
+const READ_FIRST_PERCENT: u32 = 30;
+
+/// What every buyer shares.
+pub struct Shared {
+    pub http: reqwest::Client,
+    pub instances: Arc<Instances>,
+    pub recorder: Arc<Recorder>,
+    pub product_ids: Vec<Uuid>,
+    /// The simulator's own app, to log a buyer in again through the server's code when
+    /// a Redis data loss took its session.
+    pub admin: AppState,
+    pub seed: u64,
+    /// Buyers stop starting new attempts after this (ms from the opening).
+    pub deadline_ms: u64,
+}
+
+/// One buyer and its session.
+pub struct Buyer {
+    pub plan: BuyerPlan,
+    pub user_id: Uuid,
+    pub session: String,
+}
+
+#[derive(Deserialize)]
+struct OrderBody {
+    order_id: Uuid,
+    unit: i64,
+}
+
+#[derive(Deserialize)]
+struct ProblemBody {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct ProductBody {
+    remaining: Option<i64>,
+}
+
+struct Ctx<'a> {
+    shared: &'a Shared,
+    buyer: Buyer,
+    instance: usize,
+    rng: ChaCha8Rng,
+    keys_made: u32,
+    ip: String,
+}
+
+/// Plays one buyer to the end of its behaviour.
+pub async fn play(shared: Arc<Shared>, buyer: Buyer) {
+    let start = buyer.plan.start_at_ms;
+    let now = shared.recorder.now_ms();
+    if start > now {
+        tokio::time::sleep(Duration::from_millis(start - now)).await;
+    }
+    let index = buyer.plan.index;
+    let mut ctx = Ctx {
+        shared: &shared,
+        instance: buyer.plan.instance,
+        rng: ChaCha8Rng::seed_from_u64(shared.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        keys_made: 0,
+        ip: format!("10.{}.{}.{}", (index >> 16) & 0xff, (index >> 8) & 0xff, index & 0xff),
+        buyer,
+    };
+    let product = ctx.buyer.plan.product;
+    if ctx.rng.random_range(0..100) < READ_FIRST_PERCENT {
+        ctx.read(product).await;
+    }
+    match ctx.buyer.plan.behaviour {
+        Behaviour::WellBehaved | Behaviour::LateBuyer => {
+            let key = ctx.new_key();
+            ctx.pursue(product, &key).await;
+        }
+        Behaviour::DoubleClicker => {
+            let key = ctx.new_key();
+            let (a, b) = tokio::join!(ctx.attempt_detached(product, &key), ctx.attempt_detached(product, &key));
+            if !(a.settles() || b.settles()) {
+                ctx.pursue(product, &key).await;
+            } else {
+                // A settled answer; ask once more with the same key, as a client that
+                // lost the first response would: the server must replay it.
+                ctx.attempt(product, &key).await;
+            }
+        }
+        Behaviour::Impatient => {
+            let key = ctx.new_key();
+            let storm: Vec<_> = (0..STORM_SIZE).map(|_| ctx.attempt_detached(product, &key)).collect();
+            futures::future::join_all(storm).await;
+            ctx.pursue(product, &key).await;
+        }
+        Behaviour::Careless => {
+            // A new key for every attempt; once bought, one more try with yet another key.
+            for _ in 0..MAX_ATTEMPTS {
+                if ctx.past_deadline() {
+                    break;
+                }
+                let key = ctx.new_key();
+                let outcome = ctx.attempt(product, &key).await;
+                if outcome.settles() {
+                    if matches!(outcome, Outcome::Ok { .. }) {
+                        let again = ctx.new_key();
+                        ctx.attempt(product, &again).await;
+                    }
+                    break;
+                }
+                ctx.backoff(0, &outcome).await;
+            }
+        }
+        Behaviour::KeyReuser => {
+            let key = ctx.new_key();
+            ctx.pursue(product, &key).await;
+            let other = (product + 1) % ctx.shared.product_ids.len();
+            if other != product {
+                ctx.attempt(other, &key).await;
+            }
+        }
+        Behaviour::Bot => {
+            for _ in 0..BOT_REQUESTS {
+                if ctx.past_deadline() {
+                    break;
+                }
+                let key = ctx.new_key();
+                ctx.attempt(product, &key).await;
+            }
+        }
+    }
+}
+
+impl Outcome {
+    /// Whether the buyer stops retrying this key: an order, or a definite refusal that
+    /// a retry cannot change.
+    fn settles(&self) -> bool {
+        match self {
+            Outcome::Ok { status, .. } => *status == 201,
+            Outcome::Fail { problem, .. } => matches!(
+                problem.as_str(),
+                "sold-out" | "already-purchased" | "sale-ended" | "idempotency-key-reused" | "order-released"
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl Ctx<'_> {
+    fn new_key(&mut self) -> String {
+        self.keys_made += 1;
+        format!("b{}-k{}", self.buyer.plan.index, self.keys_made)
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.shared.recorder.now_ms() >= self.shared.deadline_ms
+    }
+
+    /// Retries one key until it settles, the attempts run out or the run ends. After an
+    /// order, some buyers ask once more with the same key (a client that lost the
+    /// answer, or a page refreshed): the server must replay it.
+    async fn pursue(&mut self, product: usize, key: &str) {
+        for attempt in 0..MAX_ATTEMPTS {
+            if self.past_deadline() {
+                return;
+            }
+            let outcome = self.attempt(product, key).await;
+            if outcome.settles() {
+                if matches!(outcome, Outcome::Ok { .. }) && self.rng.random_range(0..100) < ASK_AGAIN_PERCENT {
+                    self.attempt(product, key).await;
+                }
+                return;
+            }
+            self.backoff(attempt, &outcome).await;
+        }
+    }
+
+    async fn backoff(&mut self, attempt: u32, outcome: &Outcome) {
+        let base = FIRST_BACKOFF_MS.saturating_mul(1 << attempt.min(5));
+        let jitter = self.rng.random_range(0..=base);
+        let mut pause = Duration::from_millis(base + jitter).min(MAX_BACKOFF);
+        if let Outcome::Fail { status: 429, .. } = outcome {
+            pause = pause.max(Duration::from_millis(500));
+        }
+        tokio::time::sleep(pause).await;
+    }
+
+    /// The instance to talk to: the planned one while it is up, else the next one up
+    /// (what a load balancer does).
+    fn base_url(&mut self) -> Option<(usize, String)> {
+        let count = self.shared.instances.count();
+        for step in 0..count {
+            let index = (self.instance + step) % count;
+            if let Some(url) = self.shared.instances.url(index) {
+                self.instance = index;
+                return Some((index, url));
+            }
+        }
+        None
+    }
+
+    fn cookie(&self) -> String {
+        format!("{COOKIE_NAME}={}", self.buyer.session)
+    }
+
+    /// One purchase request, without touching the buyer's state (for concurrent clicks).
+    fn attempt_detached(&self, product: usize, key: &str) -> impl Future<Output = Outcome> + 'static {
+        let shared_http = self.shared.http.clone();
+        let recorder = self.shared.recorder.clone();
+        let url = (0..self.shared.instances.count())
+            .map(|step| (self.instance + step) % self.shared.instances.count())
+            .find_map(|i| self.shared.instances.url(i).map(|u| (i, u)));
+        let product_id = self.shared.product_ids[product];
+        let cookie = self.cookie();
+        let ip = self.ip.clone();
+        let key = key.to_owned();
+        let buyer = self.buyer.plan.index;
+        async move {
+            let invoke_ms = recorder.now_ms();
+            let kind = OpKind::Buy { product, key: key.clone() };
+            let Some((instance, base)) = url else {
+                let outcome = Outcome::Fail { status: 0, problem: "no-instance".into() };
+                recorder.record(buyer, 0, kind, invoke_ms, outcome.clone());
+                return outcome;
+            };
+            let request = shared_http
+                .post(format!("{base}/api/v1/user/buy/{product_id}"))
+                .header("cookie", cookie)
+                .header("idempotency-key", key)
+                .header("x-forwarded-for", ip);
+            let outcome = classify(request.send().await).await;
+            recorder.record(buyer, instance, kind, invoke_ms, outcome.clone());
+            outcome
+        }
+    }
+
+    /// One purchase request; a lost session (Redis data loss) is renewed through the
+    /// server's code, as the buyer logging in again.
+    async fn attempt(&mut self, product: usize, key: &str) -> Outcome {
+        self.base_url();
+        let outcome = self.attempt_detached(product, key).await;
+        match &outcome {
+            Outcome::Fail { status: 401, .. } => self.log_in_again().await,
+            Outcome::Fail { status: 0, .. } => self.instance = (self.instance + 1) % self.shared.instances.count(),
+            _ => {}
+        }
+        outcome
+    }
+
+    async fn log_in_again(&mut self) {
+        if let Ok(session) =
+            flashsale::auth::session::create_verified_session(&self.shared.admin, self.buyer.user_id).await
+        {
+            self.buyer.session = session;
+        }
+    }
+
+    async fn read(&mut self, product: usize) {
+        let Some((instance, base)) = self.base_url() else { return };
+        let invoke_ms = self.shared.recorder.now_ms();
+        let product_id = self.shared.product_ids[product];
+        let response = self
+            .shared
+            .http
+            .get(format!("{base}/api/v1/products/{product_id}"))
+            .header("x-forwarded-for", &self.ip)
+            .send()
+            .await;
+        let outcome = match response {
+            Ok(response) if response.status() == StatusCode::OK => match response.json::<ProductBody>().await {
+                Ok(ProductBody { remaining: Some(remaining) }) => Outcome::Read { remaining },
+                Ok(ProductBody { remaining: None }) => Outcome::Info { status: 200, reason: "no-remaining".into() },
+                Err(_) => Outcome::Info { status: 200, reason: "unreadable".into() },
+            },
+            other => classify(other).await,
+        };
+        self.shared.recorder.record(self.buyer.plan.index, instance, OpKind::Read { product }, invoke_ms, outcome);
+    }
+}
+
+/// Turns an HTTP answer (or its absence) into an outcome.
+pub async fn classify(response: reqwest::Result<reqwest::Response>) -> Outcome {
+    let response = match response {
+        Ok(response) => response,
+        // Refused before anything was sent: the server never saw it.
+        Err(err) if err.is_connect() => return Outcome::Fail { status: 0, problem: "connect-refused".into() },
+        Err(err) if err.is_timeout() => return Outcome::Info { status: 0, reason: "timeout".into() },
+        Err(_) => return Outcome::Info { status: 0, reason: "connection-lost".into() },
+    };
+    let status = response.status().as_u16();
+    let replayed = response.headers().get("idempotent-replayed").is_some_and(|v| v.as_bytes() == b"true");
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        Err(err) if err.is_timeout() => return Outcome::Info { status, reason: "timeout".into() },
+        Err(_) => return Outcome::Info { status, reason: "body-lost".into() },
+    };
+    match status {
+        201 | 202 => match serde_json::from_slice::<OrderBody>(&body) {
+            Ok(order) => Outcome::Ok { status, order_id: order.order_id, unit: order.unit, replayed },
+            Err(_) => Outcome::Info { status, reason: "unreadable-order".into() },
+        },
+        400..=499 => {
+            let problem = serde_json::from_slice::<ProblemBody>(&body)
+                .map(|p| p.kind.rsplit('/').next().unwrap_or_default().to_owned())
+                .unwrap_or_else(|_| "unreadable-problem".into());
+            Outcome::Fail { status, problem }
+        }
+        // A 5xx may have bought or not: unknown.
+        _ => Outcome::Info {
+            status,
+            reason: serde_json::from_slice::<ProblemBody>(&body)
+                .map(|p| p.kind.rsplit('/').next().unwrap_or_default().to_owned())
+                .unwrap_or_else(|_| "server-error".into()),
+        },
+    }
+}

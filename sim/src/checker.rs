@@ -1,0 +1,853 @@
+//! The invariant checker: linear-time checks written for this domain (no generic
+//! linearizability search), run on the history of a run and the final state of Redis
+//! and MongoDB read after every fault healed and the reconciler drained.
+//!
+//! Each invariant of `architecture.md` gives one [`Verdict`]: held or violated, how many
+//! items it checked, and every violation with the buyers and product it concerns. The
+//! self-checks ([`SelfCheck`]) fail a run that did not do what it claims (never sold
+//! out, never retried after a timeout, never replayed a key, a planned fault that never
+//! fired, a reconciler that did not drain).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::history::{FaultPhase, History, OpKind, Outcome};
+use crate::plan::{Backend, Fault, FaultMix, Plan};
+
+/// The invariants of `architecture.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Invariant {
+    /// 1. Live orders per product never exceed the stock made available.
+    NoOversell,
+    /// 2. Stock never negative, in Redis or wherever it is reported.
+    NonNegativeStock,
+    /// 3. No user holds two live orders of a one-per-user product.
+    OnePerUser,
+    /// 4. Every success for one (user, key) names the same, derived order; a key reused
+    ///    on another product never buys; a retry of a key that bought gets its order back.
+    Idempotency,
+    /// 5. Every 201, and every 202 once reconciled, has its MongoDB document.
+    NoLostOrder,
+    /// 6. Every order in MongoDB was requested by some buyer.
+    NoPhantom,
+    /// 7. Free units + live orders = stock; no sold-out answer while units were left.
+    Conservation,
+}
+
+impl Invariant {
+    pub const ALL: [Invariant; 7] = [
+        Self::NoOversell,
+        Self::NonNegativeStock,
+        Self::OnePerUser,
+        Self::Idempotency,
+        Self::NoLostOrder,
+        Self::NoPhantom,
+        Self::Conservation,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NoOversell => "no oversell",
+            Self::NonNegativeStock => "stock never negative",
+            Self::OnePerUser => "one per user",
+            Self::Idempotency => "idempotency",
+            Self::NoLostOrder => "no lost acknowledged order",
+            Self::NoPhantom => "no phantom order",
+            Self::Conservation => "conservation",
+        }
+    }
+}
+
+/// What the run must have exercised to count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelfCheck {
+    /// Some product sold out (a sold-out answer was given).
+    SoldOut,
+    /// Some buyer retried a key after an unknown (`info`) outcome.
+    RetriedAfterTimeout,
+    /// Some key was replayed (the server answered `Idempotent-Replayed`).
+    KeyReplayed,
+    /// Every planned fault started and healed.
+    FaultsFired,
+    /// The reconciler emptied every pending set within the bound.
+    Drained,
+}
+
+impl SelfCheck {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SoldOut => "reached sold-out",
+            Self::RetriedAfterTimeout => "retried after an unknown outcome",
+            Self::KeyReplayed => "replayed a key",
+            Self::FaultsFired => "fired every planned fault",
+            Self::Drained => "reconciler drained",
+        }
+    }
+}
+
+/// One order document, as MongoDB holds it at the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredOrder {
+    pub order_id: String,
+    pub user_id: String,
+    /// None for a tombstone (released order).
+    pub unit: Option<i64>,
+    pub live: bool,
+}
+
+/// A product's sale state in Redis at the end (None: not loaded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RedisSale {
+    pub stock_total: i64,
+    pub next_unit: i64,
+    pub free_count: i64,
+    pub pending: i64,
+    pub orders_held: i64,
+}
+
+impl RedisSale {
+    /// Units not taken, without clamping: negative means more units were issued than
+    /// the stock.
+    pub fn raw_remaining(&self) -> i64 {
+        self.stock_total - (self.next_unit - 1) + self.free_count
+    }
+}
+
+/// One product at the end of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinalProduct {
+    pub product_id: Uuid,
+    pub orders: Vec<StoredOrder>,
+    pub redis: Option<RedisSale>,
+}
+
+/// The final state read after healing and draining.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinalState {
+    pub products: Vec<FinalProduct>,
+    /// Whether every pending set emptied within the bound.
+    pub drained: bool,
+    pub drain_ms: u64,
+}
+
+/// The identities the run created: product and user ids by plan index.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identities {
+    pub product_ids: Vec<Uuid>,
+    pub user_ids: Vec<Uuid>,
+}
+
+/// One violation, with what it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub message: String,
+    pub product: Option<usize>,
+    pub buyers: Vec<usize>,
+    /// When it was observed (ms from the opening of the sale), if it is tied to a moment.
+    pub at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub invariant: Invariant,
+    pub held: bool,
+    /// Items checked (orders, responses, products...).
+    pub checked: u64,
+    pub violations: Vec<Violation>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SelfCheckResult {
+    pub check: SelfCheck,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub verdicts: Vec<Verdict>,
+    pub self_checks: Vec<SelfCheckResult>,
+}
+
+impl Report {
+    pub fn all_held(&self) -> bool {
+        self.verdicts.iter().all(|v| v.held)
+    }
+
+    pub fn vacuous(&self) -> bool {
+        self.self_checks.iter().any(|c| !c.passed)
+    }
+
+    pub fn passed(&self) -> bool {
+        self.all_held() && !self.vacuous()
+    }
+
+    pub fn verdict(&self, invariant: Invariant) -> Option<&Verdict> {
+        self.verdicts.iter().find(|v| v.invariant == invariant)
+    }
+
+    /// Buyers named by any violation, in order.
+    pub fn offending_buyers(&self) -> BTreeSet<usize> {
+        self.verdicts.iter().flat_map(|v| v.violations.iter()).flat_map(|v| v.buyers.iter().copied()).collect()
+    }
+}
+
+/// Largest number of violations kept per invariant (the count is exact regardless).
+pub const MAX_VIOLATIONS_KEPT: usize = 50;
+
+struct Collector {
+    invariant: Invariant,
+    checked: u64,
+    violations: Vec<Violation>,
+    total: u64,
+}
+
+impl Collector {
+    fn new(invariant: Invariant) -> Self {
+        Self { invariant, checked: 0, violations: Vec::new(), total: 0 }
+    }
+
+    fn check(&mut self) {
+        self.checked += 1;
+    }
+
+    fn violate(&mut self, message: String, product: Option<usize>, buyers: Vec<usize>, at_ms: Option<u64>) {
+        self.total += 1;
+        if self.violations.len() < MAX_VIOLATIONS_KEPT {
+            self.violations.push(Violation { message, product, buyers, at_ms });
+        }
+    }
+
+    fn finish(self) -> Verdict {
+        let mut violations = self.violations;
+        if self.total > violations.len() as u64 {
+            let more = self.total - violations.len() as u64;
+            violations.push(Violation {
+                message: format!("... and {more} more"),
+                product: None,
+                buyers: vec![],
+                at_ms: None,
+            });
+        }
+        Verdict { invariant: self.invariant, held: self.total == 0, checked: self.checked, violations }
+    }
+}
+
+/// What the checker learns about each requested order id.
+#[derive(Debug, Clone, Copy)]
+struct Requested {
+    buyer: usize,
+    product: usize,
+}
+
+/// Checks every invariant and self-check.
+pub fn check(plan: &Plan, ids: &Identities, history: &History, state: &FinalState) -> Report {
+    let user_buyer: HashMap<String, usize> =
+        ids.user_ids.iter().enumerate().map(|(i, id)| (id.to_string(), i)).collect();
+
+    // Every order id some buyer asked for, derived the way the server must derive it,
+    // with every (buyer, product) it was asked for (a key may be sent for two products).
+    let mut requested: HashMap<Uuid, Vec<Requested>> = HashMap::new();
+    for op in &history.ops {
+        if let OpKind::Buy { product, key } = &op.kind {
+            let Some(user) = ids.user_ids.get(op.buyer) else { continue };
+            let asked = requested.entry(flashsale::clock::derive_order_id(*user, key)).or_default();
+            let request = Requested { buyer: op.buyer, product: *product };
+            if !asked.iter().any(|r| r.buyer == request.buyer && r.product == request.product) {
+                asked.push(request);
+            }
+        }
+    }
+
+    let verdicts = vec![
+        no_oversell(plan, state),
+        non_negative(history, state),
+        one_per_user(plan, state, &user_buyer),
+        idempotency(ids, history),
+        no_lost_order(ids, history, state),
+        no_phantom(state, &requested, &user_buyer),
+        conservation(plan, history, state),
+    ];
+    let self_checks = self_checks(plan, history, state);
+    Report { verdicts, self_checks }
+}
+
+fn live_orders(product: &FinalProduct) -> impl Iterator<Item = &StoredOrder> {
+    product.orders.iter().filter(|o| o.live)
+}
+
+fn no_oversell(plan: &Plan, state: &FinalState) -> Verdict {
+    let mut c = Collector::new(Invariant::NoOversell);
+    for (index, product) in state.products.iter().enumerate() {
+        let stock = plan.products.get(index).map_or(0, |p| p.stock);
+        let mut units = HashSet::new();
+        let mut live = 0i64;
+        for order in live_orders(product) {
+            c.check();
+            live += 1;
+            match order.unit {
+                Some(unit) if unit < 1 || unit > stock => c.violate(
+                    format!("order {} holds unit {unit}, outside 1..={stock}", order.order_id),
+                    Some(index),
+                    vec![],
+                    None,
+                ),
+                Some(unit) if !units.insert(unit) => {
+                    c.violate(format!("unit {unit} is held by two orders"), Some(index), vec![], None)
+                }
+                _ => {}
+            }
+        }
+        if live > stock {
+            c.violate(format!("{live} live orders for a stock of {stock}"), Some(index), vec![], None);
+        }
+    }
+    c.finish()
+}
+
+fn non_negative(history: &History, state: &FinalState) -> Verdict {
+    let mut c = Collector::new(Invariant::NonNegativeStock);
+    for op in &history.ops {
+        if let (OpKind::Read { product }, Outcome::Read { remaining }) = (&op.kind, &op.outcome) {
+            c.check();
+            if *remaining < 0 {
+                c.violate(
+                    format!("product detail reported remaining {remaining}"),
+                    Some(*product),
+                    vec![op.buyer],
+                    Some(op.complete_ms),
+                );
+            }
+        }
+    }
+    for (index, product) in state.products.iter().enumerate() {
+        if let Some(sale) = product.redis {
+            c.check();
+            if sale.raw_remaining() < 0 || sale.free_count < 0 {
+                c.violate(
+                    format!(
+                        "Redis holds {} units left (stock {}, next unit {}, {} returned)",
+                        sale.raw_remaining(),
+                        sale.stock_total,
+                        sale.next_unit,
+                        sale.free_count
+                    ),
+                    Some(index),
+                    vec![],
+                    None,
+                );
+            }
+        }
+    }
+    c.finish()
+}
+
+fn one_per_user(plan: &Plan, state: &FinalState, user_buyer: &HashMap<String, usize>) -> Verdict {
+    let mut c = Collector::new(Invariant::OnePerUser);
+    for (index, product) in state.products.iter().enumerate() {
+        if !plan.products.get(index).is_some_and(|p| p.one_per_user) {
+            continue;
+        }
+        let mut per_user: HashMap<&str, Vec<&str>> = HashMap::new();
+        for order in live_orders(product) {
+            per_user.entry(&order.user_id).or_default().push(&order.order_id);
+        }
+        for (user, orders) in per_user {
+            c.check();
+            if orders.len() > 1 {
+                let buyers = user_buyer.get(user).copied().into_iter().collect();
+                c.violate(
+                    format!("user {user} holds {} live orders: {}", orders.len(), orders.join(", ")),
+                    Some(index),
+                    buyers,
+                    None,
+                );
+            }
+        }
+    }
+    c.finish()
+}
+
+fn idempotency(ids: &Identities, history: &History) -> Verdict {
+    let mut c = Collector::new(Invariant::Idempotency);
+    // Operations per (buyer, key), in invocation order.
+    let mut by_key: HashMap<(usize, &str), Vec<usize>> = HashMap::new();
+    for (i, op) in history.ops.iter().enumerate() {
+        if let OpKind::Buy { key, .. } = &op.kind {
+            by_key.entry((op.buyer, key.as_str())).or_default().push(i);
+        }
+    }
+    let mut keys: Vec<_> = by_key.into_iter().collect();
+    keys.sort_by_key(|((buyer, key), _)| (*buyer, key.to_string()));
+    for ((buyer, key), mut indices) in keys {
+        c.check();
+        indices.sort_by_key(|i| (history.ops[*i].invoke_ms, history.ops[*i].seq));
+        let derived = ids.user_ids.get(buyer).map(|user| flashsale::clock::derive_order_id(*user, key));
+        let mut named: Option<Uuid> = None;
+        // The product the key first bought, and when that answer came.
+        let mut bought: Option<(usize, u64)> = None;
+        for i in &indices {
+            let op = &history.ops[*i];
+            let OpKind::Buy { product, .. } = &op.kind else { continue };
+            match &op.outcome {
+                Outcome::Ok { order_id, .. } => {
+                    // A key that bought one product never buys another. (A key whose
+                    // first use was refused, e.g. sold out by the in-process shortcut,
+                    // claimed nothing and may still buy: it names one order either way.)
+                    if let Some((other, _)) = bought.filter(|(other, _)| *other != *product) {
+                        c.violate(
+                            format!("key {key:?} bought product {other}, then product {product} too"),
+                            Some(*product),
+                            vec![buyer],
+                            Some(op.complete_ms),
+                        );
+                    }
+                    if derived.is_some_and(|d| d != *order_id) {
+                        c.violate(
+                            format!("key {key:?} answered order {order_id}, not the order derived from the key"),
+                            Some(*product),
+                            vec![buyer],
+                            Some(op.complete_ms),
+                        );
+                    }
+                    match named {
+                        Some(previous) if previous != *order_id => c.violate(
+                            format!("key {key:?} answered two orders: {previous} and {order_id}"),
+                            Some(*product),
+                            vec![buyer],
+                            Some(op.complete_ms),
+                        ),
+                        _ => named = Some(*order_id),
+                    }
+                    if bought.is_none() {
+                        bought = Some((*product, op.complete_ms));
+                    }
+                }
+                Outcome::Fail { problem, .. }
+                    if (problem == "sold-out" || problem == "already-purchased")
+                        && bought.is_some_and(|(first, at)| first == *product && op.invoke_ms > at) =>
+                {
+                    c.violate(
+                        format!(
+                            "a retry of key {key:?}, which had bought, was answered {problem} instead of its order"
+                        ),
+                        Some(*product),
+                        vec![buyer],
+                        Some(op.complete_ms),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    c.finish()
+}
+
+fn no_lost_order(ids: &Identities, history: &History, state: &FinalState) -> Verdict {
+    let mut c = Collector::new(Invariant::NoLostOrder);
+    let mut stored: HashMap<&str, (usize, &StoredOrder)> = HashMap::new();
+    for (index, product) in state.products.iter().enumerate() {
+        for order in live_orders(product) {
+            stored.insert(&order.order_id, (index, order));
+        }
+    }
+    let mut seen = HashSet::new();
+    for op in &history.ops {
+        let (OpKind::Buy { product, .. }, Outcome::Ok { status, order_id, .. }) = (&op.kind, &op.outcome) else {
+            continue;
+        };
+        if !seen.insert(*order_id) {
+            continue;
+        }
+        c.check();
+        let user = ids.user_ids.get(op.buyer).map(Uuid::to_string).unwrap_or_default();
+        match stored.get(order_id.to_string().as_str()) {
+            Some((index, order)) if *index == *product && order.user_id == user => {}
+            Some((index, order)) => c.violate(
+                format!("{status} order {order_id} is stored for product {index} and user {}", order.user_id),
+                Some(*product),
+                vec![op.buyer],
+                Some(op.complete_ms),
+            ),
+            None => c.violate(
+                format!("{status} order {order_id} has no live MongoDB document"),
+                Some(*product),
+                vec![op.buyer],
+                Some(op.complete_ms),
+            ),
+        }
+    }
+    c.finish()
+}
+
+fn no_phantom(
+    state: &FinalState,
+    requested: &HashMap<Uuid, Vec<Requested>>,
+    user_buyer: &HashMap<String, usize>,
+) -> Verdict {
+    let mut c = Collector::new(Invariant::NoPhantom);
+    for (index, product) in state.products.iter().enumerate() {
+        for order in &product.orders {
+            c.check();
+            let owner = user_buyer.get(&order.user_id).copied();
+            let asked = Uuid::parse_str(&order.order_id).ok().and_then(|id| requested.get(&id));
+            match asked {
+                Some(requests) if requests.iter().any(|r| r.product == index && Some(r.buyer) == owner) => {}
+                Some(requests) => c.violate(
+                    format!(
+                        "order {} was requested by buyer {} for product {}, but is stored for user {} on product {index}",
+                        order.order_id, requests[0].buyer, requests[0].product, order.user_id
+                    ),
+                    Some(index),
+                    requests.iter().map(|r| r.buyer).collect(),
+                    None,
+                ),
+                None => c.violate(
+                    format!("order {} of user {} was never requested by any buyer", order.order_id, order.user_id),
+                    Some(index),
+                    owner.into_iter().collect(),
+                    None,
+                ),
+            }
+        }
+    }
+    c.finish()
+}
+
+/// The end of the last fault that may lose Redis data (a restart without persistence).
+fn last_redis_data_loss_ms(history: &History) -> Option<u64> {
+    history
+        .faults
+        .iter()
+        .filter(|f| matches!(f.fault, Fault::KillRestart { target: Backend::Redis, persistent: false }))
+        .filter(|f| f.phase == FaultPhase::Heal)
+        .map(|f| f.at_ms)
+        .max()
+}
+
+fn conservation(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
+    let mut c = Collector::new(Invariant::Conservation);
+    let loss_ms = last_redis_data_loss_ms(history);
+    for (index, product) in state.products.iter().enumerate() {
+        c.check();
+        let stock = plan.products.get(index).map_or(0, |p| p.stock);
+        let live = live_orders(product).count() as i64;
+        let released = product.orders.iter().any(|o| !o.live);
+        let Some(sale) = product.redis else {
+            c.violate("the sale state is missing from Redis after healing".into(), Some(index), vec![], None);
+            continue;
+        };
+        if sale.stock_total != stock {
+            c.violate(
+                format!("Redis says stock {} but {stock} units were made available", sale.stock_total),
+                Some(index),
+                vec![],
+                None,
+            );
+        }
+        let free = sale.raw_remaining();
+        if free + live != stock {
+            c.violate(
+                format!("{free} free units + {live} live orders = {} ≠ stock {stock} (stock leak)", free + live),
+                Some(index),
+                vec![],
+                None,
+            );
+        }
+        if sale.orders_held != live {
+            c.violate(
+                format!("Redis holds {} orders but MongoDB {live} live orders", sale.orders_held),
+                Some(index),
+                vec![],
+                None,
+            );
+        }
+        // A sold-out answer is legal only if the stock was really gone: with units left
+        // at the end and none ever released, any sold-out given after the last Redis
+        // data loss (which legitimately frees in-flight reservations) was premature.
+        if free > 0 && !released {
+            let premature: Vec<_> = history
+                .ops
+                .iter()
+                .filter(|op| matches!(&op.kind, OpKind::Buy { product, .. } if *product == index))
+                .filter(|op| op.outcome.problem() == Some("sold-out"))
+                .filter(|op| loss_ms.is_none_or(|loss| op.invoke_ms > loss))
+                .collect();
+            if let Some(first) = premature.first() {
+                c.violate(
+                    format!("{} sold-out answers while {free} units were never sold", premature.len()),
+                    Some(index),
+                    premature.iter().take(10).map(|op| op.buyer).collect(),
+                    Some(first.complete_ms),
+                );
+            }
+        }
+    }
+    c.finish()
+}
+
+fn self_checks(plan: &Plan, history: &History, state: &FinalState) -> Vec<SelfCheckResult> {
+    let sold_out = history.ops.iter().filter(|op| op.outcome.problem() == Some("sold-out")).count();
+    // A replay: the server answered a key that had already bought (from the idempotency
+    // record, which says `Idempotent-Replayed`, or from the sale state's order record).
+    let mut bought: HashSet<(usize, &str)> = HashSet::new();
+    let mut replayed = 0;
+    let mut by_completion: Vec<_> = history.ops.iter().collect();
+    by_completion.sort_by_key(|op| (op.complete_ms, op.seq));
+    for op in by_completion {
+        if let (OpKind::Buy { key, .. }, Outcome::Ok { replayed: flagged, .. }) = (&op.kind, &op.outcome) {
+            if !bought.insert((op.buyer, key.as_str())) || *flagged {
+                replayed += 1;
+            }
+        }
+    }
+
+    // A retry after an unknown outcome: an info followed by a later request with the same
+    // key. A MongoDB outage alone makes no unknown outcome (the server answers 202
+    // pending in bounded time), so under that mix the retry must follow a 202 instead.
+    let retry_after = |outcome: &Outcome| match plan.options.fault_mix {
+        FaultMix::MongoOutage => matches!(outcome, Outcome::Ok { status: 202, .. }),
+        _ => outcome.is_info(),
+    };
+    let mut uncertain: HashMap<(usize, &str), u64> = HashMap::new();
+    for op in &history.ops {
+        if let (OpKind::Buy { key, .. }, true) = (&op.kind, retry_after(&op.outcome)) {
+            let entry = uncertain.entry((op.buyer, key.as_str())).or_insert(op.complete_ms);
+            *entry = (*entry).min(op.complete_ms);
+        }
+    }
+    let retried = history
+        .ops
+        .iter()
+        .filter(|op| match &op.kind {
+            OpKind::Buy { key, .. } => uncertain.get(&(op.buyer, key.as_str())).is_some_and(|at| op.invoke_ms >= *at),
+            _ => false,
+        })
+        .count();
+    let retried_what = match plan.options.fault_mix {
+        FaultMix::MongoOutage => "a 202 pending answer",
+        _ => "an unknown outcome",
+    };
+
+    let started: HashSet<usize> =
+        history.faults.iter().filter(|f| f.phase == FaultPhase::Start).map(|f| f.index).collect();
+    let healed: HashSet<usize> =
+        history.faults.iter().filter(|f| f.phase == FaultPhase::Heal).map(|f| f.index).collect();
+    let missing: Vec<usize> = (0..plan.faults.len()).filter(|i| !started.contains(i) || !healed.contains(i)).collect();
+
+    vec![
+        SelfCheckResult {
+            check: SelfCheck::SoldOut,
+            passed: sold_out > 0,
+            detail: format!("{sold_out} sold-out answers"),
+        },
+        SelfCheckResult {
+            check: SelfCheck::RetriedAfterTimeout,
+            // Without faults a run may see no unknown outcome at all; with faults it must.
+            passed: retried > 0 || plan.faults.is_empty(),
+            detail: format!("{retried} requests retried a key after {retried_what}"),
+        },
+        SelfCheckResult { check: SelfCheck::KeyReplayed, passed: replayed > 0, detail: format!("{replayed} replays") },
+        SelfCheckResult {
+            check: SelfCheck::FaultsFired,
+            passed: missing.is_empty(),
+            detail: if missing.is_empty() {
+                format!("{} of {} faults started and healed", plan.faults.len(), plan.faults.len())
+            } else {
+                format!("faults {missing:?} did not both start and heal")
+            },
+        },
+        SelfCheckResult {
+            check: SelfCheck::Drained,
+            passed: state.drained,
+            detail: format!(
+                "pending sets {} in {} ms",
+                if state.drained { "empty" } else { "NOT empty" },
+                state.drain_ms
+            ),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Op, OpKind, Outcome};
+    use crate::plan::{FaultMix, PlanOptions, Topology};
+    use flashsale::clock::derive_order_id;
+
+    fn plan() -> Plan {
+        let mut plan = Plan::generate(PlanOptions {
+            seed: 1,
+            buyers: 3,
+            products: 1,
+            stock_per_product: 2,
+            instances: 1,
+            topology: Topology::Single,
+            fault_mix: FaultMix::None,
+            duration_ms: 5_000,
+        })
+        .expect("plan");
+        plan.products[0].one_per_user = true;
+        plan
+    }
+
+    fn ids() -> Identities {
+        Identities { product_ids: vec![Uuid::from_u128(100)], user_ids: (1..=3).map(Uuid::from_u128).collect() }
+    }
+
+    fn buy(seq: u64, buyer: usize, key: &str, at: u64, outcome: Outcome) -> Op {
+        Op {
+            seq,
+            buyer,
+            instance: 0,
+            kind: OpKind::Buy { product: 0, key: key.into() },
+            invoke_ms: at,
+            complete_ms: at + 5,
+            outcome,
+        }
+    }
+
+    fn ok(buyer: usize, key: &str, unit: i64, replayed: bool) -> Outcome {
+        Outcome::Ok { status: 201, order_id: derive_order_id(ids().user_ids[buyer], key), unit, replayed }
+    }
+
+    fn sold_out() -> Outcome {
+        Outcome::Fail { status: 409, problem: "sold-out".into() }
+    }
+
+    fn stored(buyer: usize, key: &str, unit: i64) -> StoredOrder {
+        StoredOrder {
+            order_id: derive_order_id(ids().user_ids[buyer], key).to_string(),
+            user_id: ids().user_ids[buyer].to_string(),
+            unit: Some(unit),
+            live: true,
+        }
+    }
+
+    fn state(orders: Vec<StoredOrder>, next_unit: i64) -> FinalState {
+        FinalState {
+            products: vec![FinalProduct {
+                product_id: Uuid::from_u128(100),
+                redis: Some(RedisSale {
+                    stock_total: 2,
+                    next_unit,
+                    free_count: 0,
+                    pending: 0,
+                    orders_held: orders.len() as i64,
+                }),
+                orders,
+            }],
+            drained: true,
+            drain_ms: 0,
+        }
+    }
+
+    fn violated(report: &Report) -> Vec<Invariant> {
+        report.verdicts.iter().filter(|v| !v.held).map(|v| v.invariant).collect()
+    }
+
+    /// Two buyers buy the two units (one retry replayed), the third is sold out.
+    fn good_history() -> History {
+        History {
+            ops: vec![
+                buy(0, 0, "a", 0, ok(0, "a", 1, false)),
+                buy(1, 1, "b", 1, Outcome::Info { status: 0, reason: "timeout".into() }),
+                buy(2, 1, "b", 20, ok(1, "b", 2, true)),
+                buy(3, 2, "c", 30, sold_out()),
+            ],
+            faults: vec![],
+        }
+    }
+
+    #[test]
+    fn a_correct_history_holds_every_invariant() {
+        let report = check(&plan(), &ids(), &good_history(), &state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3));
+        assert!(violated(&report).is_empty(), "{:#?}", report.verdicts);
+        assert!(report.passed(), "{:#?}", report.self_checks);
+    }
+
+    #[test]
+    fn a_third_order_on_two_units_is_an_oversell_and_negative_stock() {
+        let mut history = good_history();
+        history.ops[3] = buy(3, 2, "c", 30, ok(2, "c", 3, false));
+        let report =
+            check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1), stored(1, "b", 2), stored(2, "c", 3)], 4));
+        let violated = violated(&report);
+        assert!(violated.contains(&Invariant::NoOversell));
+        assert!(violated.contains(&Invariant::NonNegativeStock));
+    }
+
+    #[test]
+    fn a_201_without_its_document_is_a_lost_order_and_a_leak() {
+        let report = check(&plan(), &ids(), &good_history(), &state(vec![stored(0, "a", 1)], 3));
+        let violated = violated(&report);
+        assert!(violated.contains(&Invariant::NoLostOrder));
+        assert!(violated.contains(&Invariant::Conservation));
+    }
+
+    #[test]
+    fn an_order_nobody_requested_is_a_phantom() {
+        let mut phantom = stored(0, "a", 1);
+        phantom.order_id = Uuid::from_u128(999).to_string();
+        let report = check(&plan(), &ids(), &good_history(), &state(vec![phantom, stored(1, "b", 2)], 3));
+        assert!(violated(&report).contains(&Invariant::NoPhantom));
+    }
+
+    #[test]
+    fn two_orders_for_one_key_or_a_hidden_replay_break_idempotency() {
+        let mut history = good_history();
+        history.ops.push(buy(
+            4,
+            0,
+            "a",
+            40,
+            Outcome::Ok { status: 201, order_id: Uuid::from_u128(7), unit: 2, replayed: false },
+        ));
+        assert!(
+            violated(&check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3)))
+                .contains(&Invariant::Idempotency)
+        );
+
+        let mut history = good_history();
+        history.ops.push(buy(4, 0, "a", 40, sold_out()));
+        assert!(
+            violated(&check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3)))
+                .contains(&Invariant::Idempotency)
+        );
+    }
+
+    #[test]
+    fn two_live_orders_of_one_user_break_one_per_user() {
+        let mut history = good_history();
+        history.ops[2] = buy(2, 0, "a2", 20, ok(0, "a2", 2, false));
+        let report = check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1), stored(0, "a2", 2)], 3));
+        assert_eq!(violated(&report), vec![Invariant::OnePerUser]);
+    }
+
+    #[test]
+    fn a_sold_out_answer_with_a_unit_left_is_premature() {
+        let mut history = good_history();
+        history.ops[2] = buy(2, 1, "b", 20, sold_out());
+        let report = check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1)], 2));
+        assert_eq!(violated(&report), vec![Invariant::Conservation]);
+    }
+
+    #[test]
+    fn a_run_that_never_sold_out_or_replayed_is_vacuous() {
+        let history = History { ops: vec![buy(0, 0, "a", 0, ok(0, "a", 1, false))], faults: vec![] };
+        let mut final_state = state(vec![stored(0, "a", 1)], 2);
+        if let Some(sale) = final_state.products[0].redis.as_mut() {
+            sale.next_unit = 2;
+        }
+        let report = check(&plan(), &ids(), &history, &final_state);
+        assert!(report.all_held(), "{:#?}", report.verdicts);
+        assert!(report.vacuous());
+        let failed: Vec<_> = report.self_checks.iter().filter(|c| !c.passed).map(|c| c.check).collect();
+        assert_eq!(failed, vec![SelfCheck::SoldOut, SelfCheck::KeyReplayed]);
+    }
+}

@@ -1,0 +1,465 @@
+//! Real mode: one plan played against real backends and real server instances.
+//!
+//! 1. Start the world (`world`): backends, fault proxies, N instances.
+//! 2. Before the sale: users and OTP-verified sessions through the server crate's code
+//!    (one password hash for all), a share of buyers through the full HTTP
+//!    register → login → OTP flow reading codes from the outbox; products created over
+//!    HTTP by an admin, each with its sale opening at its planned moment.
+//! 3. The sale: every buyer a task (`buyers`), the fault schedule a task (`faults`),
+//!    progress printed every few seconds.
+//! 4. Heal every fault, let the reconciler drain (bounded), read the final state of
+//!    Redis and MongoDB, stop everything, and check (`checker`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flashsale::auth::extract::Role;
+use flashsale::auth::session::COOKIE_NAME;
+use flashsale::auth::users;
+use flashsale::config::Config;
+use flashsale::purchase::orders::{OrderStatus, UnitField};
+use flashsale::redis::scripts;
+use flashsale::state::AppState;
+use futures::StreamExt;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::buyers::{self, Buyer, Shared};
+use crate::checker::{self, FinalProduct, FinalState, Identities, RedisSale, StoredOrder};
+use crate::faults::{self, Targets};
+use crate::history::{History, OpKind, Outcome, Recorder};
+use crate::plan::{Plan, Topology};
+use crate::world::{Backends, Instances, admin_app};
+
+/// Password of every simulated user (hashed once, at the production cost).
+const SIM_PASSWORD: &str = "simulated buyer password";
+/// Sessions made at once before the sale.
+const SETUP_CONCURRENCY: usize = 64;
+/// HTTP login flows run at once (each hashes a password twice).
+const HTTP_LOGIN_CONCURRENCY: usize = 8;
+/// Time between the end of the setup and the opening of the first sale.
+const OPENING_LEAD: Duration = Duration::from_millis(1_500);
+/// Bound on the reconciler draining every pending set after the faults healed.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between two looks at the pending sets.
+const DRAIN_POLL: Duration = Duration::from_millis(250);
+/// Interval of the live progress line.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Database and key prefix of a simulated deployment.
+const DATABASE: &str = "flashsale_sim";
+const KEY_PREFIX: &str = "sim";
+
+/// A change to every server instance's configuration (how a deliberately broken
+/// variant is selected, under the `broken` feature).
+pub type ConfigHook = Arc<dyn Fn(&mut Config) + Send + Sync>;
+
+/// How to run one plan.
+#[derive(Clone)]
+pub struct RunSettings {
+    pub plan: Plan,
+    /// Print progress lines on stderr.
+    pub progress: bool,
+    /// The broken variant the hook selects (`--broken <name>`), for the replay command.
+    pub broken: Option<String>,
+    pub configure: Option<ConfigHook>,
+}
+
+impl std::fmt::Debug for RunSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunSettings").field("plan", &self.plan.hash()).field("broken", &self.broken).finish()
+    }
+}
+
+/// Wall-clock phases of a run, for the report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub setup_ms: u64,
+    pub sale_ms: u64,
+    pub drain_ms: u64,
+    pub total_ms: u64,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    pub plan: Plan,
+    pub plan_hash: String,
+    pub replay_command: String,
+    pub ids: Identities,
+    pub history: History,
+    pub final_state: FinalState,
+    pub report: checker::Report,
+    pub timings: Timings,
+    /// The broken variant the server ran with, if any.
+    pub broken: Option<String>,
+}
+
+/// The command that replays a plan.
+pub fn replay_command(plan: &Plan, broken: Option<&str>) -> String {
+    let o = &plan.options;
+    let topology = match o.topology {
+        Topology::Single => "single",
+        Topology::Cluster => "cluster",
+    };
+    let faults = serde_json::to_value(o.fault_mix).ok().and_then(|v| v.as_str().map(|s| s.replace('_', "-")));
+    let mut command = format!(
+        "cargo run --release -p flashsale-sim{} -- run --seed {} --buyers {} --products {} --stock {} --instances {} --topology {topology} --faults {} --duration-ms {}",
+        if broken.is_some() { " --features broken" } else { "" },
+        o.seed,
+        o.buyers,
+        o.products,
+        o.stock_per_product,
+        o.instances,
+        faults.unwrap_or_default(),
+        o.duration_ms
+    );
+    if let Some(variant) = broken {
+        command.push_str(&format!(" --broken {variant}"));
+    }
+    command
+}
+
+fn progress(settings: &RunSettings, line: impl AsRef<str>) {
+    if settings.progress {
+        eprintln!("[sim] {}", line.as_ref());
+    }
+}
+
+/// Plays the plan and checks it.
+pub async fn run(settings: RunSettings) -> anyhow::Result<RunOutcome> {
+    let started = Instant::now();
+    let plan = settings.plan.clone();
+    let broken_name = settings.broken.clone();
+
+    progress(
+        &settings,
+        format!("seed {} plan hash {}: starting {:?} backends", plan.options.seed, plan.hash(), plan.options.topology),
+    );
+    let backends = Backends::start(plan.options.topology).await?;
+    let mut instance_config =
+        Config::for_local(&backends.proxied_redis_url(), &backends.proxied_mongo_url(), DATABASE, KEY_PREFIX);
+    // Every buyer has its own address, as behind a proxy that sets X-Forwarded-For.
+    instance_config.trust_forwarded_for = true;
+    if let Some(configure) = &settings.configure {
+        configure(&mut instance_config);
+    }
+    let mut admin_config = Config::for_local(&backends.direct_redis_url(), &backends.mongo.url(), DATABASE, KEY_PREFIX);
+    admin_config.background_tasks = false;
+    let admin = admin_app(admin_config).await?;
+    let instances = Instances::start(vec![instance_config; plan.options.instances]).await?;
+    let backends = Arc::new(Mutex::new(backends));
+
+    let result = play(&settings, &plan, &admin, &instances, &backends, started).await;
+    instances.stop_all().await;
+    drop(backends);
+    let (ids, history, final_state, mut timings) = result?;
+    timings.total_ms = elapsed_ms(started);
+    let report = checker::check(&plan, &ids, &history, &final_state);
+    Ok(RunOutcome {
+        plan_hash: plan.hash(),
+        replay_command: replay_command(&plan, broken_name.as_deref()),
+        plan,
+        ids,
+        history,
+        final_state,
+        report,
+        timings,
+        broken: broken_name,
+    })
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn play(
+    settings: &RunSettings,
+    plan: &Plan,
+    admin: &AppState,
+    instances: &Arc<Instances>,
+    backends: &Arc<Mutex<Backends>>,
+    started: Instant,
+) -> anyhow::Result<(Identities, History, FinalState, Timings)> {
+    let http = reqwest::Client::builder()
+        .timeout(buyers::REQUEST_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+
+    progress(settings, format!("creating {} buyers", plan.buyers.len()));
+    let password_hash = flashsale::auth::password::hash_password(admin, SIM_PASSWORD.to_owned()).await?;
+    let sessions = create_buyers(plan, admin, instances, &http, &password_hash).await?;
+    let user_ids: Vec<Uuid> = sessions.iter().map(|(user, _)| *user).collect();
+
+    let admin_user =
+        users::create_user_with_hash(admin, "admin@sim.flashsale.test", &password_hash, Role::Admin).await?;
+    let admin_session = flashsale::auth::session::create_verified_session(admin, admin_user).await?;
+    let opening_wall_ms = admin.ids.now_ms() + i64::try_from(OPENING_LEAD.as_millis()).unwrap_or(0);
+    let opening = Instant::now() + OPENING_LEAD;
+    let mut product_ids = Vec::new();
+    for product in &plan.products {
+        let starts = opening_wall_ms + i64::try_from(product.opens_at_ms).unwrap_or(i64::MAX);
+        product_ids
+            .push(create_product(&http, instances, &admin_session, product.stock, product.one_per_user, starts).await?);
+    }
+    let ids = Identities { product_ids: product_ids.clone(), user_ids };
+    let setup_ms = elapsed_ms(started);
+    progress(settings, format!("setup done in {setup_ms} ms; the first sale opens"));
+    tokio::time::sleep_until(opening.into()).await;
+
+    // The sale.
+    let recorder = Arc::new(Recorder::new(Instant::now()));
+    let targets = Targets { backends: backends.clone(), instances: instances.clone() };
+    let fault_task = tokio::spawn(faults::run_schedule(targets.clone(), plan.faults.clone(), recorder.clone()));
+    let shared = Arc::new(Shared {
+        http,
+        instances: instances.clone(),
+        recorder: recorder.clone(),
+        product_ids: product_ids.clone(),
+        admin: admin.clone(),
+        seed: plan.options.seed,
+        deadline_ms: plan.options.duration_ms,
+    });
+    let mut tasks = Vec::new();
+    for (buyer_plan, (user_id, session)) in plan.buyers.iter().zip(sessions) {
+        let buyer = Buyer { plan: buyer_plan.clone(), user_id, session };
+        tasks.push(tokio::spawn(buyers::play(shared.clone(), buyer)));
+    }
+    let progress_task = settings.progress.then(|| {
+        let recorder = recorder.clone();
+        let total = plan.buyers.len();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                let (ok, fail, info) = recorder.counts();
+                eprintln!(
+                    "[sim] t={:>6.1}s  {} requests: {ok} ok, {fail} fail, {info} info  ({total} buyers)",
+                    recorder.now_ms() as f64 / 1000.0,
+                    recorder.op_count()
+                );
+            }
+        })
+    });
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = fault_task.await;
+    let sale_ms = recorder.now_ms();
+    if let Some(task) = progress_task {
+        task.abort();
+    }
+
+    progress(settings, "healing every fault and draining the reconciler");
+    faults::heal_all(&targets).await?;
+    let drain_started = Instant::now();
+    let drained = drain(admin, &product_ids).await;
+    let drain_ms = elapsed_ms(drain_started);
+    let final_state = read_final_state(admin, &product_ids, drained, drain_ms).await?;
+    progress(settings, format!("drained: {drained} in {drain_ms} ms"));
+    let timings = Timings { setup_ms, sale_ms, drain_ms, total_ms: 0 };
+    Ok((ids, recorder.snapshot(), final_state, timings))
+}
+
+/// Users and sessions for every buyer, in plan order.
+async fn create_buyers(
+    plan: &Plan,
+    admin: &AppState,
+    instances: &Arc<Instances>,
+    http: &reqwest::Client,
+    password_hash: &str,
+) -> anyhow::Result<Vec<(Uuid, String)>> {
+    let seed = plan.options.seed;
+    let email = |index: usize| format!("buyer{index}-{seed}@sim.flashsale.test");
+    let direct_buyers: Vec<usize> = plan.buyers.iter().filter(|b| !b.via_http_login).map(|b| b.index).collect();
+    let emails: Vec<String> = direct_buyers.iter().map(|index| email(*index)).collect();
+    let made = users::create_users_with_hash(admin, &emails, password_hash, Role::Buyer).await?;
+    let direct = futures::stream::iter(direct_buyers.into_iter().zip(made).map(|(index, user)| async move {
+        let session = flashsale::auth::session::create_verified_session_for(admin, &user).await?;
+        anyhow::Ok((index, user.uuid()?, session))
+    }))
+    .buffer_unordered(SETUP_CONCURRENCY)
+    .collect::<Vec<_>>();
+    let over_http = futures::stream::iter(plan.buyers.iter().filter(|b| b.via_http_login).map(|buyer| async move {
+        let (user, session) = http_login(admin, instances, http, &email(buyer.index), buyer.index).await?;
+        anyhow::Ok((buyer.index, user, session))
+    }))
+    .buffer_unordered(HTTP_LOGIN_CONCURRENCY)
+    .collect::<Vec<_>>();
+    let (direct, over_http) = tokio::join!(direct, over_http);
+    let mut all: Vec<Option<(Uuid, String)>> = vec![None; plan.buyers.len()];
+    for made in direct.into_iter().chain(over_http) {
+        let (index, user, session) = made?;
+        all[index] = Some((user, session));
+    }
+    all.into_iter().map(|s| s.context("a buyer without a session")).collect()
+}
+
+/// The full HTTP flow: register → login (a code goes to the outbox) → verify the code.
+async fn http_login(
+    admin: &AppState,
+    instances: &Arc<Instances>,
+    http: &reqwest::Client,
+    email: &str,
+    index: usize,
+) -> anyhow::Result<(Uuid, String)> {
+    let base = instances.url(index % instances.count()).context("instance down during setup")?;
+    let ip = format!("10.200.{}.{}", (index >> 8) & 0xff, index & 0xff);
+    let credentials = serde_json::json!({ "email": email, "password": SIM_PASSWORD });
+    let registered = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .header("x-forwarded-for", &ip)
+        .json(&credentials)
+        .send()
+        .await?;
+    anyhow::ensure!(registered.status().as_u16() == 202, "register answered {}", registered.status());
+    let login =
+        http.post(format!("{base}/api/v1/auth/login")).header("x-forwarded-for", &ip).json(&credentials).send().await?;
+    anyhow::ensure!(login.status().as_u16() == 200, "login answered {}", login.status());
+    let pre_otp = session_cookie(&login).context("login set no session cookie")?;
+    let code = latest_code(admin, email).await?.context("no code in the outbox")?;
+    let verified = http
+        .post(format!("{base}/api/v1/auth/verify-otp"))
+        .header("x-forwarded-for", &ip)
+        .header("cookie", format!("{COOKIE_NAME}={pre_otp}"))
+        .json(&serde_json::json!({ "code": code }))
+        .send()
+        .await?;
+    anyhow::ensure!(verified.status().as_u16() == 200, "verify-otp answered {}", verified.status());
+    let session = session_cookie(&verified).context("verify-otp set no session cookie")?;
+    let user = users::find_by_email(admin, &users::normalise_email(email)).await?.context("registered user missing")?;
+    Ok((user.uuid()?, session))
+}
+
+fn session_cookie(response: &reqwest::Response) -> Option<String> {
+    response.headers().get_all("set-cookie").iter().find_map(|value| {
+        let value = value.to_str().ok()?;
+        let pair = value.split(';').next()?;
+        let (name, session) = pair.split_once('=')?;
+        (name.trim() == COOKIE_NAME && !session.is_empty()).then(|| session.to_owned())
+    })
+}
+
+/// The newest code the outbox holds for `email`.
+async fn latest_code(admin: &AppState, email: &str) -> anyhow::Result<Option<String>> {
+    let mut conn = admin.redis.clone();
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XREVRANGE")
+        .arg(admin.keys.otp_outbox())
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1_000)
+        .query_async(&mut conn)
+        .await?;
+    Ok(entries
+        .into_iter()
+        .find(|(_, fields)| fields.get("email").map(String::as_str) == Some(email))
+        .and_then(|(_, mut fields)| fields.remove("code")))
+}
+
+async fn create_product(
+    http: &reqwest::Client,
+    instances: &Arc<Instances>,
+    admin_session: &str,
+    stock: i64,
+    one_per_user: bool,
+    starts_at_ms: i64,
+) -> anyhow::Result<Uuid> {
+    let base = instances.url(0).context("instance 0 down during setup")?;
+    let response = http
+        .post(format!("{base}/api/v1/products"))
+        .header("cookie", format!("{COOKIE_NAME}={admin_session}"))
+        .json(&serde_json::json!({
+            "name": "Simulated drop",
+            "description": "A product of the simulated sale",
+            "price_cents": 9_900,
+            "stock": stock,
+            "one_per_user": one_per_user,
+            "sale_starts_at_ms": starts_at_ms,
+        }))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().as_u16() == 201, "creating a product answered {}", response.status());
+    let body: serde_json::Value = response.json().await?;
+    body["id"].as_str().and_then(|id| Uuid::parse_str(id).ok()).context("product id")
+}
+
+/// Waits until every product's sale state is loaded and its pending set is empty.
+async fn drain(admin: &AppState, product_ids: &[Uuid]) -> bool {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let mut done = true;
+        for id in product_ids {
+            match redis_sale(admin, *id).await {
+                Ok(Some(sale)) if sale.pending == 0 => {}
+                _ => done = false,
+            }
+        }
+        if done {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+async fn redis_sale(admin: &AppState, product_id: Uuid) -> anyhow::Result<Option<RedisSale>> {
+    let keys = admin.keys.sale(product_id);
+    let mut conn = admin.redis.clone();
+    let Some(stock) = scripts::stock(&mut conn, &keys).await? else { return Ok(None) };
+    let pending: i64 = redis::cmd("ZCARD").arg(&keys.pending).query_async(&mut conn).await?;
+    let orders_held: i64 = redis::cmd("HLEN").arg(&keys.orders).query_async(&mut conn).await?;
+    Ok(Some(RedisSale {
+        stock_total: stock.stock_total,
+        next_unit: stock.next_unit,
+        free_count: stock.free_count,
+        pending,
+        orders_held,
+    }))
+}
+
+async fn read_final_state(
+    admin: &AppState,
+    product_ids: &[Uuid],
+    drained: bool,
+    drain_ms: u64,
+) -> anyhow::Result<FinalState> {
+    let mut products = Vec::new();
+    for id in product_ids {
+        let orders = flashsale::purchase::orders::orders_of_product(admin, *id)
+            .await?
+            .into_iter()
+            .map(|doc| StoredOrder {
+                unit: match doc.unit {
+                    UnitField::Unit(unit) => Some(unit),
+                    _ => None,
+                },
+                live: doc.status == OrderStatus::Confirmed,
+                order_id: doc.id,
+                user_id: doc.user_id,
+            })
+            .collect();
+        products.push(FinalProduct { product_id: *id, orders, redis: redis_sale(admin, *id).await? });
+    }
+    Ok(FinalState { products, drained, drain_ms })
+}
+
+/// Counts of the buy outcomes, for the summary.
+pub fn outcome_counts(history: &History) -> Vec<(String, usize)> {
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for op in &history.ops {
+        if matches!(op.kind, OpKind::Buy { .. }) {
+            let label = match &op.outcome {
+                Outcome::Ok { status, replayed: true, .. } => format!("{status} replayed"),
+                Outcome::Ok { status, .. } => format!("{status}"),
+                Outcome::Fail { status, problem } => format!("{status} {problem}"),
+                Outcome::Info { reason, .. } => format!("info {reason}"),
+                other => other.label(),
+            };
+            *counts.entry(label).or_default() += 1;
+        }
+    }
+    counts.into_iter().collect()
+}

@@ -1,0 +1,245 @@
+//! The world one run plays in: fresh backends (one `redis-server` or a local 3-master
+//! Redis Cluster, and FerretDB), a fault proxy in front of each of them, and N server
+//! instances of the `flashsale` crate, each on its own tokio runtime so that killing an
+//! instance drops every task it had in flight (a crash mid-purchase), exactly as a
+//! process kill would, while the simulator keeps its own clock and history.
+//!
+//! The simulator's own handle on the backends (the "admin" app) connects directly,
+//! bypassing the proxies: it creates users and sessions through the server crate's
+//! code before the sale, and reads the final state after it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use flashsale::clock::Ids;
+use flashsale::config::Config;
+use flashsale::stack::{FerretDb, RedisCluster, RedisClusterOptions, RedisPersistence, RedisServer, free_port};
+use flashsale::startup::{RunningServer, build_state};
+use flashsale::state::AppState;
+use tokio::runtime::Runtime;
+
+use crate::plan::{Backend, Topology};
+use crate::proxy::FaultProxy;
+
+/// How long a graceful instance stop may take before its runtime is dropped.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Worker threads of each server instance's runtime.
+const INSTANCE_WORKERS: usize = 2;
+/// Masters of the local Redis Cluster.
+const CLUSTER_MASTERS: usize = 3;
+/// How long a cluster may take to agree again after a node restart.
+const CLUSTER_HEAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Redis as the run sees it.
+pub enum Redis {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    /// The node faults act on (the only one, or the cluster's first master).
+    pub fn target_node(&mut self) -> &mut RedisServer {
+        match self {
+            Self::Single(server) => server,
+            Self::Cluster(cluster) => cluster.node_mut(0),
+        }
+    }
+
+    /// URLs of every node, direct (no proxy).
+    pub fn direct_urls(&self) -> Vec<String> {
+        match self {
+            Self::Single(server) => vec![server.url()],
+            Self::Cluster(cluster) => cluster.direct_seed_urls().split(',').map(str::to_owned).collect(),
+        }
+    }
+
+    /// Waits until Redis serves again after a restart.
+    pub fn wait_healthy(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Single(_) => Ok(()),
+            Self::Cluster(cluster) => cluster.wait_healthy(CLUSTER_HEAL_TIMEOUT),
+        }
+    }
+}
+
+/// The backends and their proxies.
+pub struct Backends {
+    pub redis: Redis,
+    pub mongo: FerretDb,
+    /// One proxy per Redis node, in node order.
+    pub redis_proxies: Vec<FaultProxy>,
+    pub mongo_proxy: FaultProxy,
+}
+
+impl Backends {
+    pub async fn start(topology: Topology) -> anyhow::Result<Self> {
+        let (redis, mongo, proxy_ports) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mongo = FerretDb::start().context("starting FerretDB")?;
+            let (redis, proxy_ports) = match topology {
+                Topology::Single => {
+                    let server = RedisServer::start(RedisPersistence::AppendOnly).context("starting redis-server")?;
+                    (Redis::Single(server), vec![None])
+                }
+                Topology::Cluster => {
+                    // Every node announces its proxy's port, so cluster clients (and their
+                    // MOVED redirections) go through the proxies too.
+                    let ports = (0..CLUSTER_MASTERS).map(|_| free_port()).collect::<anyhow::Result<Vec<u16>>>()?;
+                    let cluster = RedisCluster::start(RedisClusterOptions {
+                        masters: CLUSTER_MASTERS,
+                        persistence: RedisPersistence::AppendOnly,
+                        announce_ports: Some(ports.clone()),
+                    })
+                    .context("starting the Redis Cluster")?;
+                    (Redis::Cluster(cluster), ports.into_iter().map(Some).collect())
+                }
+            };
+            Ok((redis, mongo, proxy_ports))
+        })
+        .await??;
+        let node_ports: Vec<u16> = match &redis {
+            Redis::Single(server) => vec![server.port()],
+            Redis::Cluster(cluster) => cluster.node_ports(),
+        };
+        let mut redis_proxies = Vec::new();
+        for (port, listen) in node_ports.iter().zip(proxy_ports) {
+            redis_proxies.push(FaultProxy::start(loopback(*port), listen).await.context("starting a Redis proxy")?);
+        }
+        let mongo_proxy =
+            FaultProxy::start(loopback(mongo.port()), None).await.context("starting the MongoDB proxy")?;
+        Ok(Self { redis, mongo, redis_proxies, mongo_proxy })
+    }
+
+    /// The Redis URL the server instances use: through the proxies.
+    pub fn proxied_redis_url(&self) -> String {
+        self.redis_proxies.iter().map(|p| format!("redis://127.0.0.1:{}", p.port())).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn proxied_mongo_url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/", self.mongo_proxy.port())
+    }
+
+    pub fn direct_redis_url(&self) -> String {
+        self.redis.direct_urls().join(",")
+    }
+
+    pub fn proxies(&self, target: Backend) -> Vec<&FaultProxy> {
+        match target {
+            Backend::Redis => self.redis_proxies.iter().collect(),
+            Backend::Mongo => vec![&self.mongo_proxy],
+        }
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One server instance on its own runtime.
+struct Instance {
+    runtime: Runtime,
+    server: RunningServer,
+}
+
+/// The server instances, and the base URL of each one that is up.
+pub struct Instances {
+    configs: Vec<Config>,
+    running: Mutex<Vec<Option<Instance>>>,
+    urls: RwLock<Vec<Option<String>>>,
+}
+
+impl Instances {
+    pub async fn start(configs: Vec<Config>) -> anyhow::Result<Arc<Self>> {
+        let count = configs.len();
+        let instances = Arc::new(Self {
+            configs,
+            running: Mutex::new((0..count).map(|_| None).collect()),
+            urls: RwLock::new(vec![None; count]),
+        });
+        for index in 0..count {
+            instances.start_one(index).await?;
+        }
+        Ok(instances)
+    }
+
+    pub fn count(&self) -> usize {
+        self.configs.len()
+    }
+
+    /// Base URL of the instance, if it is up.
+    pub fn url(&self, index: usize) -> Option<String> {
+        self.urls.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(index).cloned().flatten()
+    }
+
+    /// Starts (or starts again) one instance on a fresh port.
+    pub async fn start_one(self: &Arc<Self>, index: usize) -> anyhow::Result<()> {
+        let mut config = self.configs.get(index).cloned().context("no such instance")?;
+        config.listen_addr = loopback(0);
+        let instance = tokio::task::spawn_blocking(move || -> anyhow::Result<Instance> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(INSTANCE_WORKERS)
+                .thread_name(format!("instance-{index}"))
+                .enable_all()
+                .build()
+                .context("building an instance runtime")?;
+            let server = runtime.block_on(RunningServer::start(config, Ids::system()))?;
+            Ok(Instance { runtime, server })
+        })
+        .await??;
+        let url = instance.server.base_url();
+        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[index] = Some(instance);
+        self.urls.write().unwrap_or_else(std::sync::PoisonError::into_inner)[index] = Some(url);
+        Ok(())
+    }
+
+    /// Kills one instance: its runtime is shut down without waiting, so every request it
+    /// was serving stops wherever it was (between the Redis script and the MongoDB
+    /// insert, for some).
+    pub fn kill(&self, index: usize) -> bool {
+        self.urls.write().unwrap_or_else(std::sync::PoisonError::into_inner)[index] = None;
+        let instance = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[index].take();
+        match instance {
+            Some(instance) => {
+                instance.runtime.shutdown_background();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The app state of a running instance (for metrics in the report).
+    pub fn app(&self, index: usize) -> Option<AppState> {
+        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[index]
+            .as_ref()
+            .map(|i| i.server.app.clone())
+    }
+
+    /// Stops every instance gracefully.
+    pub async fn stop_all(&self) {
+        let all: Vec<Instance> = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for url in self.urls.write().unwrap_or_else(std::sync::PoisonError::into_inner).iter_mut() {
+            *url = None;
+        }
+        for instance in all {
+            let _ = tokio::task::spawn_blocking(move || {
+                let Instance { runtime, server } = instance;
+                let _ = runtime.block_on(async { tokio::time::timeout(STOP_TIMEOUT, server.stop()).await });
+                runtime.shutdown_timeout(STOP_TIMEOUT);
+            })
+            .await;
+        }
+    }
+}
+
+/// The simulator's own handle on the backends, direct (no proxy), with no background
+/// tasks: it makes users and sessions with the server's code and reads the final state.
+pub async fn admin_app(config: Config) -> anyhow::Result<AppState> {
+    build_state(config, Ids::system()).await.context("connecting the simulator to the backends")
+}
