@@ -31,7 +31,7 @@ pub enum Invariant {
     Idempotency,
     /// 5. Every 201, and every 202 once reconciled, has its MongoDB document.
     NoLostOrder,
-    /// 6. Every order in MongoDB was requested by some buyer.
+    /// 6. Every order in MongoDB was requested by some buyer, and not only refused.
     NoPhantom,
     /// 7. Free units + live orders = stock; no sold-out answer while units were left.
     Conservation,
@@ -263,13 +263,24 @@ pub fn check(plan: &Plan, ids: &Identities, history: &History, state: &FinalStat
         }
     }
 
+    // Order ids some request may have bought: an ok or an unknown outcome. An order whose
+    // every request was definitely refused was bought behind the buyer's back.
+    let mut maybe_bought: HashSet<Uuid> = HashSet::new();
+    for op in &history.ops {
+        if let (OpKind::Buy { key, .. }, Outcome::Ok { .. } | Outcome::Info { .. }) = (&op.kind, &op.outcome) {
+            if let Some(user) = ids.user_ids.get(op.buyer) {
+                maybe_bought.insert(flashsale::clock::derive_order_id(*user, key));
+            }
+        }
+    }
+
     let verdicts = vec![
         no_oversell(plan, state),
         non_negative(history, state),
         one_per_user(plan, state, &user_buyer),
         idempotency(ids, history),
         no_lost_order(ids, history, state),
-        no_phantom(state, &requested, &user_buyer),
+        no_phantom(state, &requested, &maybe_bought, &user_buyer),
         conservation(plan, history, state),
     ];
     let self_checks = self_checks(plan, history, state);
@@ -487,6 +498,7 @@ fn no_lost_order(ids: &Identities, history: &History, state: &FinalState) -> Ver
 fn no_phantom(
     state: &FinalState,
     requested: &HashMap<Uuid, Vec<Requested>>,
+    maybe_bought: &HashSet<Uuid>,
     user_buyer: &HashMap<String, usize>,
 ) -> Verdict {
     let mut c = Collector::new(Invariant::NoPhantom);
@@ -495,7 +507,20 @@ fn no_phantom(
             c.check();
             let owner = user_buyer.get(&order.user_id).copied();
             let asked = Uuid::parse_str(&order.order_id).ok().and_then(|id| requested.get(&id));
+            let id = Uuid::parse_str(&order.order_id).ok();
             match asked {
+                Some(requests)
+                    if order.live
+                        && requests.iter().any(|r| r.product == index && Some(r.buyer) == owner)
+                        && !id.is_some_and(|id| maybe_bought.contains(&id)) =>
+                {
+                    c.violate(
+                        format!("order {} exists although every request for it was refused", order.order_id),
+                        Some(index),
+                        requests.iter().map(|r| r.buyer).collect(),
+                        None,
+                    )
+                }
                 Some(requests) if requests.iter().any(|r| r.product == index && Some(r.buyer) == owner) => {}
                 Some(requests) => c.violate(
                     format!(
@@ -795,6 +820,14 @@ mod tests {
         let mut phantom = stored(0, "a", 1);
         phantom.order_id = Uuid::from_u128(999).to_string();
         let report = check(&plan(), &ids(), &good_history(), &state(vec![phantom, stored(1, "b", 2)], 3));
+        assert!(violated(&report).contains(&Invariant::NoPhantom));
+    }
+
+    #[test]
+    fn an_order_whose_every_request_was_refused_is_a_phantom() {
+        let mut history = good_history();
+        history.ops[0] = buy(0, 0, "a", 0, Outcome::Fail { status: 409, problem: "sold-out".into() });
+        let report = check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3));
         assert!(violated(&report).contains(&Invariant::NoPhantom));
     }
 
