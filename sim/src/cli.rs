@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::plan::{FaultMix, PlanOptions, Topology};
 use crate::runner::{ConfigHook, RunSettings};
+use crate::world::BackendChoice;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -89,6 +90,10 @@ pub struct RunOptions {
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Where the backends run: local processes, or Docker containers (needs the
+    /// `containers` feature and a Docker engine; single Redis only).
+    #[arg(long, value_enum, default_value_t = BackendChoice::Local)]
+    pub backend: BackendChoice,
     /// Run the server as a deliberately broken variant, to see the checker catch it.
     #[cfg(feature = "broken")]
     #[arg(long, value_enum)]
@@ -109,7 +114,7 @@ impl RunOptions {
 
     pub fn settings(&self, plan: crate::plan::Plan) -> RunSettings {
         let (broken, configure) = self.broken();
-        RunSettings { plan, progress: !self.quiet, broken, configure }
+        RunSettings { plan, progress: !self.quiet, backend: self.backend, broken, configure }
     }
 }
 
@@ -208,8 +213,9 @@ mod tests {
             .options(42),
         )
         .expect("plan");
-        let command = crate::runner::replay_command(&plan, None);
+        let command = crate::runner::replay_command(&plan, BackendChoice::Containers, None);
         let parsed = parse_replay(&command).expect("parses");
+        assert_eq!(parsed.run.backend, BackendChoice::Containers);
         let again = crate::plan::Plan::generate(parsed.plan.shape.options(parsed.plan.seed)).expect("plan");
         assert_eq!(again.hash(), plan.hash());
     }

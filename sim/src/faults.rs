@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::history::{FaultPhase, Recorder};
 use crate::plan::{Backend, Fault, FaultPlan};
 use crate::proxy::ProxyMode;
-use crate::world::{Backends, Instances};
+use crate::world::{Backends, Instances, LocalBackends};
 
 /// Timeout of the simulator's own Redis commands (`CLIENT PAUSE`).
 const ADMIN_REDIS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,18 +63,100 @@ fn heal_proxies(targets: &Targets, target: Backend) -> String {
     format!("{target:?} proxies pass again")
 }
 
-/// Runs blocking work on the backends (process signals, restarts that wait for a port).
-async fn with_backends<T: Send + 'static>(
-    targets: &Targets,
-    work: impl FnOnce(&mut Backends) -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
+/// A fault on a backend's process (or container).
+#[derive(Debug, Clone, Copy)]
+enum ProcessOp {
+    Pause,
+    Resume,
+    /// SIGKILL; without `keep_data` a Redis comes back empty.
+    Kill {
+        keep_data: bool,
+    },
+    /// Start again after a kill.
+    Restart {
+        keep_data: bool,
+    },
+}
+
+/// Applies a process-level fault to the local process, or to the container.
+async fn process_op(targets: &Targets, backend: Backend, op: ProcessOp) -> anyhow::Result<String> {
+    #[cfg(feature = "containers")]
+    {
+        let containers = targets.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner).containers.clone();
+        if let Some(stack) = containers {
+            return container_op(&stack, backend, op).await;
+        }
+    }
     let backends = targets.backends.clone();
     tokio::task::spawn_blocking(move || {
         let mut guard = backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        work(&mut guard)
+        let local = guard.local.as_mut().context("no local backends")?;
+        local_op(local, backend, op)
     })
     .await
     .context("fault task")?
+}
+
+fn local_op(local: &mut LocalBackends, backend: Backend, op: ProcessOp) -> anyhow::Result<String> {
+    Ok(match (backend, op) {
+        (Backend::Redis, ProcessOp::Pause) => {
+            local.redis.target_node().pause();
+            "SIGSTOP redis-server".to_owned()
+        }
+        (Backend::Redis, ProcessOp::Resume) => {
+            local.redis.target_node().resume();
+            "SIGCONT redis-server".to_owned()
+        }
+        (Backend::Redis, ProcessOp::Kill { keep_data }) => {
+            local.redis.target_node().kill();
+            format!("SIGKILL redis-server ({})", if keep_data { "its AOF stays" } else { "its data will be lost" })
+        }
+        (Backend::Redis, ProcessOp::Restart { keep_data }) => {
+            if keep_data {
+                local.redis.target_node().restart()?;
+            } else {
+                local.redis.target_node().restart_empty()?;
+            }
+            local.redis.wait_healthy()?;
+            if keep_data { "redis-server restarted from its AOF" } else { "redis-server restarted empty" }.to_owned()
+        }
+        (Backend::Mongo, ProcessOp::Pause) => {
+            local.mongo.pause();
+            "SIGSTOP ferretdb".to_owned()
+        }
+        (Backend::Mongo, ProcessOp::Resume) => {
+            local.mongo.resume();
+            "SIGCONT ferretdb".to_owned()
+        }
+        (Backend::Mongo, ProcessOp::Kill { .. }) => {
+            local.mongo.kill();
+            "SIGKILL ferretdb".to_owned()
+        }
+        (Backend::Mongo, ProcessOp::Restart { .. }) => {
+            local.mongo.restart()?;
+            "ferretdb restarted".to_owned()
+        }
+    })
+}
+
+#[cfg(feature = "containers")]
+async fn container_op(
+    stack: &flashsale::stack::ContainerStack,
+    backend: Backend,
+    op: ProcessOp,
+) -> anyhow::Result<String> {
+    use flashsale::stack::ContainerRole;
+    let role = match backend {
+        Backend::Redis => ContainerRole::Redis,
+        Backend::Mongo => ContainerRole::Mongo,
+    };
+    match op {
+        ProcessOp::Pause => stack.pause(role).await?,
+        ProcessOp::Resume => stack.resume(role).await?,
+        ProcessOp::Kill { keep_data } => stack.kill(role, keep_data).await?,
+        ProcessOp::Restart { .. } => stack.start_again(role).await?,
+    }
+    Ok(format!("{op:?} the {backend:?} container"))
 }
 
 async fn fire(targets: &Targets, fault: &Fault) -> anyhow::Result<String> {
@@ -87,33 +169,9 @@ async fn fire(targets: &Targets, fault: &Fault) -> anyhow::Result<String> {
         Fault::ProxySlowClose { target, delay_ms } => {
             Ok(set_proxies(targets, target, ProxyMode::SlowClose { ms: delay_ms }))
         }
-        Fault::Pause { target: Backend::Redis } => {
-            with_backends(targets, |b| {
-                b.redis.target_node().pause();
-                Ok("SIGSTOP redis-server".to_owned())
-            })
-            .await
-        }
-        Fault::Pause { target: Backend::Mongo } => {
-            with_backends(targets, |b| {
-                b.mongo.pause();
-                Ok("SIGSTOP ferretdb".to_owned())
-            })
-            .await
-        }
-        Fault::KillRestart { target: Backend::Redis, .. } => {
-            with_backends(targets, |b| {
-                b.redis.target_node().kill();
-                Ok("SIGKILL redis-server".to_owned())
-            })
-            .await
-        }
-        Fault::KillRestart { target: Backend::Mongo, .. } => {
-            with_backends(targets, |b| {
-                b.mongo.kill();
-                Ok("SIGKILL ferretdb".to_owned())
-            })
-            .await
+        Fault::Pause { target } => process_op(targets, target, ProcessOp::Pause).await,
+        Fault::KillRestart { target, persistent } => {
+            process_op(targets, target, ProcessOp::Kill { keep_data: persistent }).await
         }
         Fault::KillInstance { instance } => {
             if targets.instances.kill(instance) {
@@ -123,7 +181,7 @@ async fn fire(targets: &Targets, fault: &Fault) -> anyhow::Result<String> {
             }
         }
         Fault::ClientPauseWrite => {
-            let urls = targets.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner).redis.direct_urls();
+            let urls = direct_redis_urls(targets);
             for url in &urls {
                 // Long enough to outlast the fault; the heal unpauses.
                 redis_command(url, redis::cmd("CLIENT").arg("PAUSE").arg(600_000).arg("WRITE")).await?;
@@ -139,52 +197,25 @@ async fn heal(targets: &Targets, fault: &Fault) -> anyhow::Result<String> {
         | Fault::ProxyReset { target }
         | Fault::ProxyBlackhole { target }
         | Fault::ProxySlowClose { target, .. } => Ok(heal_proxies(targets, target)),
-        Fault::Pause { target: Backend::Redis } => {
-            with_backends(targets, |b| {
-                b.redis.target_node().resume();
-                Ok("SIGCONT redis-server".to_owned())
-            })
-            .await
-        }
-        Fault::Pause { target: Backend::Mongo } => {
-            with_backends(targets, |b| {
-                b.mongo.resume();
-                Ok("SIGCONT ferretdb".to_owned())
-            })
-            .await
-        }
-        Fault::KillRestart { target: Backend::Redis, persistent } => {
-            with_backends(targets, move |b| {
-                if persistent {
-                    b.redis.target_node().restart()?;
-                } else {
-                    b.redis.target_node().restart_empty()?;
-                }
-                b.redis.wait_healthy()?;
-                Ok(if persistent { "redis-server restarted from its AOF" } else { "redis-server restarted empty" }
-                    .to_owned())
-            })
-            .await
-        }
-        Fault::KillRestart { target: Backend::Mongo, .. } => {
-            with_backends(targets, |b| {
-                b.mongo.restart()?;
-                Ok("ferretdb restarted".to_owned())
-            })
-            .await
+        Fault::Pause { target } => process_op(targets, target, ProcessOp::Resume).await,
+        Fault::KillRestart { target, persistent } => {
+            process_op(targets, target, ProcessOp::Restart { keep_data: persistent }).await
         }
         Fault::KillInstance { instance } => {
             targets.instances.start_one(instance).await?;
             Ok(format!("instance {instance} started again"))
         }
         Fault::ClientPauseWrite => {
-            let urls = targets.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner).redis.direct_urls();
-            for url in &urls {
-                redis_command(url, &mut redis::cmd("CLIENT").arg("UNPAUSE").to_owned()).await?;
+            for url in &direct_redis_urls(targets) {
+                redis_command(url, redis::cmd("CLIENT").arg("UNPAUSE")).await?;
             }
             Ok("CLIENT UNPAUSE".to_owned())
         }
     }
+}
+
+fn direct_redis_urls(targets: &Targets) -> Vec<String> {
+    targets.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner).direct_redis_urls()
 }
 
 /// Heals everything, whatever the schedule reached (after the run, or when it was cut
@@ -193,15 +224,13 @@ pub async fn heal_all(targets: &Targets) -> anyhow::Result<()> {
     for target in [Backend::Redis, Backend::Mongo] {
         heal_proxies(targets, target);
     }
-    with_backends(targets, |b| {
-        b.redis.target_node().resume();
-        b.mongo.resume();
-        Ok(())
-    })
-    .await?;
-    let urls = targets.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner).redis.direct_urls();
-    for url in &urls {
-        let _ = redis_command(url, &mut redis::cmd("CLIENT").arg("UNPAUSE").to_owned()).await;
+    // Resuming a process that runs is harmless; a container that runs refuses, which is
+    // not a failure here.
+    for target in [Backend::Redis, Backend::Mongo] {
+        let _ = process_op(targets, target, ProcessOp::Resume).await;
+    }
+    for url in &direct_redis_urls(targets) {
+        let _ = redis_command(url, redis::cmd("CLIENT").arg("UNPAUSE")).await;
     }
     for index in 0..targets.instances.count() {
         if targets.instances.url(index).is_none() {

@@ -1390,7 +1390,7 @@ mod tests {
         .into_iter()
         .map(|check| SelfCheckResult { check, passed: true, detail: format!("{} fine", check.name()) })
         .collect();
-        let replay_command = runner::replay_command(&plan, Some("double_order"));
+        let replay_command = runner::replay_command(&plan, crate::world::BackendChoice::Local, Some("double_order"));
         RunOutcome {
             plan_hash: plan.hash(),
             replay_command,

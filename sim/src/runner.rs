@@ -30,7 +30,7 @@ use crate::checker::{self, FinalProduct, FinalState, Identities, RedisSale, Stor
 use crate::faults::{self, Targets};
 use crate::history::{History, OpKind, Outcome, Recorder};
 use crate::plan::{Plan, Topology};
-use crate::world::{Backends, Instances, admin_app};
+use crate::world::{BackendChoice, Backends, Instances, admin_app};
 
 /// Password of every simulated user (hashed once, at the production cost).
 const SIM_PASSWORD: &str = "simulated buyer password";
@@ -60,6 +60,8 @@ pub struct RunSettings {
     pub plan: Plan,
     /// Print progress lines on stderr.
     pub progress: bool,
+    /// Where the backends run.
+    pub backend: BackendChoice,
     /// The broken variant the hook selects (`--broken <name>`), for the replay command.
     pub broken: Option<String>,
     pub configure: Option<ConfigHook>,
@@ -96,7 +98,7 @@ pub struct RunOutcome {
 }
 
 /// The command that replays a plan.
-pub fn replay_command(plan: &Plan, broken: Option<&str>) -> String {
+pub fn replay_command(plan: &Plan, backend: BackendChoice, broken: Option<&str>) -> String {
     let o = &plan.options;
     let topology = match o.topology {
         Topology::Single => "single",
@@ -105,7 +107,12 @@ pub fn replay_command(plan: &Plan, broken: Option<&str>) -> String {
     let faults = serde_json::to_value(o.fault_mix).ok().and_then(|v| v.as_str().map(|s| s.replace('_', "-")));
     let mut command = format!(
         "cargo run --release -p flashsale-sim{} -- run --seed {} --buyers {} --products {} --stock {} --instances {} --topology {topology} --faults {} --duration-ms {}",
-        if broken.is_some() { " --features broken" } else { "" },
+        match (broken.is_some(), backend) {
+            (false, BackendChoice::Local) => "",
+            (true, BackendChoice::Local) => " --features broken",
+            (false, BackendChoice::Containers) => " --features containers",
+            (true, BackendChoice::Containers) => " --features broken,containers",
+        },
         o.seed,
         o.buyers,
         o.products,
@@ -114,6 +121,9 @@ pub fn replay_command(plan: &Plan, broken: Option<&str>) -> String {
         faults.unwrap_or_default(),
         o.duration_ms
     );
+    if backend == BackendChoice::Containers {
+        command.push_str(" --backend containers");
+    }
     if let Some(variant) = broken {
         command.push_str(&format!(" --broken {variant}"));
     }
@@ -136,7 +146,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<RunOutcome> {
         &settings,
         format!("seed {} plan hash {}: starting {:?} backends", plan.options.seed, plan.hash(), plan.options.topology),
     );
-    let backends = Backends::start(plan.options.topology).await?;
+    let backends = Backends::start(plan.options.topology, settings.backend).await?;
     let mut instance_config =
         Config::for_local(&backends.proxied_redis_url(), &backends.proxied_mongo_url(), DATABASE, KEY_PREFIX);
     // Every buyer has its own address, as behind a proxy that sets X-Forwarded-For.
@@ -144,7 +154,8 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<RunOutcome> {
     if let Some(configure) = &settings.configure {
         configure(&mut instance_config);
     }
-    let mut admin_config = Config::for_local(&backends.direct_redis_url(), &backends.mongo.url(), DATABASE, KEY_PREFIX);
+    let mut admin_config =
+        Config::for_local(&backends.direct_redis_url(), &backends.direct_mongo_url(), DATABASE, KEY_PREFIX);
     admin_config.background_tasks = false;
     let admin = admin_app(admin_config).await?;
     let instances = Instances::start(vec![instance_config; plan.options.instances]).await?;
@@ -158,7 +169,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<RunOutcome> {
     let report = checker::check(&plan, &ids, &history, &final_state);
     Ok(RunOutcome {
         plan_hash: plan.hash(),
-        replay_command: replay_command(&plan, broken_name.as_deref()),
+        replay_command: replay_command(&plan, settings.backend, broken_name.as_deref()),
         plan,
         ids,
         history,

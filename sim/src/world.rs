@@ -1,5 +1,6 @@
 //! The world one run plays in: fresh backends (one `redis-server` or a local 3-master
-//! Redis Cluster, and FerretDB), a fault proxy in front of each of them, and N server
+//! Redis Cluster, and FerretDB; or, with the `containers` feature, `redis:7` and
+//! `mongo:7` Docker containers), a fault proxy in front of each of them, and N server
 //! instances of the `flashsale` crate, each on its own tokio runtime so that killing an
 //! instance drops every task it had in flight (a crash mid-purchase), exactly as a
 //! process kill would, while the simulator keeps its own clock and history.
@@ -64,17 +65,71 @@ impl Redis {
     }
 }
 
-/// The backends and their proxies.
-pub struct Backends {
+/// Where the backends run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// `redis-server` and FerretDB child processes on free ports (the default).
+    #[default]
+    Local,
+    /// `redis:7` and `mongo:7` Docker containers (`testcontainers`; needs the
+    /// `containers` feature and a Docker engine; single Redis only).
+    Containers,
+}
+
+/// Local backend processes.
+pub struct LocalBackends {
     pub redis: Redis,
     pub mongo: FerretDb,
+}
+
+/// The backends and their proxies.
+pub struct Backends {
+    /// Local processes (None when the backends are containers).
+    pub local: Option<LocalBackends>,
+    #[cfg(feature = "containers")]
+    pub containers: Option<Arc<flashsale::stack::ContainerStack>>,
     /// One proxy per Redis node, in node order.
     pub redis_proxies: Vec<FaultProxy>,
     pub mongo_proxy: FaultProxy,
+    direct_redis: Vec<String>,
+    direct_mongo: String,
 }
 
 impl Backends {
-    pub async fn start(topology: Topology) -> anyhow::Result<Self> {
+    pub async fn start(topology: Topology, choice: BackendChoice) -> anyhow::Result<Self> {
+        match choice {
+            BackendChoice::Local => Self::start_local(topology).await,
+            BackendChoice::Containers => Self::start_containers(topology).await,
+        }
+    }
+
+    #[cfg(feature = "containers")]
+    async fn start_containers(topology: Topology) -> anyhow::Result<Self> {
+        use flashsale::stack::{ContainerRole, ContainerStack};
+        anyhow::ensure!(topology == Topology::Single, "the Redis Cluster topology runs on local processes only");
+        let stack = ContainerStack::start(RedisPersistence::AppendOnly).await?;
+        let redis_proxy = FaultProxy::start(stack.addr(ContainerRole::Redis), None).await.context("a Redis proxy")?;
+        let mongo_proxy =
+            FaultProxy::start(stack.addr(ContainerRole::Mongo), None).await.context("the MongoDB proxy")?;
+        Ok(Self {
+            local: None,
+            direct_redis: vec![stack.redis_url()],
+            direct_mongo: stack.mongo_url(),
+            containers: Some(Arc::new(stack)),
+            redis_proxies: vec![redis_proxy],
+            mongo_proxy,
+        })
+    }
+
+    #[cfg(not(feature = "containers"))]
+    async fn start_containers(_topology: Topology) -> anyhow::Result<Self> {
+        anyhow::bail!(
+            "--backend containers needs the `containers` feature: cargo run -p flashsale-sim --features containers"
+        )
+    }
+
+    async fn start_local(topology: Topology) -> anyhow::Result<Self> {
         let (redis, mongo, proxy_ports) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let mongo = FerretDb::start().context("starting FerretDB")?;
             let (redis, proxy_ports) = match topology {
@@ -108,7 +163,15 @@ impl Backends {
         }
         let mongo_proxy =
             FaultProxy::start(loopback(mongo.port()), None).await.context("starting the MongoDB proxy")?;
-        Ok(Self { redis, mongo, redis_proxies, mongo_proxy })
+        Ok(Self {
+            direct_redis: redis.direct_urls(),
+            direct_mongo: mongo.url(),
+            local: Some(LocalBackends { redis, mongo }),
+            #[cfg(feature = "containers")]
+            containers: None,
+            redis_proxies,
+            mongo_proxy,
+        })
     }
 
     /// The Redis URL the server instances use: through the proxies.
@@ -120,8 +183,17 @@ impl Backends {
         format!("mongodb://127.0.0.1:{}/", self.mongo_proxy.port())
     }
 
+    /// URLs of every Redis node, direct (no proxy).
+    pub fn direct_redis_urls(&self) -> Vec<String> {
+        self.direct_redis.clone()
+    }
+
     pub fn direct_redis_url(&self) -> String {
-        self.redis.direct_urls().join(",")
+        self.direct_redis.join(",")
+    }
+
+    pub fn direct_mongo_url(&self) -> String {
+        self.direct_mongo.clone()
     }
 
     pub fn proxies(&self, target: Backend) -> Vec<&FaultProxy> {

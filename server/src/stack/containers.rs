@@ -3,11 +3,16 @@
 //! ports. Compiled only with the `containers` feature; needs a reachable Docker engine.
 //!
 //! Untested on the development and CI machines, which have no Docker engine: CI only
-//! compiles and lints this module (`cargo clippy --features containers`). Containers
-//! cannot be killed, paused or restarted through this type: fault-injection tests use
-//! local processes.
+//! compiles and lints this module (`cargo clippy --features containers`). Each container
+//! is published on a fixed free host port, so that it keeps its address when it is
+//! stopped and started again: the simulator pauses, kills and restarts containers
+//! (`pause`, `resume`, `kill`, `start_again`); the integration tests' fault injection
+//! uses local processes.
+
+use std::net::SocketAddr;
 
 use anyhow::Context;
+use testcontainers::core::{CmdWaitFor, ExecCommand, IntoContainerPort};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ImageExt};
 use testcontainers_modules::mongo::Mongo;
@@ -21,6 +26,13 @@ pub const IMAGE_TAG: &str = "7";
 /// The port `mongod` listens on inside its container.
 const MONGO_PORT: u16 = 27017;
 
+/// Which of the two containers a fault acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerRole {
+    Redis,
+    Mongo,
+}
+
 /// One Redis and one MongoDB container. Dropping it removes both containers (the
 /// `ContainerAsync` handles do that on drop).
 #[derive(Debug)]
@@ -30,34 +42,39 @@ pub struct ContainerStack {
     mongo: Option<ContainerAsync<Mongo>>,
     redis_url: String,
     mongo_url: String,
+    redis_addr: SocketAddr,
+    mongo_addr: SocketAddr,
 }
 
 impl ContainerStack {
     /// Starts both containers (pulling the images if needed) and waits until they log
     /// that they accept connections.
     pub async fn start(persistence: RedisPersistence) -> anyhow::Result<Self> {
+        let redis_port = super::free_port()?;
+        let mongo_port = super::free_port()?;
         let redis = Redis::default()
             .with_tag(IMAGE_TAG)
             .with_cmd(redis_command(persistence))
+            .with_mapped_port(redis_port, REDIS_PORT.tcp())
             .start()
             .await
             .context("starting a redis:7 container (is a Docker engine running and reachable?)")?;
-        let redis_url = format!(
-            "redis://{}:{}",
-            redis.get_host().await.context("redis container host")?,
-            redis.get_host_port_ipv4(REDIS_PORT).await.context("redis container port")?
-        );
+        let redis_host = redis.get_host().await.context("redis container host")?.to_string();
         let mongo = Mongo::default()
             .with_tag(IMAGE_TAG)
+            .with_mapped_port(mongo_port, MONGO_PORT.tcp())
             .start()
             .await
             .context("starting a mongo:7 container (is a Docker engine running and reachable?)")?;
-        let mongo_url = format!(
-            "mongodb://{}:{}/",
-            mongo.get_host().await.context("mongo container host")?,
-            mongo.get_host_port_ipv4(MONGO_PORT).await.context("mongo container port")?
-        );
-        Ok(Self { redis: Some(redis), mongo: Some(mongo), redis_url, mongo_url })
+        let mongo_host = mongo.get_host().await.context("mongo container host")?.to_string();
+        Ok(Self {
+            redis: Some(redis),
+            mongo: Some(mongo),
+            redis_url: format!("redis://{redis_host}:{redis_port}"),
+            mongo_url: format!("mongodb://{mongo_host}:{mongo_port}/"),
+            redis_addr: resolve(&redis_host, redis_port).await?,
+            mongo_addr: resolve(&mongo_host, mongo_port).await?,
+        })
     }
 
     pub fn redis_url(&self) -> String {
@@ -67,6 +84,83 @@ impl ContainerStack {
     pub fn mongo_url(&self) -> String {
         self.mongo_url.clone()
     }
+
+    /// The address a client (or a fault proxy) connects to.
+    pub fn addr(&self, role: ContainerRole) -> SocketAddr {
+        match role {
+            ContainerRole::Redis => self.redis_addr,
+            ContainerRole::Mongo => self.mongo_addr,
+        }
+    }
+
+    /// Freezes the container's processes (`docker pause`): connections stay open, nothing
+    /// answers.
+    pub async fn pause(&self, role: ContainerRole) -> anyhow::Result<()> {
+        match role {
+            ContainerRole::Redis => self.redis()?.pause().await?,
+            ContainerRole::Mongo => self.mongo()?.pause().await?,
+        }
+        Ok(())
+    }
+
+    pub async fn resume(&self, role: ContainerRole) -> anyhow::Result<()> {
+        match role {
+            ContainerRole::Redis => self.redis()?.unpause().await?,
+            ContainerRole::Mongo => self.mongo()?.unpause().await?,
+        }
+        Ok(())
+    }
+
+    /// Stops the container without a grace period (SIGKILL). For Redis without
+    /// `keep_data`, its data files are deleted first, so it comes back empty.
+    pub async fn kill(&self, role: ContainerRole, keep_data: bool) -> anyhow::Result<()> {
+        match role {
+            ContainerRole::Redis => {
+                let redis = self.redis()?;
+                if !keep_data {
+                    let wipe = ExecCommand::new([
+                        "sh",
+                        "-c",
+                        "rm -rf /data/appendonlydir /data/appendonly.aof /data/dump.rdb",
+                    ])
+                    .with_cmd_ready_condition(CmdWaitFor::exit_code(0));
+                    redis.exec(wipe).await.context("deleting redis data files")?;
+                }
+                redis.stop_with_timeout(Some(0)).await?;
+            }
+            ContainerRole::Mongo => self.mongo()?.stop_with_timeout(Some(0)).await?,
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped container again on the same host port and waits until it
+    /// accepts connections.
+    pub async fn start_again(&self, role: ContainerRole) -> anyhow::Result<()> {
+        match role {
+            ContainerRole::Redis => self.redis()?.start().await?,
+            ContainerRole::Mongo => self.mongo()?.start().await?,
+        }
+        let addr = self.addr(role);
+        tokio::task::spawn_blocking(move || super::wait_for_port(addr, super::STARTUP_TIMEOUT))
+            .await
+            .context("waiting for the container")?
+    }
+
+    fn redis(&self) -> anyhow::Result<&ContainerAsync<Redis>> {
+        self.redis.as_ref().context("the redis container is gone")
+    }
+
+    fn mongo(&self) -> anyhow::Result<&ContainerAsync<Mongo>> {
+        self.mongo.as_ref().context("the mongo container is gone")
+    }
+}
+
+async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))
 }
 
 /// The container's command line, the same settings as the local `redis-server`.

@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 
 pub use cluster::{CLUSTER_NODE_TIMEOUT_MS, CLUSTER_SLOTS, RedisCluster, RedisClusterOptions};
 #[cfg(feature = "containers")]
-pub use containers::ContainerStack;
+pub use containers::{ContainerRole, ContainerStack};
 pub use process::{FerretDb, RedisPersistence, RedisServer};
 
 /// How long a backend may take to accept connections after it was started.

@@ -41,6 +41,7 @@ pub fn quiet() -> RunOptions {
     RunOptions {
         report_dir: None,
         quiet: true,
+        backend: flashsale_sim::world::BackendChoice::Local,
         #[cfg(feature = "broken")]
         broken: None,
     }
