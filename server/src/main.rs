@@ -63,7 +63,10 @@ async fn main() -> anyhow::Result<()> {
             let app = flashsale::startup::build_state(config, Ids::system()).await?;
             match product {
                 Some(id) => println!("{id}: {:?}", flashsale::purchase::rebuild::rebuild_product(&app, id).await?),
-                None => println!("rebuilt {} products", flashsale::purchase::rebuild::rebuild_all(&app).await?),
+                None => {
+                    let (rebuilt, in_progress) = flashsale::purchase::rebuild::rebuild_all(&app).await?;
+                    println!("rebuilt {rebuilt} products ({} being rebuilt by another holder)", in_progress.len());
+                }
             }
             Ok(())
         }

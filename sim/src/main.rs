@@ -16,6 +16,11 @@ use flashsale_sim::{report, runner};
 const FAILED_RUN: u8 = 3;
 
 fn main() -> ExitCode {
+    // The server instances log through `tracing`: silent unless RUST_LOG asks.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
     match Cli::parse().command {
         Command::Plan(args) => match plan(&args) {
             Ok(plan) => {

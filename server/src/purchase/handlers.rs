@@ -130,10 +130,17 @@ fn replay_response(status: u16, body: Vec<u8>) -> Response {
 /// The purchase path proper: reserve in Redis, persist in MongoDB.
 async fn purchase(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) -> ApiResult<Bought> {
     let mut outcome = reserve(app, user_id, product_id, order_id).await?;
-    if outcome == PurchaseOutcome::NotLoaded {
+    if matches!(outcome, PurchaseOutcome::NotLoaded | PurchaseOutcome::Paused) {
         let product = find_product(app, product_id).await.map_err(|_| ApiError::Unavailable { retry_after_s: 1 })?;
         product.filter(|p| !p.deleted).ok_or(ApiError::NotFound("product"))?;
-        match rebuild::ensure_loaded(app, product_id).await {
+        // Only a rebuild pauses a sale: paused with the rebuild lock free means a
+        // rebuild was abandoned midway, and this request takes it over.
+        let rebuilt = if outcome == PurchaseOutcome::NotLoaded {
+            rebuild::ensure_loaded(app, product_id).await
+        } else {
+            rebuild::rebuild_product(app, product_id).await
+        };
+        match rebuilt {
             Ok(Rebuilt::Done) => outcome = reserve(app, user_id, product_id, order_id).await?,
             Ok(Rebuilt::NoProduct) => return Err(ApiError::NotFound("product")),
             Ok(Rebuilt::InProgress) | Err(_) => return Err(ApiError::SalePaused { retry_after_s: 1 }),
@@ -175,6 +182,30 @@ async fn reserve(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) -> 
     scripts::purchase(&mut conn, &app.keys.sale(product_id), &args).await.map_err(redis_unavailable)
 }
 
+/// A 202 promises that the reconciler finishes the order, which it can only do while
+/// Redis holds the reservation. If Redis lost it while this request was writing (a
+/// restart without persistence), nobody would finish it: the outcome is unknown until
+/// the client retries with the same key, so the answer is 503, not 202.
+async fn pending_if_still_held(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
+    let Reservation { order_id, product_id, user_id, unit, .. } = *reservation;
+    let mut conn = app.redis.clone();
+    let record: Option<String> = redis::cmd("HGET")
+        .arg(app.keys.sale(product_id).orders)
+        .arg(order_id.to_string())
+        .query_async(&mut conn)
+        .await
+        .map_err(redis_unavailable)?;
+    let held = record
+        .and_then(|record| super::sale::parse_reservation(order_id, product_id, &record))
+        .is_some_and(|(held, _)| held.user_id == user_id && held.unit == unit);
+    if held {
+        Ok(Bought::Pending(response(order_id, product_id, unit, "pending")))
+    } else {
+        tracing::warn!(%order_id, "the reservation vanished from Redis before the order was stored");
+        Err(ApiError::Unavailable { retry_after_s: 1 })
+    }
+}
+
 /// When a pending reservation was made (so a retry writes the same document).
 async fn reservation_time(app: &App, product_id: Uuid, order_id: Uuid) -> Option<i64> {
     let mut conn = app.redis.clone();
@@ -210,9 +241,9 @@ async fn persist(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
         Ok(Ok(persisted)) => persisted,
         Ok(Err(err)) => {
             tracing::warn!(error = %err, %order_id, "order write failed; answering pending");
-            return Ok(Bought::Pending(response(order_id, product_id, unit, "pending")));
+            return pending_if_still_held(app, reservation).await;
         }
-        Err(_) => return Ok(Bought::Pending(response(order_id, product_id, unit, "pending"))),
+        Err(_) => return pending_if_still_held(app, reservation).await,
     };
     let keys = app.keys.sale(product_id);
     let mut conn = app.redis.clone();

@@ -19,6 +19,8 @@ use crate::state::{App, AppState};
 
 /// Lease of a product's rebuild lock (a rebuild that dies frees it after this).
 pub const REBUILD_LEASE_MS: u64 = 30_000;
+/// Added to the order write timeout while a rebuild waits for writes in flight.
+pub const REBUILD_SETTLE_MARGIN: Duration = Duration::from_millis(250);
 /// How often each instance checks whether Redis restarted.
 pub const RESTART_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -40,11 +42,37 @@ pub async fn rebuild_product(app: &App, product_id: Uuid) -> anyhow::Result<Rebu
     if !scripts::lock(&mut conn, &keys.rebuild_lock, &token, REBUILD_LEASE_MS).await? {
         return Ok(Rebuilt::InProgress);
     }
+    let mut guard = LockGuard { conn, key: keys.rebuild_lock.clone(), token, armed: true };
     let result = rebuild_locked(app, product_id).await;
-    if let Err(err) = scripts::unlock(&mut conn, &keys.rebuild_lock, &token).await {
+    guard.armed = false;
+    if let Err(err) = scripts::unlock(&mut guard.conn, &guard.key, &guard.token).await {
         tracing::warn!(error = %err, %product_id, "releasing the rebuild lock failed; its lease will");
     }
     result
+}
+
+/// Releases a rebuild lock if the rebuild holding it is dropped midway (a request
+/// whose client went away cancels its future): otherwise the lock would block every
+/// rebuild of the product for its whole lease while the sale stays paused.
+struct LockGuard {
+    conn: crate::redis::RedisConn,
+    key: String,
+    token: String,
+    armed: bool,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (mut conn, key, token) =
+            (self.conn.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.token));
+        runtime.spawn(async move {
+            let _ = scripts::unlock(&mut conn, &key, &token).await;
+        });
+    }
 }
 
 async fn rebuild_locked(app: &App, product_id: Uuid) -> anyhow::Result<Rebuilt> {
@@ -56,11 +84,16 @@ async fn rebuild_locked(app: &App, product_id: Uuid) -> anyhow::Result<Rebuilt> 
     let keys = app.keys.sale(product_id);
     let mut conn = app.redis.clone();
     scripts::pause(&mut conn, &keys).await?;
+    // Requests that reserved a unit in the lost state may still be writing their order:
+    // let every such write finish or time out, so that MongoDB, read next, holds every
+    // unit they took (otherwise the rebuilt state would hand those units out again).
+    tokio::time::sleep(Duration::from_millis(app.config.order_write_timeout_ms) + REBUILD_SETTLE_MARGIN).await;
     // Reservations Redis still holds are real requests: persist them before MongoDB is
     // read, so the rebuilt state keeps them.
-    reconciler::reconcile_product(app, product_id, &product, 0, usize::MAX).await?;
+    let pass = reconciler::reconcile_product(app, product_id, &product, 0, usize::MAX).await?;
     let snapshot = sale::snapshot_from_mongo(app, product_id, &product).await?;
     scripts::load_sale(&mut conn, &keys, LoadMode::Rebuild, &snapshot).await?;
+    reconciler::reissue(app, product_id, &pass.reissue).await;
     app.sold_out.forget(product_id);
     app.metrics.sale_rebuilds.inc();
     tracing::info!(%product_id, orders = snapshot.orders.len(), "sale state rebuilt from MongoDB");
@@ -88,14 +121,40 @@ pub async fn live_product_ids(app: &App) -> anyhow::Result<Vec<Uuid>> {
 }
 
 /// Rebuilds every product (after Redis restarted and may hold a stale or empty state).
-pub async fn rebuild_all(app: &App) -> anyhow::Result<usize> {
-    let mut rebuilt = 0;
+/// Returns how many it rebuilt, and the products another holder of the lock was
+/// rebuilding (not known to be done: see [`settled`]).
+pub async fn rebuild_all(app: &App) -> anyhow::Result<(usize, Vec<Uuid>)> {
+    let (mut rebuilt, mut in_progress) = (0, Vec::new());
     for product_id in live_product_ids(app).await? {
-        if rebuild_product(app, product_id).await? == Rebuilt::Done {
-            rebuilt += 1;
+        match rebuild_product(app, product_id).await? {
+            Rebuilt::Done => rebuilt += 1,
+            Rebuilt::InProgress => in_progress.push(product_id),
+            Rebuilt::NoProduct => {}
         }
     }
-    Ok(rebuilt)
+    Ok((rebuilt, in_progress))
+}
+
+/// Whether a product's sale state is loaded and not paused: a rebuild of it, here or
+/// elsewhere, has finished.
+pub async fn settled(app: &App, product_id: Uuid) -> anyhow::Result<bool> {
+    Ok(sale::stock(app, product_id).await?.is_some_and(|state| !state.paused))
+}
+
+/// Rebuilds the products in `waiting` that are still unloaded or paused and whose lock
+/// is free (their rebuild was abandoned midway); keeps those still being rebuilt.
+async fn finish_waiting(app: &App, waiting: &mut Vec<Uuid>) -> anyhow::Result<()> {
+    let mut still = Vec::new();
+    for product_id in waiting.drain(..) {
+        if settled(app, product_id).await? {
+            continue;
+        }
+        if rebuild_product(app, product_id).await? == Rebuilt::InProgress {
+            still.push(product_id);
+        }
+    }
+    *waiting = still;
+    Ok(())
 }
 
 /// Watches Redis's `run_id`; when it changes, Redis restarted and every product's sale
@@ -103,6 +162,8 @@ pub async fn rebuild_all(app: &App) -> anyhow::Result<usize> {
 pub async fn watch_redis_restarts(app: AppState, shutdown: CancellationToken) {
     let mut known: Option<String> = None;
     let mut rebuild_owed = false;
+    // Products another instance (or request) was rebuilding when this one tried.
+    let mut waiting: Vec<Uuid> = Vec::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -117,12 +178,17 @@ pub async fn watch_redis_restarts(app: AppState, shutdown: CancellationToken) {
         known = Some(current);
         if rebuild_owed {
             match rebuild_all(&app).await {
-                Ok(count) => {
-                    tracing::info!(count, "products rebuilt after Redis restart");
+                Ok((count, in_progress)) => {
+                    tracing::info!(count, elsewhere = in_progress.len(), "products rebuilt after Redis restart");
                     rebuild_owed = false;
+                    waiting = in_progress;
                     app.sold_out.clear();
                 }
                 Err(err) => tracing::warn!(error = %err, "rebuild after Redis restart failed; will retry"),
+            }
+        } else if !waiting.is_empty() {
+            if let Err(err) = finish_waiting(&app, &mut waiting).await {
+                tracing::warn!(error = %err, "checking rebuilds in progress failed; will retry");
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::orders::{self, Conflict, OrderDoc, OrderStatus, Persisted};
+use super::orders::{self, Conflict, OrderDoc, OrderStatus, Persisted, Reservation};
 use super::{rebuild, sale};
 use crate::events::{self, EventType, SaleEvent};
 use crate::products::model::Product;
@@ -54,19 +54,32 @@ async fn pass_locked(app: &App) -> anyhow::Result<usize> {
         let pass = reconcile_product(app, product_id, &product, grace, app.config.reconcile_batch).await?;
         settled += pass.settled;
         if pass.conflicts > 0 {
-            rebuild::rebuild_product(app, product_id).await?;
+            match rebuild::rebuild_product(app, product_id).await? {
+                rebuild::Rebuilt::Done => reissue(app, product_id, &pass.reissue).await,
+                other => {
+                    tracing::warn!(
+                        ?other,
+                        count = pass.reissue.len(),
+                        "no rebuild by this pass; reservations not reissued"
+                    )
+                }
+            }
         }
     }
     Ok(settled)
 }
 
 /// What one product's reconciliation did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProductPass {
     /// Reservations persisted, confirmed or released.
     pub settled: usize,
     /// Reservations MongoDB refused over a unit or a buyer slot (the product needs a rebuild).
     pub conflicts: usize,
+    /// Reservations whose unit MongoDB holds for another order (Redis handed it out
+    /// twice after losing data): after the rebuild each takes a fresh unit, so the
+    /// request keeps its place (see [`reissue`]).
+    pub reissue: Vec<Reservation>,
 }
 
 /// Persists up to `batch` reservations of one product older than `grace_ms`.
@@ -136,14 +149,42 @@ pub async fn reconcile_product(
             }
             Persisted::Conflict(conflict) => {
                 // Redis disagrees with MongoDB about units or buyers: a rebuild (which
-                // reads MongoDB) settles it; this reservation is not persisted.
+                // reads MongoDB) settles it; this reservation is not persisted as it is.
                 tracing::warn!(%order_id, ?conflict, "reservation conflicts with MongoDB; dropping it from Redis");
                 drop_reservation(app, product_id, order_id).await?;
                 pass.conflicts += 1;
+                if conflict == Conflict::UnitTaken {
+                    pass.reissue.push(reservation);
+                }
             }
         }
     }
     Ok(pass)
+}
+
+/// After a rebuild, reserves a fresh unit for each request whose unit turned out to be
+/// taken (the same order id and buyer, through the purchase script, so every rule still
+/// applies). The next pass persists them. One that finds the product sold out cannot be
+/// honoured: Redis sold that unit twice while it was losing data.
+pub async fn reissue(app: &App, product_id: Uuid, reservations: &[Reservation]) {
+    let keys = app.keys.sale(product_id);
+    let channel = app.keys.events_channel();
+    let mut conn = app.redis.clone();
+    for reservation in reservations {
+        let args = scripts::PurchaseArgs {
+            order_id: reservation.order_id,
+            user_id: reservation.user_id,
+            product_id,
+            now_ms: app.ids.now_ms(),
+            channel: &channel,
+        };
+        match scripts::purchase(&mut conn, &keys, &args).await {
+            Ok(outcome) => tracing::info!(order_id = %reservation.order_id, ?outcome, "reservation reissued"),
+            Err(err) => {
+                tracing::warn!(order_id = %reservation.order_id, error = %err, "reissuing a reservation failed")
+            }
+        }
+    }
 }
 
 /// Removes a reservation that MongoDB refuses, without returning its unit (the unit

@@ -8,12 +8,22 @@ use flashsale_sim::plan::Plan;
 use crate::{assert_every_invariant_held, quiet, run};
 
 /// (replay command, what it found).
-const PINNED: &[(&str, &str)] = &[(
-    "cargo run --release -p flashsale-sim -- run --seed 3 --buyers 1500 --products 3 --stock 100 --instances 2 --topology single --faults default --duration-ms 15000",
-    "key reusers whose first product was answered sold out by the in-process shortcut (which claims no key) \
+const PINNED: &[(&str, &str)] = &[
+    (
+        "cargo run --release -p flashsale-sim -- run --seed 3 --buyers 1500 --products 3 --stock 100 --instances 2 --topology single --faults default --duration-ms 15000",
+        "key reusers whose first product was answered sold out by the in-process shortcut (which claims no key) \
      then bought the next product with the same key: one order per key, which the checker once reported as an \
      idempotency and phantom violation (first seen at seed 1 with 5,000 buyers; this plan has dozens)",
-)];
+    ),
+    (
+        "cargo run --release -p flashsale-sim -- run --seed 4 --buyers 1500 --products 3 --stock 100 --instances 2 --topology single --faults default --duration-ms 15000",
+        "server bug: ten 202 answers never reached MongoDB, and retries of their keys were told sold out. A request \
+     that reserved before Redis lost its data answered 202 although the reservation was gone; a rebuild read \
+     MongoDB before such requests' writes landed, so Redis handed their units out again; and the reconciler then \
+     dropped the second holder's 202 reservation on the unit conflict. Fixed: 202 only while Redis holds the \
+     reservation (else 503), the rebuild waits out writes in flight, conflicting reservations get a fresh unit",
+    ),
+];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pinned_seeds_keep_every_invariant() {
