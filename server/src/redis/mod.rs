@@ -4,24 +4,98 @@
 pub mod keys;
 pub mod scripts;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 pub use keys::Keys;
 
 /// Reconnection attempts of the single-node connection manager before a command fails.
 const RECONNECT_RETRIES: usize = 2;
 
+/// Failed commands (timeouts, I/O errors, dropped connections) after which a cluster
+/// connection is made again from scratch.
+pub const CLUSTER_RECONNECT_AFTER_FAILURES: u32 = 20;
+/// Shortest time between two such reconnections.
+pub const CLUSTER_RECONNECT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A Redis connection that is cheap to clone and reconnects by itself.
 #[derive(Clone)]
 pub enum RedisConn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterHandle),
+}
+
+/// A Redis Cluster connection that is replaced when it keeps failing. The cluster
+/// client does not always notice a node connection closed under it (a proxy or load
+/// balancer that accepts, then closes while the node is down, leaves it waiting for
+/// answers that never come, so every command to that node's slots times out for good).
+/// After [`CLUSTER_RECONNECT_AFTER_FAILURES`] failed commands, at most once per
+/// [`CLUSTER_RECONNECT_INTERVAL`], every node connection is made again.
+#[derive(Clone)]
+pub struct ClusterHandle(Arc<ClusterState>);
+
+struct ClusterState {
+    client: ClusterClient,
+    conn: RwLock<ClusterConnection>,
+    failures: AtomicU32,
+    reconnecting: AtomicBool,
+    last_reconnect: Mutex<Instant>,
+}
+
+impl ClusterHandle {
+    fn current(&self) -> ClusterConnection {
+        self.0.conn.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn observe<T>(&self, result: &RedisResult<T>) {
+        let Err(err) = result else { return };
+        if !(err.is_timeout() || err.is_io_error() || err.is_connection_dropped()) {
+            return;
+        }
+        let failures = self.0.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < CLUSTER_RECONNECT_AFTER_FAILURES {
+            return;
+        }
+        let due = self.0.last_reconnect.lock().map(|last| last.elapsed() >= CLUSTER_RECONNECT_INTERVAL).unwrap_or(true);
+        if !due || self.0.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let state = self.0.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            state.reconnecting.store(false, Ordering::Release);
+            return;
+        };
+        runtime.spawn(async move {
+            match state.client.get_async_connection().await {
+                Ok(fresh) => {
+                    *state.conn.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                    tracing::warn!(failures, "Redis Cluster connection made again after repeated failures");
+                }
+                Err(err) => tracing::warn!(error = %err, "reconnecting to Redis Cluster failed; will retry"),
+            }
+            state.failures.store(0, Ordering::Relaxed);
+            if let Ok(mut last) = state.last_reconnect.lock() {
+                *last = Instant::now();
+            }
+            state.reconnecting.store(false, Ordering::Release);
+        });
+    }
+
+    /// A command routed explicitly (e.g. to every master).
+    pub async fn route_command(&self, cmd: Cmd, routing: RoutingInfo) -> RedisResult<Value> {
+        let mut conn = self.current();
+        let result = conn.route_command(cmd, routing).await;
+        self.observe(&result);
+        result
+    }
 }
 
 impl std::fmt::Debug for RedisConn {
@@ -45,7 +119,13 @@ impl RedisConn {
                 .build()
                 .context("building the Redis Cluster client")?;
             let conn = client.get_async_connection().await.context("connecting to Redis Cluster")?;
-            return Ok(Self::Cluster(conn));
+            return Ok(Self::Cluster(ClusterHandle(Arc::new(ClusterState {
+                client,
+                conn: RwLock::new(conn),
+                failures: AtomicU32::new(0),
+                reconnecting: AtomicBool::new(false),
+                last_reconnect: Mutex::new(Instant::now()),
+            }))));
         }
         let client = redis::Client::open(url).context("parsing the Redis URL")?;
         let config = ConnectionManagerConfig::new()
@@ -66,7 +146,12 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(handle) => Box::pin(async move {
+                let mut conn = handle.current();
+                let result = conn.req_packed_command(cmd).await;
+                handle.observe(&result);
+                result
+            }),
         }
     }
 
@@ -78,14 +163,19 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(conn) => conn.req_packed_commands(cmd, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(handle) => Box::pin(async move {
+                let mut conn = handle.current();
+                let result = conn.req_packed_commands(cmd, offset, count).await;
+                handle.observe(&result);
+                result
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
+            Self::Cluster(handle) => handle.current().get_db(),
         }
     }
 }
