@@ -1,9 +1,12 @@
 -- pause.lua: pause a product's sale (purchases answer "paused") before a rebuild.
 --
--- KEYS[1] sale hash
+-- KEYS[1] sale hash  KEYS[2] the product's rebuild lock
+-- ARGV[1] the rebuild's fencing token (the lock's value from lock.lua)
 --
 -- Returns 1 if paused, 0 if no sale state exists (it is then not loaded, which pauses
--- purchases just the same).
+-- purchases just the same), -1 if the caller no longer holds the lock (a rebuild that
+-- took it over must not be paused by this one).
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'paused', '1')
 return 1

@@ -23,6 +23,7 @@ use crate::db::Db;
 use crate::events::EventHub;
 use crate::http::{middleware, ops};
 use crate::metrics::Metrics;
+use crate::purchase::rebuild::RebuildFlights;
 use crate::purchase::sold_out::SoldOutCache;
 use crate::redis::{Keys, RedisConn};
 use crate::state::{App, AppState};
@@ -53,7 +54,7 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
     let dummy_password_hash = auth::password::dummy_hash(&config)?;
     let otp_sender = auth::otp::OtpSender::from_config(&config)?;
     let hashing = tokio::sync::Semaphore::new(config.max_concurrent_hashes.max(1));
-    Ok(Arc::new(App {
+    Ok(Arc::new_cyclic(|this| App {
         keys: Keys::new(config.key_prefix.clone()),
         config,
         redis,
@@ -62,9 +63,11 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
         metrics: Metrics::new(),
         events: EventHub::new(),
         sold_out: SoldOutCache::default(),
+        rebuilds: RebuildFlights::default(),
         hashing,
         dummy_password_hash,
         otp_sender,
+        this: this.clone(),
     }))
 }
 

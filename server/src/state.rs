@@ -1,6 +1,6 @@
 //! The shared state of one server instance, handed to every handler.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tokio::sync::Semaphore;
 
@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
+use crate::purchase::rebuild::RebuildFlights;
 use crate::purchase::sold_out::SoldOutCache;
 use crate::redis::{Keys, RedisConn};
 
@@ -25,10 +26,21 @@ pub struct App {
     pub metrics: Metrics,
     pub events: EventHub,
     pub sold_out: SoldOutCache,
+    /// The sale-state rebuilds running in this instance.
+    pub rebuilds: RebuildFlights,
     /// Bounds the password hashes computed at once (each takes `argon2_m_kib` of memory).
     pub hashing: Semaphore,
     /// A hash verified for unknown users, so that their login takes as long as a real one.
     pub dummy_password_hash: String,
     /// Delivers one-time codes; built once at startup (for SMTP it holds the connection pool).
     pub otp_sender: OtpSender,
+    /// This state itself, for work that outlives the request which started it.
+    pub this: Weak<App>,
+}
+
+impl App {
+    /// A shared handle on this state (`None` only while it is being dropped).
+    pub fn shared(&self) -> Option<AppState> {
+        self.this.upgrade()
+    }
 }

@@ -138,7 +138,7 @@ async fn purchase(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) ->
         let rebuilt = if outcome == PurchaseOutcome::NotLoaded {
             rebuild::ensure_loaded(app, product_id).await
         } else {
-            rebuild::rebuild_product(app, product_id).await
+            rebuild::rebuild_and_wait(app, product_id).await
         };
         match rebuilt {
             Ok(Rebuilt::Done) => outcome = reserve(app, user_id, product_id, order_id).await?,
@@ -269,8 +269,9 @@ async fn persist(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
         }
         Persisted::Conflict(conflict) => {
             tracing::warn!(%order_id, ?conflict, "Redis disagrees with MongoDB; rebuilding the sale state");
-            if let Err(err) = rebuild::rebuild_product(app, product_id).await {
-                tracing::warn!(error = %err, %product_id, "rebuild failed");
+            // In its own task: this answer does not wait for it.
+            if let Err(err) = app.rebuilds.start(app, product_id, 0) {
+                tracing::warn!(error = %err, %product_id, "rebuild not started");
             }
             match conflict {
                 Conflict::BuyerHasOrder => Err(ApiError::AlreadyPurchased),

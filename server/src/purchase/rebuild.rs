@@ -2,11 +2,20 @@
 //! persistence, failover, FLUSHALL, stale snapshot). The sale is paused (purchases get
 //! 503 + Retry-After), pending reservations are persisted where they can be, MongoDB is
 //! read, and the state is replaced in one script call, all under the product's lock.
+//!
+//! A rebuild runs in a task of its own ([`RebuildFlights`]), never inside a request:
+//! a client that gives up cancels its request, and a rebuild cancelled midway leaves
+//! the sale paused for the next one to start over, which under a steady stream of
+//! impatient clients never finishes.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::TryStreamExt;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, TryStreamExt};
 use mongodb::bson::{Document, doc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -17,12 +26,23 @@ use crate::products::store::find_product;
 use crate::redis::scripts::{self, LoadMode};
 use crate::state::{App, AppState};
 
-/// Lease of a product's rebuild lock (a rebuild that dies frees it after this).
-pub const REBUILD_LEASE_MS: u64 = 30_000;
+/// Lease of a product's rebuild lock: a holder that dies (its instance killed midway)
+/// keeps the sale paused this long. Longer than [`REBUILD_TIMEOUT`], so a live rebuild
+/// never outlives its lease; the fenced scripts refuse a holder that did anyway.
+pub const REBUILD_LEASE_MS: u64 = 12_000;
 /// Added to the order write timeout while a rebuild waits for writes in flight.
 pub const REBUILD_SETTLE_MARGIN: Duration = Duration::from_millis(250);
 /// How often each instance checks whether Redis restarted.
 pub const RESTART_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// Bound of one rebuild from taking the lock (well inside [`REBUILD_LEASE_MS`]): a
+/// MongoDB call that never answers (a connection blackholed midway) fails it, the lock
+/// is released and the next attempt starts over, instead of the sale staying paused.
+pub const REBUILD_TIMEOUT: Duration = Duration::from_secs(10);
+const _: () = assert!(REBUILD_TIMEOUT.as_millis() < REBUILD_LEASE_MS as u128);
+/// How long a request waits for the rebuild it started or joined before answering
+/// 503 sale-paused; the rebuild goes on without it. A rebuild takes at least the order
+/// write timeout plus [`REBUILD_SETTLE_MARGIN`].
+pub const REBUILD_WAIT: Duration = Duration::from_millis(2_000);
 
 /// What a rebuild attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +59,14 @@ pub async fn rebuild_product(app: &App, product_id: Uuid) -> anyhow::Result<Rebu
     let keys = app.keys.sale(product_id);
     let token = app.ids.token_128();
     let mut conn = app.redis.clone();
-    if !scripts::lock(&mut conn, &keys.rebuild_lock, &token, REBUILD_LEASE_MS).await? {
+    let Some(fence) = scripts::lock(&mut conn, &keys.rebuild_lock, &token, REBUILD_LEASE_MS).await? else {
         return Ok(Rebuilt::InProgress);
-    }
-    let mut guard = LockGuard { conn, key: keys.rebuild_lock.clone(), token, armed: true };
-    let result = rebuild_locked(app, product_id).await;
+    };
+    let mut guard = LockGuard { conn, key: keys.rebuild_lock.clone(), token: fence.clone(), armed: true };
+    let result = match tokio::time::timeout(REBUILD_TIMEOUT, rebuild_locked(app, product_id, &fence)).await {
+        Ok(result) => result,
+        Err(_) => Err(anyhow::anyhow!("the rebuild took longer than {REBUILD_TIMEOUT:?}")),
+    };
     guard.armed = false;
     if let Err(err) = scripts::unlock(&mut guard.conn, &guard.key, &guard.token).await {
         tracing::warn!(error = %err, %product_id, "releasing the rebuild lock failed; its lease will");
@@ -75,7 +98,7 @@ impl Drop for LockGuard {
     }
 }
 
-async fn rebuild_locked(app: &App, product_id: Uuid) -> anyhow::Result<Rebuilt> {
+async fn rebuild_locked(app: &App, product_id: Uuid, fence: &str) -> anyhow::Result<Rebuilt> {
     let Some(product) = find_product(app, product_id).await? else { return Ok(Rebuilt::NoProduct) };
     if product.deleted {
         sale::unload(app, product_id).await?;
@@ -83,7 +106,7 @@ async fn rebuild_locked(app: &App, product_id: Uuid) -> anyhow::Result<Rebuilt> 
     }
     let keys = app.keys.sale(product_id);
     let mut conn = app.redis.clone();
-    scripts::pause(&mut conn, &keys).await?;
+    scripts::pause(&mut conn, &keys, fence).await?;
     // Requests that reserved a unit in the lost state may still be writing their order:
     // let every such write finish or time out, so that MongoDB, read next, holds every
     // unit they took (otherwise the rebuilt state would hand those units out again).
@@ -92,7 +115,7 @@ async fn rebuild_locked(app: &App, product_id: Uuid) -> anyhow::Result<Rebuilt> 
     // read, so the rebuilt state keeps them.
     let pass = reconciler::reconcile_product(app, product_id, &product, 0, usize::MAX).await?;
     let snapshot = sale::snapshot_from_mongo(app, product_id, &product).await?;
-    scripts::load_sale(&mut conn, &keys, LoadMode::Rebuild, &snapshot).await?;
+    scripts::load_sale(&mut conn, &keys, LoadMode::Rebuild { fence }, &snapshot).await?;
     reconciler::reissue(app, product_id, &pass.reissue).await;
     app.sold_out.forget(product_id);
     app.metrics.sale_rebuilds.inc();
@@ -100,12 +123,95 @@ async fn rebuild_locked(app: &App, product_id: Uuid) -> anyhow::Result<Rebuilt> 
     Ok(Rebuilt::Done)
 }
 
-/// Loads a product's sale state when Redis has none (first use, or lost).
+/// A rebuild running in its own task; awaiting it gives its outcome (the error as text,
+/// since every waiter gets a copy).
+pub type Flight = Shared<BoxFuture<'static, Result<Rebuilt, Arc<str>>>>;
+
+/// The rebuilds running in this instance, one per product: requests and the restart
+/// watcher join the one running instead of queueing on the product's lock.
+#[derive(Default)]
+pub struct RebuildFlights {
+    running: Mutex<HashMap<Uuid, Running>>,
+    generation: AtomicU64,
+}
+
+struct Running {
+    generation: u64,
+    flight: Flight,
+}
+
+impl std::fmt::Debug for RebuildFlights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner).len();
+        f.debug_struct("RebuildFlights").field("running", &running).finish()
+    }
+}
+
+impl RebuildFlights {
+    /// The generation of the last rebuild started: a rebuild joined with
+    /// `started_after` set to it began after this call.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Starts a rebuild of the product in a task of its own, or joins the one running if
+    /// it began after `started_after` (see [`Self::generation`]; 0 joins any). A running
+    /// rebuild that began earlier (it may have read a state Redis has since lost) is
+    /// followed by a new one.
+    pub fn start(&self, app: &App, product_id: Uuid, started_after: u64) -> anyhow::Result<Flight> {
+        let app = app.shared().context("the server is shutting down")?;
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = match running.get(&product_id) {
+            Some(current) if current.flight.peek().is_none() && current.generation > started_after => {
+                return Ok(current.flight.clone());
+            }
+            Some(current) if current.flight.peek().is_none() => Some(current.flight.clone()),
+            _ => None,
+        };
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let task = tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let result = rebuild_product(&app, product_id).await.map_err(|err| Arc::<str>::from(format!("{err:#}")));
+            if let Err(err) = &result {
+                tracing::warn!(error = %err, %product_id, "rebuilding the sale state failed");
+            }
+            app.rebuilds.finished(product_id, generation);
+            result
+        });
+        let flight = async move { task.await.unwrap_or_else(|err| Err(Arc::from(format!("rebuild task: {err}")))) }
+            .boxed()
+            .shared();
+        running.insert(product_id, Running { generation, flight: flight.clone() });
+        Ok(flight)
+    }
+
+    fn finished(&self, product_id: Uuid, generation: u64) {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if running.get(&product_id).is_some_and(|current| current.generation == generation) {
+            running.remove(&product_id);
+        }
+    }
+}
+
+/// Starts (or joins) the product's rebuild and waits for it at most [`REBUILD_WAIT`];
+/// past that the rebuild goes on and the answer is [`Rebuilt::InProgress`].
+pub async fn rebuild_and_wait(app: &App, product_id: Uuid) -> anyhow::Result<Rebuilt> {
+    let flight = app.rebuilds.start(app, product_id, 0)?;
+    match tokio::time::timeout(REBUILD_WAIT, flight).await {
+        Ok(result) => result.map_err(|err| anyhow::anyhow!("{err}")),
+        Err(_) => Ok(Rebuilt::InProgress),
+    }
+}
+
+/// Loads a product's sale state when Redis has none (first use, or lost), waiting for
+/// it at most [`REBUILD_WAIT`].
 pub async fn ensure_loaded(app: &App, product_id: Uuid) -> anyhow::Result<Rebuilt> {
     if sale::stock(app, product_id).await?.is_some() {
         return Ok(Rebuilt::Done);
     }
-    rebuild_product(app, product_id).await.context("loading the sale state")
+    rebuild_and_wait(app, product_id).await.context("loading the sale state")
 }
 
 /// Ids of every product that is not deleted.
@@ -141,19 +247,68 @@ pub async fn settled(app: &App, product_id: Uuid) -> anyhow::Result<bool> {
     Ok(sale::stock(app, product_id).await?.is_some_and(|state| !state.paused))
 }
 
-/// Rebuilds the products in `waiting` that are still unloaded or paused and whose lock
-/// is free (their rebuild was abandoned midway); keeps those still being rebuilt.
-async fn finish_waiting(app: &App, waiting: &mut Vec<Uuid>) -> anyhow::Result<()> {
-    let mut still = Vec::new();
-    for product_id in waiting.drain(..) {
-        if settled(app, product_id).await? {
-            continue;
-        }
-        if rebuild_product(app, product_id).await? == Rebuilt::InProgress {
-            still.push(product_id);
+/// Consecutive failed reads of `run_id` after which the watcher says it is blind.
+const RUN_ID_FAILURES_LOGGED: u32 = 4;
+
+/// What the restart watcher still owes after a restart.
+#[derive(Debug, Default)]
+struct Owed {
+    /// Generation of rebuilds when the restart was seen: only rebuilds begun after it count.
+    since: u64,
+    /// The product list is still to be read.
+    all: bool,
+    /// Products still to be rebuilt here (never rebuilt since the restart, or failed).
+    products: Vec<Uuid>,
+    /// Products another instance holds the lock of: rebuilt here if that rebuild is
+    /// abandoned (still paused or unloaded with the lock free).
+    waiting: Vec<Uuid>,
+}
+
+impl Owed {
+    fn is_empty(&self) -> bool {
+        !self.all && self.products.is_empty() && self.waiting.is_empty()
+    }
+}
+
+/// Rebuilds the owed products at once (each rebuild waits out the order write timeout:
+/// in parallel that wait is paid once). Failures stay owed for the next tick.
+async fn pay(app: &App, owed: &mut Owed) -> anyhow::Result<()> {
+    if owed.all {
+        owed.products = live_product_ids(app).await?;
+        owed.all = false;
+    }
+    let mut checks = Vec::new();
+    for product_id in std::mem::take(&mut owed.waiting) {
+        // Unreadable counts as not settled: the rebuild then says what is wrong.
+        if !settled(app, product_id).await.unwrap_or(false) {
+            checks.push(product_id);
         }
     }
-    *waiting = still;
+    let products: Vec<(Uuid, bool)> = std::mem::take(&mut owed.products)
+        .into_iter()
+        .map(|id| (id, true))
+        .chain(checks.into_iter().map(|id| (id, false)))
+        .collect();
+    let flights = products.iter().map(|&(product_id, _)| {
+        let flight = app.rebuilds.start(app, product_id, owed.since);
+        async move {
+            match flight {
+                Ok(flight) => flight.await,
+                Err(err) => Err(Arc::from(format!("{err:#}"))),
+            }
+        }
+    });
+    let results = futures::future::join_all(flights).await;
+    for ((product_id, was_owed), result) in products.into_iter().zip(results) {
+        match result {
+            Ok(Rebuilt::Done | Rebuilt::NoProduct) => {}
+            Ok(Rebuilt::InProgress) => owed.waiting.push(product_id),
+            Err(err) => {
+                tracing::warn!(error = %err, %product_id, "rebuild after Redis restart failed; will retry");
+                if was_owed { owed.products.push(product_id) } else { owed.waiting.push(product_id) }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -161,35 +316,46 @@ async fn finish_waiting(app: &App, waiting: &mut Vec<Uuid>) -> anyhow::Result<()
 /// state is rebuilt from MongoDB.
 pub async fn watch_redis_restarts(app: AppState, shutdown: CancellationToken) {
     let mut known: Option<String> = None;
-    let mut rebuild_owed = false;
-    // Products another instance (or request) was rebuilding when this one tried.
-    let mut waiting: Vec<Uuid> = Vec::new();
+    let mut failures = 0u32;
+    let mut owed = Owed::default();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(RESTART_CHECK_INTERVAL) => {}
         }
         let mut conn = app.redis.clone();
-        let Ok(current) = crate::redis::run_id(&mut conn).await else { continue };
-        if known.as_ref().is_some_and(|id| *id != current) {
-            tracing::warn!("Redis restarted (run_id changed); rebuilding sale state from MongoDB");
-            rebuild_owed = true;
-        }
-        known = Some(current);
-        if rebuild_owed {
-            match rebuild_all(&app).await {
-                Ok((count, in_progress)) => {
-                    tracing::info!(count, elsewhere = in_progress.len(), "products rebuilt after Redis restart");
-                    rebuild_owed = false;
-                    waiting = in_progress;
-                    app.sold_out.clear();
+        match crate::redis::run_id(&mut conn).await {
+            Ok(current) => {
+                if failures >= RUN_ID_FAILURES_LOGGED {
+                    tracing::info!(failures, "reading Redis's run_id again");
                 }
-                Err(err) => tracing::warn!(error = %err, "rebuild after Redis restart failed; will retry"),
+                failures = 0;
+                if known.as_ref().is_some_and(|id| *id != current) {
+                    tracing::warn!("Redis restarted (run_id changed); rebuilding sale state from MongoDB");
+                    owed = Owed { since: app.rebuilds.generation(), all: true, ..Owed::default() };
+                }
+                known = Some(current);
             }
-        } else if !waiting.is_empty() {
-            if let Err(err) = finish_waiting(&app, &mut waiting).await {
-                tracing::warn!(error = %err, "checking rebuilds in progress failed; will retry");
+            Err(err) => {
+                failures += 1;
+                if failures == RUN_ID_FAILURES_LOGGED {
+                    // A restart meanwhile is still seen: run_id differs once it reads again.
+                    tracing::warn!(error = %err, failures, "cannot read Redis's run_id; restarts go unseen until it can");
+                }
+                continue;
             }
+        }
+        if owed.is_empty() {
+            continue;
+        }
+        let was_owed = owed.all || !owed.products.is_empty();
+        match pay(&app, &mut owed).await {
+            Ok(()) if was_owed && owed.products.is_empty() => {
+                tracing::info!(elsewhere = owed.waiting.len(), "products rebuilt after Redis restart");
+                app.sold_out.clear();
+            }
+            Ok(()) => {}
+            Err(err) => tracing::warn!(error = %err, "rebuild after Redis restart failed; will retry"),
         }
     }
 }

@@ -38,11 +38,11 @@ pub async fn run_pass(app: &App) -> anyhow::Result<usize> {
     let lock = app.keys.reconciler_lock();
     let token = app.ids.token_128();
     let mut conn = app.redis.clone();
-    if !scripts::lock(&mut conn, &lock, &token, app.config.reconcile_lease_ms).await? {
+    let Some(fence) = scripts::lock(&mut conn, &lock, &token, app.config.reconcile_lease_ms).await? else {
         return Ok(0);
-    }
+    };
     let result = pass_locked(app).await;
-    let _ = scripts::unlock(&mut conn, &lock, &token).await;
+    let _ = scripts::unlock(&mut conn, &lock, &fence).await;
     result
 }
 
@@ -51,10 +51,13 @@ async fn pass_locked(app: &App) -> anyhow::Result<usize> {
     let mut settled = 0;
     for product_id in rebuild::live_product_ids(app).await? {
         let Some(product) = find_product(app, product_id).await? else { continue };
+        // A rebuild for this pass's conflicts must read MongoDB after the pass did.
+        let since = app.rebuilds.generation();
         let pass = reconcile_product(app, product_id, &product, grace, app.config.reconcile_batch).await?;
         settled += pass.settled;
         if pass.conflicts > 0 {
-            match rebuild::rebuild_product(app, product_id).await? {
+            let flight = app.rebuilds.start(app, product_id, since)?;
+            match flight.await.map_err(|err| anyhow::anyhow!("{err}"))? {
                 rebuild::Rebuilt::Done => reissue(app, product_id, &pass.reissue).await,
                 other => {
                     tracing::warn!(
@@ -127,7 +130,12 @@ pub async fn reconcile_product(
         let document = OrderDoc::confirmed(&reservation, product.one_per_user);
         #[cfg(feature = "broken")]
         let document = crate::broken::phantom_id(app, crate::broken::buyer_slot(app, document));
-        match orders::persist(app, &document).await? {
+        // Bounded: a write that never answers must not hold the pass (and its lock) forever.
+        let write_timeout = Duration::from_millis(app.config.order_write_timeout_ms);
+        let persisted = tokio::time::timeout(write_timeout, orders::persist(app, &document))
+            .await
+            .map_err(|_| anyhow::anyhow!("order write for {order_id} timed out"))??;
+        match persisted {
             Persisted::Inserted => {
                 scripts::confirm(&mut conn, &keys, order_id).await?;
                 app.metrics.reconciled_orders.inc();

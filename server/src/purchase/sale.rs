@@ -12,7 +12,7 @@ use crate::redis::scripts::{self, LoadMode, SaleSnapshot, StockState};
 use crate::state::App;
 
 /// The sale state of a product with no orders yet.
-fn fresh_snapshot(product: &Product) -> SaleSnapshot {
+pub fn fresh_snapshot(product: &Product) -> SaleSnapshot {
     SaleSnapshot {
         stock_total: product.stock_total,
         next_unit: 1,

@@ -252,25 +252,29 @@ pub struct SaleSnapshot {
 
 /// How the load script treats an existing sale state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoadMode {
+pub enum LoadMode<'a> {
     /// Write only if no sale state exists.
     Init,
-    /// Replace whatever exists (the caller holds the rebuild lock).
-    Rebuild,
+    /// Replace whatever exists, if the caller still holds the rebuild lock: `fence` is
+    /// the lock's value returned by [`lock`].
+    Rebuild { fence: &'a str },
 }
 
 pub async fn load_sale(
     conn: &mut RedisConn,
     keys: &SaleKeys,
-    mode: LoadMode,
+    mode: LoadMode<'_>,
     snapshot: &SaleSnapshot,
 ) -> anyhow::Result<bool> {
     let mut invocation = LOAD_SALE.key(&keys.script_keys()[..]);
+    let (name, fence) = match mode {
+        LoadMode::Init => ("init", ""),
+        LoadMode::Rebuild { fence } => ("rebuild", fence),
+    };
     invocation
-        .arg(match mode {
-            LoadMode::Init => "init",
-            LoadMode::Rebuild => "rebuild",
-        })
+        .key(&keys.rebuild_lock)
+        .arg(name)
+        .arg(fence)
         .arg(snapshot.stock_total)
         .arg(snapshot.next_unit)
         .arg(i64::from(snapshot.one_per_user))
@@ -288,11 +292,19 @@ pub async fn load_sale(
     }
     invocation.arg(snapshot.tombstones.len()).arg(&snapshot.tombstones);
     let written: i64 = invocation.invoke_async(conn).await.context("load_sale script")?;
+    if written < 0 {
+        anyhow::bail!("the rebuild lock was taken over before the sale state was written");
+    }
     Ok(written == 1)
 }
 
-pub async fn pause(conn: &mut RedisConn, keys: &SaleKeys) -> anyhow::Result<bool> {
-    let paused: i64 = PAUSE.key(&keys.sale).invoke_async(conn).await.context("pause script")?;
+/// Pauses a sale for a rebuild holding the lock with `fence` (its value from [`lock`]).
+pub async fn pause(conn: &mut RedisConn, keys: &SaleKeys, fence: &str) -> anyhow::Result<bool> {
+    let paused: i64 =
+        PAUSE.key(&keys.sale).key(&keys.rebuild_lock).arg(fence).invoke_async(conn).await.context("pause script")?;
+    if paused < 0 {
+        anyhow::bail!("the rebuild lock was taken over before the sale was paused");
+    }
     Ok(paused == 1)
 }
 
@@ -436,24 +448,19 @@ pub async fn idempotency_finish(
     Ok(written == 1)
 }
 
+script!(LOCK, "lock.lua");
 script!(UNLOCK, "unlock.lua");
 
-/// Takes a lock with a lease; `true` if this holder now owns it.
-pub async fn lock(conn: &mut RedisConn, key: &str, token: &str, lease_ms: u64) -> anyhow::Result<bool> {
-    let reply: Option<String> = redis::cmd("SET")
-        .arg(key)
-        .arg(token)
-        .arg("NX")
-        .arg("PX")
-        .arg(lease_ms.max(1))
-        .query_async(conn)
-        .await
-        .context("taking a lock")?;
-    Ok(reply.is_some())
+/// Takes a lock with a lease (or one left by an earlier run of this Redis). Returns
+/// the lock's value if this holder now owns it: the fencing token that [`unlock`] and
+/// the fenced scripts take.
+pub async fn lock(conn: &mut RedisConn, key: &str, token: &str, lease_ms: u64) -> anyhow::Result<Option<String>> {
+    LOCK.key(key).arg(token).arg(lease_ms.max(1)).invoke_async(conn).await.context("lock script")
 }
 
-/// Releases a lock this holder owns (a lost lease is not released by mistake).
-pub async fn unlock(conn: &mut RedisConn, key: &str, token: &str) -> anyhow::Result<bool> {
-    let released: i64 = UNLOCK.key(key).arg(token).invoke_async(conn).await.context("unlock script")?;
+/// Releases a lock this holder owns (a lost lease is not released by mistake);
+/// `fence` is the value [`lock`] returned.
+pub async fn unlock(conn: &mut RedisConn, key: &str, fence: &str) -> anyhow::Result<bool> {
+    let released: i64 = UNLOCK.key(key).arg(fence).invoke_async(conn).await.context("unlock script")?;
     Ok(released == 1)
 }

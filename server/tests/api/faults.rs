@@ -4,6 +4,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use flashsale::purchase::orders;
+use flashsale::purchase::rebuild::{self, Rebuilt};
+use flashsale::redis::scripts::{self, LoadMode};
 use flashsale::stack::RedisPersistence;
 use uuid::Uuid;
 
@@ -205,4 +207,68 @@ async fn a_flushall_mid_sale_is_rebuilt_from_mongodb_without_a_second_order() {
     assert_eq!(stored.len(), 1);
     let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_lock_restored_by_a_redis_restart_is_taken_over_and_its_holder_fenced_off() {
+    let mut app = TestApp::spawn_with_own_backends(RedisPersistence::AppendOnly, |_| {}).await;
+    let product = app.create_product(5, true).await;
+    let keys = app.app().keys.sale(product);
+    let mut conn = app.app().redis.clone();
+    let lease = flashsale::purchase::rebuild::REBUILD_LEASE_MS;
+    let before = scripts::lock(&mut conn, &keys.rebuild_lock, "before", lease).await.expect("lock").expect("free");
+    assert_eq!(scripts::lock(&mut conn, &keys.rebuild_lock, "other", lease).await.expect("lock"), None, "held");
+
+    let own = app.own.as_mut().expect("own backends");
+    tokio::task::block_in_place(|| own.redis.restart()).expect("redis restarts");
+    let mut conn = reconnected(&app).await;
+    let restored: Option<String> = redis::cmd("GET").arg(&keys.rebuild_lock).query_async(&mut conn).await.expect("get");
+    assert_eq!(restored.as_deref(), Some(before.as_str()), "the append-only file kept the lock");
+
+    let after = scripts::lock(&mut conn, &keys.rebuild_lock, "after", lease).await.expect("lock");
+    let after = after.expect("a lock from before the restart is taken over");
+    assert_ne!(after, before);
+    assert_eq!(scripts::lock(&mut conn, &keys.rebuild_lock, "third", lease).await.expect("lock"), None);
+    // The earlier holder, still running, can neither pause, nor load, nor unlock.
+    assert!(scripts::pause(&mut conn, &keys, &before).await.is_err());
+    let snapshot = flashsale::purchase::sale::fresh_snapshot(
+        &flashsale::products::store::find_product(app.app(), product).await.expect("mongo").expect("product"),
+    );
+    let stale = scripts::load_sale(&mut conn, &keys, LoadMode::Rebuild { fence: &before }, &snapshot).await;
+    assert!(stale.is_err(), "a fenced-off holder does not overwrite the sale state");
+    assert!(!scripts::unlock(&mut conn, &keys.rebuild_lock, &before).await.expect("unlock"));
+    assert!(scripts::pause(&mut conn, &keys, &after).await.expect("pause"));
+    let fresh = scripts::load_sale(&mut conn, &keys, LoadMode::Rebuild { fence: &after }, &snapshot).await;
+    assert!(fresh.expect("the holder loads"));
+    assert!(scripts::unlock(&mut conn, &keys.rebuild_lock, &after).await.expect("unlock"));
+}
+
+/// A connection that answers again after a restart (bounded).
+async fn reconnected(app: &TestApp) -> flashsale::redis::RedisConn {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    let mut conn = app.app().redis.clone();
+    loop {
+        match flashsale::redis::run_id(&mut conn).await {
+            Ok(_) => return conn,
+            Err(err) if tokio::time::Instant::now() >= deadline => panic!("Redis did not come back: {err}"),
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_goes_on_when_the_request_that_started_it_gives_up() {
+    let app = TestApp::spawn_with_own_backends(RedisPersistence::None, |_| {}).await;
+    let product = app.create_product(5, true).await;
+    let state = app.app();
+    let started = state.rebuilds.generation();
+    // A rebuild waits out the order write timeout first: 50 ms in, it is midway.
+    let abandoned = tokio::time::timeout(Duration::from_millis(50), rebuild::rebuild_and_wait(state, product)).await;
+    assert!(abandoned.is_err(), "the caller gave up before the rebuild ended");
+    assert_eq!(state.rebuilds.generation(), started + 1, "one rebuild started");
+    let flight = state.rebuilds.start(state, product, 0).expect("start");
+    assert_eq!(state.rebuilds.generation(), started + 1, "the abandoned rebuild still runs: joined, not restarted");
+    assert_eq!(flight.await, Ok(Rebuilt::Done));
+    assert!(rebuild::settled(state, product).await.expect("redis"), "loaded and not paused");
+    assert_eq!(state.metrics.sale_rebuilds.get(), 1);
 }
