@@ -124,6 +124,12 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_MONGO_SELECT_TIMEOUT_MS", default_value_t = 2_000)]
     pub mongo_select_timeout_ms: u64,
 
+    /// Bound of one MongoDB operation (the driver has no socket timeout: without it an
+    /// operation on a connection that stopped answering waits forever and keeps its
+    /// pooled connection).
+    #[arg(long, env = "FLASHSALE_MONGO_OP_TIMEOUT_MS", default_value_t = 10_000)]
+    pub mongo_op_timeout_ms: u64,
+
     /// Pause between reconciler passes.
     #[arg(long, env = "FLASHSALE_RECONCILE_INTERVAL_MS", default_value_t = 1_000)]
     pub reconcile_interval_ms: u64,

@@ -34,6 +34,7 @@ const SAFE_EVICTION_POLICIES: &[&str] = &["noeviction"];
 
 /// Connects to the backends, checks them, creates indexes: a ready-to-serve state.
 pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
+    install_crypto_provider();
     let redis_timeout = Duration::from_millis(config.redis_timeout_ms);
     let mut redis = RedisConn::connect(&config.redis_url, redis_timeout).await?;
     let policies = crate::redis::eviction_policies(&mut redis).await?;
@@ -47,9 +48,13 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
     if policies.is_empty() && !config.allow_evicting_redis {
         bail!("could not read Redis maxmemory-policy; refusing to start without knowing it is noeviction");
     }
-    let db =
-        Db::connect(&config.mongo_url, &config.mongo_database, Duration::from_millis(config.mongo_select_timeout_ms))
-            .await?;
+    let db = Db::connect(
+        &config.mongo_url,
+        &config.mongo_database,
+        Duration::from_millis(config.mongo_select_timeout_ms),
+        Duration::from_millis(config.mongo_op_timeout_ms),
+    )
+    .await?;
     db.ensure_indexes().await.context("creating MongoDB indexes")?;
     let dummy_password_hash = auth::password::dummy_hash(&config)?;
     let otp_sender = auth::otp::OtpSender::from_config(&config)?;
@@ -69,6 +74,14 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
         otp_sender,
         this: this.clone(),
     }))
+}
+
+/// Chooses rustls's crypto provider for the process (MongoDB and SMTP over TLS). Built in
+/// one workspace with the load generator, whose HTTP client brings a second provider,
+/// rustls would otherwise refuse to pick one and panic at the first TLS connection.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already, which is all this wants.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The whole HTTP application.

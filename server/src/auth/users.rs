@@ -105,7 +105,7 @@ pub async fn insert_user(
         role,
         created_at_ms: app.ids.now_ms(),
     };
-    match app.db.collection::<UserDoc>(USERS).insert_one(&user).await {
+    match app.db.bounded(app.db.collection::<UserDoc>(USERS).insert_one(&user)).await {
         Ok(_) => Ok(Some(id)),
         Err(err) if is_duplicate_key(&err) => Ok(None),
         Err(err) => Err(err),
@@ -142,28 +142,26 @@ pub async fn create_users_with_hash(
         })
         .collect();
     for batch in users.chunks(USER_BATCH) {
-        app.db.collection::<UserDoc>(USERS).insert_many(batch).await?;
+        app.db.bounded(app.db.collection::<UserDoc>(USERS).insert_many(batch)).await?;
     }
     Ok(users)
 }
 
 pub async fn find_by_email(app: &App, normalised_email: &str) -> Result<Option<UserDoc>, mongodb::error::Error> {
-    app.db.collection::<UserDoc>(USERS).find_one(doc! { "email": normalised_email }).await
+    app.db.bounded(app.db.collection::<UserDoc>(USERS).find_one(doc! { "email": normalised_email })).await
 }
 
 pub async fn find_by_id(app: &App, id: Uuid) -> Result<Option<UserDoc>, mongodb::error::Error> {
-    app.db.collection::<UserDoc>(USERS).find_one(doc! { "_id": id.to_string() }).await
+    app.db.bounded(app.db.collection::<UserDoc>(USERS).find_one(doc! { "_id": id.to_string() })).await
 }
 
 /// Sets the role of the user with this email (`flashsale admin promote`).
 pub async fn set_role(app: &App, email: &str, role: Role) -> anyhow::Result<()> {
     let email = normalise_email(email);
     let role_value = mongodb::bson::to_bson(&role)?;
-    let result = app
-        .db
-        .collection::<UserDoc>(USERS)
-        .update_one(doc! { "email": &email }, doc! { "$set": { "role": role_value } })
-        .await?;
+    let users = app.db.collection::<UserDoc>(USERS);
+    let result =
+        app.db.bounded(users.update_one(doc! { "email": &email }, doc! { "$set": { "role": role_value } })).await?;
     if result.matched_count == 0 {
         anyhow::bail!("no user has the email {email:?}");
     }

@@ -14,11 +14,11 @@ use crate::state::App;
 
 /// The product with this id, deleted or not.
 pub async fn find_product(app: &App, id: Uuid) -> anyhow::Result<Option<Product>> {
-    Ok(app.db.collection::<Product>(PRODUCTS).find_one(doc! { "_id": id.to_string() }).await?)
+    Ok(app.db.bounded(app.db.collection::<Product>(PRODUCTS).find_one(doc! { "_id": id.to_string() })).await?)
 }
 
 pub async fn insert_product(app: &App, product: &Product) -> anyhow::Result<()> {
-    app.db.collection::<Product>(PRODUCTS).insert_one(product).await.context("inserting a product")?;
+    app.db.bounded(app.db.collection::<Product>(PRODUCTS).insert_one(product)).await.context("inserting a product")?;
     Ok(())
 }
 
@@ -28,15 +28,10 @@ pub async fn list_products(app: &App, after: Option<Uuid>, limit: u32) -> anyhow
     if let Some(after) = after {
         filter.insert("_id", doc! { "$gt": after.to_string() });
     }
-    let cursor = app
-        .db
-        .collection::<Product>(PRODUCTS)
-        .find(filter)
-        .sort(doc! { "_id": 1 })
-        .limit(i64::from(limit))
-        .await
-        .context("listing products")?;
-    cursor.try_collect().await.context("reading the product list")
+    let products = app.db.collection::<Product>(PRODUCTS);
+    let read =
+        async { products.find(filter).sort(doc! { "_id": 1 }).limit(i64::from(limit)).await?.try_collect().await };
+    app.db.bounded(read).await.context("listing products")
 }
 
 /// Writes `updated`'s editable fields if the record is still the version `current`
@@ -81,12 +76,8 @@ pub async fn mark_deleted(app: &App, id: Uuid, now_ms: i64) -> anyhow::Result<Op
 }
 
 async fn find_and_update(app: &App, filter: Document, update: Document) -> anyhow::Result<Option<Product>> {
-    Ok(app
-        .db
-        .collection::<Product>(PRODUCTS)
-        .find_one_and_update(filter, update)
-        .return_document(ReturnDocument::After)
-        .await?)
+    let products = app.db.collection::<Product>(PRODUCTS);
+    Ok(app.db.bounded(products.find_one_and_update(filter, update).return_document(ReturnDocument::After)).await?)
 }
 
 fn optional(value: Option<i64>) -> Bson {

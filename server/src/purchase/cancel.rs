@@ -41,13 +41,13 @@ pub async fn cancel_order(
 async fn tombstone_in_mongo(app: &App, order: &OrderDoc) -> ApiResult<OrderDoc> {
     let marker = format!("released:{}", order.id);
     let collection = app.db.collection::<OrderDoc>(ORDERS);
-    collection
-        .update_one(
+    app.db
+        .bounded(collection.update_one(
             doc! { "_id": &order.id, "status": "confirmed" },
             doc! { "$set": { "status": "released", "unit": &marker, "buyer_slot": &marker } },
-        )
+        ))
         .await
         .map_err(anyhow::Error::from)?;
-    let current = collection.find_one(doc! { "_id": &order.id }).await.map_err(anyhow::Error::from)?;
+    let current = app.db.bounded(collection.find_one(doc! { "_id": &order.id })).await.map_err(anyhow::Error::from)?;
     current.ok_or(ApiError::NotFound("order"))
 }

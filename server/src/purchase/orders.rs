@@ -100,12 +100,12 @@ pub enum Persisted {
 /// guessing which index fired.
 pub async fn persist(app: &App, order: &OrderDoc) -> anyhow::Result<Persisted> {
     let orders = app.db.collection::<OrderDoc>(ORDERS);
-    match orders.insert_one(order).await {
+    match app.db.bounded(orders.insert_one(order)).await {
         Ok(_) => return Ok(Persisted::Inserted),
         Err(err) if is_duplicate_key(&err) => {}
         Err(err) => return Err(err.into()),
     }
-    if let Some(existing) = orders.find_one(doc! { "_id": &order.id }).await? {
+    if let Some(existing) = app.db.bounded(orders.find_one(doc! { "_id": &order.id })).await? {
         let same = existing.product_id == order.product_id
             && existing.user_id == order.user_id
             && existing.status == OrderStatus::Confirmed;
@@ -116,7 +116,7 @@ pub async fn persist(app: &App, order: &OrderDoc) -> anyhow::Result<Persisted> {
         });
     }
     if let UnitField::Unit(unit) = order.unit {
-        let holder = orders.find_one(doc! { "product_id": &order.product_id, "unit": unit }).await?;
+        let holder = app.db.bounded(orders.find_one(doc! { "product_id": &order.product_id, "unit": unit })).await?;
         if holder.is_some() {
             return Ok(Persisted::Conflict(Conflict::UnitTaken));
         }
@@ -125,23 +125,27 @@ pub async fn persist(app: &App, order: &OrderDoc) -> anyhow::Result<Persisted> {
 }
 
 pub async fn find_order(app: &App, order_id: Uuid) -> anyhow::Result<Option<OrderDoc>> {
-    Ok(app.db.collection::<OrderDoc>(ORDERS).find_one(doc! { "_id": order_id.to_string() }).await?)
+    Ok(app.db.bounded(app.db.collection::<OrderDoc>(ORDERS).find_one(doc! { "_id": order_id.to_string() })).await?)
 }
 
 /// A user's confirmed orders, newest first.
 pub async fn orders_of_user(app: &App, user_id: Uuid) -> anyhow::Result<Vec<OrderDoc>> {
-    let cursor = app
-        .db
-        .collection::<OrderDoc>(ORDERS)
-        .find(doc! { "user_id": user_id.to_string(), "status": "confirmed" })
-        .sort(doc! { "created_at_ms": -1 })
-        .limit(MAX_ORDERS_LISTED)
-        .await?;
-    Ok(cursor.try_collect().await?)
+    let orders = app.db.collection::<OrderDoc>(ORDERS);
+    let read = async {
+        orders
+            .find(doc! { "user_id": user_id.to_string(), "status": "confirmed" })
+            .sort(doc! { "created_at_ms": -1 })
+            .limit(MAX_ORDERS_LISTED)
+            .await?
+            .try_collect()
+            .await
+    };
+    Ok(app.db.bounded(read).await?)
 }
 
 /// Every order document of a product (confirmed and tombstones), for a rebuild.
 pub async fn orders_of_product(app: &App, product_id: Uuid) -> anyhow::Result<Vec<OrderDoc>> {
-    let cursor = app.db.collection::<OrderDoc>(ORDERS).find(doc! { "product_id": product_id.to_string() }).await?;
-    Ok(cursor.try_collect().await?)
+    let orders = app.db.collection::<OrderDoc>(ORDERS);
+    let read = async { orders.find(doc! { "product_id": product_id.to_string() }).await?.try_collect().await };
+    Ok(app.db.bounded(read).await?)
 }

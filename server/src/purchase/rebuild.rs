@@ -216,13 +216,13 @@ pub async fn ensure_loaded(app: &App, product_id: Uuid) -> anyhow::Result<Rebuil
 
 /// Ids of every product that is not deleted.
 pub async fn live_product_ids(app: &App) -> anyhow::Result<Vec<Uuid>> {
-    let cursor = app
+    let products = app.db.collection::<Document>(PRODUCTS);
+    let docs: Vec<Document> = app
         .db
-        .collection::<Document>(PRODUCTS)
-        .find(doc! { "deleted": { "$ne": true } })
-        .projection(doc! { "_id": 1 })
+        .bounded(async {
+            products.find(doc! { "deleted": { "$ne": true } }).projection(doc! { "_id": 1 }).await?.try_collect().await
+        })
         .await?;
-    let docs: Vec<Document> = cursor.try_collect().await?;
     Ok(docs.iter().filter_map(|d| d.get_str("_id").ok()).filter_map(|id| Uuid::parse_str(id).ok()).collect())
 }
 
