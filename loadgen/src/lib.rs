@@ -1,13 +1,24 @@
 //! `flashsale-loadgen` as a library: the load generator's building blocks.
 //!
+//! - [`run`]: one scenario from start to report (the binary and the tests call it).
+//! - [`target`]: the system under load (a local stack and in-process server, or `--url`).
+//! - [`buyers`]: verified buyers made through the server crate's own code.
+//! - [`sale`]: the `sale` scenario on goose; [`record`]: what it saw, per route and outcome.
+//! - [`check`]: the correctness check after the load.
+//! - [`report`]: the report folder; [`machine`]: what it was measured on.
 //! - [`openloop`]: an open-loop driver (fixed arrival rate, each request timed from its planned
 //!   send time, so coordinated omission cannot hide stalls) and a closed-loop helper for capacity.
 //! - [`hgrm`]: HdrHistogram percentile distribution files (`.hgrm`) and percentile summaries.
 //! - [`plots`]: self-contained SVG pictures (latency percentile spectrum, throughput and p99 over time).
-//!
-//! The other modules (scenarios against the purchase path, `/healthz` and raw EVALSHA, goose
-//! integration, reports and baselines) are still to come.
 
+pub mod buyers;
+pub mod check;
 pub mod hgrm;
+pub mod machine;
 pub mod openloop;
 pub mod plots;
+pub mod record;
+pub mod report;
+pub mod run;
+pub mod sale;
+pub mod target;

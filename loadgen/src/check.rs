@@ -1,0 +1,159 @@
+//! The correctness check after a load: once the reconciler has drained (bounded), MongoDB
+//! and Redis are read through the server crate's code and compared with what the
+//! buyers were told. A failed check fails the run, whatever the latency figures say.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use flashsale::purchase::orders::{self, OrderStatus};
+use flashsale::purchase::sale;
+use flashsale::state::App;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::record::Acknowledged;
+
+/// How long the check waits for every pending reservation to be written.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between two looks at the pending set.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// One verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// Every verdict of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub checks: Vec<Check>,
+    /// Confirmed orders in MongoDB.
+    pub orders: usize,
+    /// Time until the pending set was empty, ms (None: it never was).
+    pub drained_ms: Option<u64>,
+}
+
+impl CheckReport {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|check| check.passed)
+    }
+}
+
+fn check(name: &'static str, passed: bool, detail: String) -> Check {
+    Check { name, passed, detail }
+}
+
+/// Waits for the pending set of `product` to empty, then checks the sale.
+/// `buyers` is how many buyers took part, each wanting one unit.
+pub async fn check_sale(
+    app: &App,
+    product: Uuid,
+    stock: i64,
+    buyers: usize,
+    acknowledged: &[Acknowledged],
+) -> anyhow::Result<CheckReport> {
+    let drained_ms = drain(app, product).await;
+    let documents = orders::orders_of_product(app, product).await?;
+    let confirmed: Vec<_> = documents.iter().filter(|o| o.status == OrderStatus::Confirmed).collect();
+    let mut checks = Vec::new();
+
+    checks.push(check(
+        "reconciler drained",
+        drained_ms.is_some(),
+        match drained_ms {
+            Some(ms) => format!("no pending reservation left after {ms} ms"),
+            None => format!("reservations still pending after {DRAIN_TIMEOUT:?}"),
+        },
+    ));
+    let expected = usize::try_from(stock).unwrap_or(0).min(buyers);
+    checks.push(check(
+        "orders = stock",
+        confirmed.len() == expected,
+        format!(
+            "{} confirmed orders in MongoDB for {stock} units and {buyers} buyers (expected {expected})",
+            confirmed.len()
+        ),
+    ));
+    let units: Vec<i64> = confirmed.iter().filter_map(|o| o.unit_number()).collect();
+    let distinct_units: HashSet<i64> = units.iter().copied().collect();
+    let out_of_range = units.iter().filter(|unit| !(1..=stock).contains(*unit)).count();
+    checks.push(check(
+        "no unit sold twice or beyond the stock",
+        distinct_units.len() == confirmed.len() && out_of_range == 0,
+        format!(
+            "{} distinct units among {} orders, {out_of_range} beyond unit {stock}",
+            distinct_units.len(),
+            confirmed.len()
+        ),
+    ));
+    let mut per_user: HashMap<&str, usize> = HashMap::new();
+    for order in &confirmed {
+        *per_user.entry(order.user_id.as_str()).or_default() += 1;
+    }
+    let twice = per_user.values().filter(|count| **count > 1).count();
+    checks.push(check("nobody bought twice", twice == 0, format!("{twice} buyers hold more than one order")));
+    let inconsistent: Vec<&Acknowledged> = acknowledged.iter().filter(|a| !a.inconsistent_replays.is_empty()).collect();
+    let replays: u32 = acknowledged.iter().map(|a| a.replays).sum();
+    checks.push(check(
+        "replays returned the same order",
+        inconsistent.is_empty() && (acknowledged.is_empty() || replays > 0),
+        match inconsistent.first() {
+            Some(first) => format!("{} keys replayed another order, e.g. {first:?}", inconsistent.len()),
+            None => {
+                format!("{replays} replays of {} acknowledged keys, all the same order and unit", acknowledged.len())
+            }
+        },
+    ));
+    let stored: HashMap<String, (&str, Option<i64>)> =
+        confirmed.iter().map(|o| (o.id.clone(), (o.user_id.as_str(), o.unit_number()))).collect();
+    let missing: Vec<&Acknowledged> = acknowledged
+        .iter()
+        .filter(|a| stored.get(&a.order_id.to_string()) != Some(&(a.user_id.to_string().as_str(), Some(a.unit))))
+        .collect();
+    checks.push(check(
+        "every acknowledged order is in MongoDB",
+        missing.is_empty(),
+        match missing.first() {
+            Some(first) => format!(
+                "{} of {} acknowledged orders missing or different, e.g. {first:?}",
+                missing.len(),
+                acknowledged.len()
+            ),
+            None => format!("all {} acknowledged orders stored with their buyer and unit", acknowledged.len()),
+        },
+    ));
+    let acknowledged_ids: HashSet<String> = acknowledged.iter().map(|a| a.order_id.to_string()).collect();
+    let unacknowledged = confirmed.iter().filter(|o| !acknowledged_ids.contains(&o.id)).count();
+    let state = sale::stock(app, product).await?;
+    let remaining = state.map(|s| s.remaining());
+    let sold = i64::try_from(confirmed.len()).unwrap_or(i64::MAX);
+    checks.push(check(
+        "Redis agrees with MongoDB",
+        remaining == Some(stock - sold),
+        format!(
+            "Redis says {} units remain, MongoDB holds {sold} orders of {stock}; {unacknowledged} stored orders were never acknowledged (their buyer got no answer)",
+            remaining.map_or_else(|| "no sale state:".to_owned(), |r| r.to_string())
+        ),
+    ));
+    Ok(CheckReport { checks, orders: confirmed.len(), drained_ms })
+}
+
+/// Waits until the product's pending set is empty; the time it took, or None.
+async fn drain(app: &App, product: Uuid) -> Option<u64> {
+    let started = Instant::now();
+    let keys = app.keys.sale(product);
+    loop {
+        let mut conn = app.redis.clone();
+        let pending: redis::RedisResult<u64> = redis::cmd("ZCARD").arg(&keys.pending).query_async(&mut conn).await;
+        if pending.is_ok_and(|count| count == 0) {
+            return Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        }
+        if started.elapsed() >= DRAIN_TIMEOUT {
+            return None;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}

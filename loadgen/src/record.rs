@@ -1,0 +1,268 @@
+//! What the load generator saw, per route and outcome: latency histograms (µs, from
+//! send to the end of the response body), a per-second timeline, error causes, and
+//! every acknowledged order with its replays (for the correctness check).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use uuid::Uuid;
+
+use crate::openloop::{TimelinePoint, new_latency_histogram};
+
+/// What a purchase answer was, as the report names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// 201: this buyer got a unit, order confirmed.
+    Won,
+    /// 202: a unit reserved, the order still being written.
+    Pending,
+    /// 409 sold-out (expected: the sale has fewer units than buyers).
+    SoldOut,
+    /// 409 already-purchased (a second attempt of a buyer who has a unit).
+    AlreadyPurchased,
+    /// 201 with `Idempotent-Replayed: true`: the stored answer of an earlier attempt.
+    Replay,
+    /// 429.
+    RateLimited,
+    /// 503 (sale paused, backend unavailable).
+    Unavailable,
+    /// 409 idempotency-in-flight (a retry while the first attempt still runs).
+    InFlight,
+    /// Any other answer, or no answer.
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Self; 9] = [
+        Self::Won,
+        Self::Pending,
+        Self::SoldOut,
+        Self::AlreadyPurchased,
+        Self::Replay,
+        Self::RateLimited,
+        Self::Unavailable,
+        Self::InFlight,
+        Self::Error,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Won => "won",
+            Self::Pending => "pending",
+            Self::SoldOut => "sold_out",
+            Self::AlreadyPurchased => "already_purchased",
+            Self::Replay => "replay",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::InFlight => "in_flight",
+            Self::Error => "error",
+        }
+    }
+
+    /// Whether the answer is one the sale expects (goose counts it a success).
+    pub fn expected(self) -> bool {
+        matches!(self, Self::Won | Self::Pending | Self::SoldOut | Self::AlreadyPurchased | Self::Replay)
+    }
+
+    /// Classifies an answer from its status, problem type and replay header.
+    pub fn classify(status: u16, problem: Option<&str>, replayed: bool) -> Self {
+        match (status, problem) {
+            (201, _) if replayed => Self::Replay,
+            (201, _) => Self::Won,
+            (202, _) => Self::Pending,
+            (409, Some(p)) if p.ends_with("sold-out") => Self::SoldOut,
+            (409, Some(p)) if p.ends_with("already-purchased") => Self::AlreadyPurchased,
+            (409, Some(p)) if p.ends_with("idempotency-in-flight") => Self::InFlight,
+            (429, _) => Self::RateLimited,
+            (503, _) => Self::Unavailable,
+            _ => Self::Error,
+        }
+    }
+}
+
+/// An order a buyer was told about (201 or 202), and what its replays said.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Acknowledged {
+    pub user_id: Uuid,
+    pub key: String,
+    pub order_id: Uuid,
+    pub unit: i64,
+    /// Replays of the same key that named another order or unit (must stay empty).
+    pub inconsistent_replays: Vec<String>,
+    pub replays: u32,
+}
+
+/// Latency and counts of one route and outcome.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub latency: Histogram<u64>,
+    /// Error causes (for outcomes that are errors), with counts.
+    pub causes: BTreeMap<String, u64>,
+}
+
+/// Everything recorded during a run, shared by every goose user.
+#[derive(Debug)]
+pub struct Recorder {
+    started: Instant,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    series: BTreeMap<(String, Outcome), Series>,
+    /// Per second since the start: completions and their latency.
+    seconds: Vec<Histogram<u64>>,
+    acknowledged: HashMap<(Uuid, String), Acknowledged>,
+    last_completion: Duration,
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        Self { started: Instant::now(), inner: Mutex::new(Inner::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records one answer of `route` that took `latency`.
+    pub fn record(&self, route: &str, outcome: Outcome, latency: Duration, cause: Option<&str>) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
+        let since = self.started.elapsed();
+        let second = usize::try_from(since.as_secs()).unwrap_or(usize::MAX);
+        let mut inner = self.lock();
+        let series = inner
+            .series
+            .entry((route.to_owned(), outcome))
+            .or_insert_with(|| Series { latency: new_latency_histogram(), causes: BTreeMap::new() });
+        series.latency.saturating_record(micros);
+        if let Some(cause) = cause {
+            *series.causes.entry(cause.to_owned()).or_default() += 1;
+        }
+        if second < 24 * 3600 {
+            while inner.seconds.len() <= second {
+                inner.seconds.push(new_latency_histogram());
+            }
+            inner.seconds[second].saturating_record(micros);
+        }
+        inner.last_completion = inner.last_completion.max(since);
+    }
+
+    /// Notes an acknowledged order (first answer of its key, or a replay of it).
+    pub fn acknowledge(&self, user_id: Uuid, key: &str, order_id: Uuid, unit: i64, replay: bool) {
+        let mut inner = self.lock();
+        let entry = inner.acknowledged.entry((user_id, key.to_owned())).or_insert_with(|| Acknowledged {
+            user_id,
+            key: key.to_owned(),
+            order_id,
+            unit,
+            inconsistent_replays: Vec::new(),
+            replays: 0,
+        });
+        if replay {
+            entry.replays += 1;
+        }
+        if entry.order_id != order_id || entry.unit != unit {
+            let seen = format!("order {order_id} unit {unit} (first: order {} unit {})", entry.order_id, entry.unit);
+            entry.inconsistent_replays.push(seen);
+        }
+    }
+
+    /// Per route and outcome, in order.
+    pub fn series(&self) -> BTreeMap<(String, Outcome), Series> {
+        self.lock().series.clone()
+    }
+
+    /// Every acknowledged order.
+    pub fn acknowledged(&self) -> Vec<Acknowledged> {
+        let mut all: Vec<Acknowledged> = self.lock().acknowledged.values().cloned().collect();
+        all.sort_by_key(|a| a.order_id);
+        all
+    }
+
+    /// All routes and outcomes together.
+    pub fn all_latency(&self) -> Histogram<u64> {
+        let mut all = new_latency_histogram();
+        for series in self.lock().series.values() {
+            let _ = all.add(&series.latency);
+        }
+        all
+    }
+
+    /// Completions and p99 per second, from the first second to the last completion.
+    pub fn timeline(&self) -> Vec<TimelinePoint> {
+        let inner = self.lock();
+        inner
+            .seconds
+            .iter()
+            .enumerate()
+            .map(|(second, histogram)| TimelinePoint {
+                second: u64::try_from(second).unwrap_or(u64::MAX),
+                completed: histogram.len(),
+                p99_us: if histogram.is_empty() { 0 } else { histogram.value_at_quantile(0.99) },
+            })
+            .collect()
+    }
+
+    /// From the start to the last completion.
+    pub fn active(&self) -> Duration {
+        self.lock().last_completion
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_by_status_problem_and_replay() {
+        assert_eq!(Outcome::classify(201, None, false), Outcome::Won);
+        assert_eq!(Outcome::classify(201, None, true), Outcome::Replay);
+        assert_eq!(Outcome::classify(202, None, false), Outcome::Pending);
+        assert_eq!(Outcome::classify(409, Some("https://flashsale.dev/problems/sold-out"), false), Outcome::SoldOut);
+        assert_eq!(Outcome::classify(409, Some("/problems/already-purchased"), false), Outcome::AlreadyPurchased);
+        assert_eq!(Outcome::classify(409, Some("/problems/idempotency-in-flight"), false), Outcome::InFlight);
+        assert_eq!(Outcome::classify(409, Some("/problems/order-released"), false), Outcome::Error);
+        assert_eq!(Outcome::classify(429, None, false), Outcome::RateLimited);
+        assert_eq!(Outcome::classify(503, None, false), Outcome::Unavailable);
+        assert_eq!(Outcome::classify(500, None, false), Outcome::Error);
+        assert!(Outcome::SoldOut.expected() && !Outcome::Unavailable.expected());
+    }
+
+    #[test]
+    fn a_replay_naming_another_order_is_kept_as_inconsistent() {
+        let recorder = Recorder::new();
+        let (user, order, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        recorder.acknowledge(user, "k", order, 3, false);
+        recorder.acknowledge(user, "k", order, 3, true);
+        recorder.acknowledge(user, "k", other, 3, true);
+        let acknowledged = recorder.acknowledged();
+        assert_eq!(acknowledged.len(), 1);
+        assert_eq!(acknowledged[0].replays, 2);
+        assert_eq!(acknowledged[0].inconsistent_replays.len(), 1, "{:?}", acknowledged[0]);
+    }
+
+    #[test]
+    fn the_timeline_counts_completions_per_second() {
+        let recorder = Recorder::new();
+        for _ in 0..5 {
+            recorder.record("buy", Outcome::Won, Duration::from_millis(2), None);
+        }
+        recorder.record("buy", Outcome::Error, Duration::from_millis(9), Some("connection refused"));
+        let timeline = recorder.timeline();
+        assert_eq!(timeline.iter().map(|p| p.completed).sum::<u64>(), 6);
+        let series = recorder.series();
+        assert_eq!(series[&("buy".to_owned(), Outcome::Won)].latency.len(), 5);
+        assert_eq!(series[&("buy".to_owned(), Outcome::Error)].causes["connection refused"], 1);
+        assert_eq!(recorder.all_latency().len(), 6);
+    }
+}
