@@ -34,3 +34,19 @@ lint:
 # Rebuild one product's sale state in Redis from MongoDB (backends from FLASHSALE_REDIS_URL / FLASHSALE_MONGO_URL).
 rebuild PRODUCT:
     cargo run -p flashsale -- admin rebuild --product {{PRODUCT}}
+
+# One simulator run (release build), e.g. `just sim 1` or `just sim 1 --topology cluster`.
+sim SEED *ARGS:
+    cargo run --release -p flashsale-sim -- run --seed {{SEED}} {{ARGS}}
+
+# The CI sweep of simulator seeds, in release.
+sweep:
+    cargo run --release -p flashsale-sim -- sweep --seeds 1..6 --buyers 1500 --duration-ms 15000
+
+# The full `sale` load report into reports/<date>-sale/ (release build; extra flags go to `sale`).
+load-sale *ARGS:
+    cargo run --release -p flashsale-loadgen -- sale {{ARGS}}
+
+# A short `sale` report into target/ (what CI runs).
+load-sale-quick:
+    cargo run -p flashsale-loadgen -- sale --buyers 2000 --stock 100 --report-dir target/flashsale-loadgen --name quick-sale

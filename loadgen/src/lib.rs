@@ -1,6 +1,8 @@
 //! `flashsale-loadgen` as a library: the load generator's building blocks.
 //!
 //! - [`run`]: one scenario from start to report (the binary and the tests call it).
+//! - [`baseline`]: raw EVALSHA, `/healthz`, MongoDB inserts and the purchase paths side by side,
+//!   and open-loop latency at fractions of the measured capacity.
 //! - [`target`]: the system under load (a local stack and in-process server, or `--url`).
 //! - [`buyers`]: verified buyers made through the server crate's own code.
 //! - [`sale`]: the `sale` scenario on goose; [`record`]: what it saw, per route and outcome.
@@ -11,6 +13,7 @@
 //! - [`hgrm`]: HdrHistogram percentile distribution files (`.hgrm`) and percentile summaries.
 //! - [`plots`]: self-contained SVG pictures (latency percentile spectrum, throughput and p99 over time).
 
+pub mod baseline;
 pub mod buyers;
 pub mod check;
 pub mod hgrm;

@@ -61,6 +61,10 @@ struct SaleArgs {
     #[cfg(feature = "broken")]
     #[arg(long, value_enum)]
     broken: Option<flashsale::broken::Broken>,
+    /// Repetitions of the baselines (raw EVALSHA, /healthz, MongoDB insert and the
+    /// purchase paths, alternating) and open-loop runs after the sale; 0 skips them.
+    #[arg(long, default_value_t = 3)]
+    baselines: usize,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
@@ -99,6 +103,7 @@ async fn run_sale(args: SaleArgs) -> ExitCode {
         },
         #[cfg(feature = "broken")]
         broken: args.broken,
+        baselines: args.baselines,
         progress: !args.quiet,
     };
     match sale(&options).await {

@@ -16,6 +16,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::baseline::{self, Baselines, Measure};
 use crate::check::CheckReport;
 use crate::hgrm::{Summary, percentile_summary, write_hgrm};
 use crate::machine::Machine;
@@ -59,6 +60,8 @@ pub struct SaleReport {
     /// goose's own figures: requests and its run time.
     pub goose_requests: usize,
     pub goose_duration_s: usize,
+    /// The side-by-side baselines and open-loop runs, if they ran.
+    pub baselines: Option<Baselines>,
 }
 
 impl SaleReport {
@@ -215,6 +218,9 @@ fn markdown(report: &SaleReport, hgrm_files: &[String]) -> String {
     );
     let _ = writeln!(md, "\n![latency percentile spectrum](latency-spectrum.svg)\n");
     let _ = writeln!(md, "![throughput and p99 over time](timeline.svg)\n");
+    if let Some(baselines) = &report.baselines {
+        baselines_markdown(&mut md, baselines);
+    }
     let _ = writeln!(md, "## Correctness after the load\n");
     let _ = writeln!(md, "| check | verdict | detail |\n|---|---|---|");
     for check in &report.check.checks {
@@ -242,6 +248,110 @@ fn markdown(report: &SaleReport, hgrm_files: &[String]) -> String {
         let _ = writeln!(md, "- [`{file}`]({file}): HdrHistogram percentile distribution, milliseconds.");
     }
     md
+}
+
+fn baselines_markdown(md: &mut String, b: &Baselines) {
+    let _ = writeln!(md, "## Against the physical limit\n");
+    let _ = writeln!(
+        md,
+        "Measured after the sale, in this same invocation: each measure in turn, {} repetitions, alternating \
+         (`{}` s closed loops of {} workers after a {} ms warmup; `redis-benchmark` with {} connections and {} \
+         requests). The HTTP and MongoDB rates come from the load generator's own closed-loop driver (reqwest, \
+         each worker waiting for its answer): that is the driver that measured capacity. {}\n",
+        b.repetitions,
+        baseline::MEASURE.as_secs(),
+        baseline::CONCURRENCY,
+        baseline::WARMUP.as_millis(),
+        baseline::REDIS_BENCHMARK_CLIENTS,
+        baseline::REDIS_BENCHMARK_REQUESTS,
+        match b.driver_cpu_us_per_request {
+            Some(us) => format!(
+                "Its cost: the load generator's threads spent {us:.0} µs of CPU per `/healthz` request (median), \
+                 CPU the server did not have on this machine."
+            ),
+            None => "Its CPU cost per request could not be read from /proc.".to_owned(),
+        }
+    );
+    let _ = writeln!(md, "| measure | what | median per s | range per s | p50 ms | p99 ms | unexpected answers |");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
+    for measure in Measure::ALL {
+        let Some(spread) = b.rates.get(&measure) else { continue };
+        let samples: Vec<&baseline::Sample> = b.samples.iter().filter(|s| s.measure == measure).collect();
+        let median_sample = samples
+            .iter()
+            .min_by(|a, c| (a.rate_per_s - spread.median).abs().total_cmp(&(c.rate_per_s - spread.median).abs()));
+        let unexpected: u64 = samples.iter().map(|s| s.unexpected).sum();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.0} to {:.0} | {} | {} | {unexpected} |",
+            serde_json::to_value(measure).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            measure.describe(),
+            spread.median,
+            spread.min,
+            spread.max,
+            median_sample.map_or_else(|| "-".to_owned(), |s| ms(s.p50_us)),
+            median_sample.map_or_else(|| "-".to_owned(), |s| ms(s.p99_us)),
+        );
+    }
+    let _ = writeln!(md, "\n| ratio (per repetition) | median | range | target | |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
+    for ratio in &b.ratios {
+        let verdict = match ratio.target {
+            Some(target) if ratio.spread.median >= target => "meets it",
+            Some(_) => "**short** (see below)",
+            None => "",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.2}× | {:.2} to {:.2} | {} | {verdict} |",
+            ratio.name,
+            ratio.spread.median,
+            ratio.spread.min,
+            ratio.spread.max,
+            ratio.target.map_or_else(|| "-".to_owned(), |t| format!("≥ {t:.1}×"))
+        );
+    }
+    let _ = writeln!(md, "\n### Open loop: latency at a fixed arrival rate\n");
+    let _ = writeln!(
+        md,
+        "The sold-out path (the flood of a sale) at fractions of its median closed-loop rate, {} s each after a \
+         {} ms warmup, every request timed from its planned send time (coordinated omission cannot hide a \
+         stall).\n",
+        baseline::OPEN_LOOP_RUN.as_secs(),
+        baseline::OPEN_LOOP_WARMUP.as_millis()
+    );
+    let _ = writeln!(
+        md,
+        "| load | planned per s | achieved per s | p50 ms | p99 ms | p99.9 ms | max ms | dropped | unexpected |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for point in &b.open_loop {
+        let _ = writeln!(
+            md,
+            "| {:.0}% | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            point.fraction * 100.0,
+            point.rate_per_s,
+            point.achieved_per_s,
+            ms(point.p50_us),
+            ms(point.p99_us),
+            ms(point.p999_us),
+            ms(point.max_us),
+            point.dropped,
+            point.unexpected
+        );
+    }
+    if let Some(half) = b.open_loop.iter().find(|p| (p.fraction - 0.5).abs() < 1e-9) {
+        let verdict = if half.p99_us < 10_000 { "under" } else { "**over**" };
+        let _ = writeln!(md, "\np99 at 50% of capacity: {} ms, {verdict} the 10 ms target.", ms(half.p99_us));
+    }
+    if b.ratios.iter().any(|r| r.target.is_some_and(|t| r.spread.median < t)) {
+        let _ = writeln!(
+            md,
+            "\nWhere a ratio falls short, `system-design/load-testing.md` says what limits the path and what was \
+             measured about it."
+        );
+    }
+    let _ = writeln!(md);
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use anyhow::Context;
 use flashsale::config::Config;
 use uuid::Uuid;
 
+use crate::baseline;
 use crate::buyers::{make_admin, make_buyers};
 use crate::check::{CheckReport, check_sale};
 use crate::machine::Machine;
@@ -30,6 +31,8 @@ pub struct SaleOptions {
     /// A deliberately broken server variant (local target only), to see the check fail.
     #[cfg(feature = "broken")]
     pub broken: Option<flashsale::broken::Broken>,
+    /// Repetitions of the baselines after the sale (0: none).
+    pub baselines: usize,
     /// Progress lines on stderr.
     pub progress: bool,
 }
@@ -64,12 +67,18 @@ pub async fn sale(options: &SaleOptions) -> anyhow::Result<SaleOutcome> {
     }
     #[cfg(feature = "broken")]
     let broken = options.broken;
+    let baselines_wanted = options.baselines > 0;
     let configure = move |config: &mut Config| {
         #[cfg(feature = "broken")]
         {
             config.broken = broken;
         }
-        let _ = config;
+        if baselines_wanted {
+            // The baselines send thousands of purchases per second from few buyers (the
+            // replay path: one buyer); the sale scenario stays far below either limit.
+            config.limits.purchase_per_user_per_min = BASELINE_PURCHASE_LIMIT;
+            config.limits.purchase_per_ip_per_min = BASELINE_PURCHASE_LIMIT;
+        }
     };
     say(options, "starting the target");
     let mut target = Target::start(&target_options, configure).await?;
@@ -102,6 +111,12 @@ pub async fn sale(options: &SaleOptions) -> anyhow::Result<SaleOutcome> {
     let acknowledged = sale.recorder.acknowledged();
     say(options, format!("load over: {} orders acknowledged; checking", acknowledged.len()));
     let check = check_sale(&target.admin, product, options.stock, options.buyers, &acknowledged).await?;
+    let baselines = if options.baselines > 0 {
+        let setup = baseline_setup(&target, &admin_cookie, &sale.buyers).await?;
+        Some(baseline::run(&setup, options.baselines, |line| say(options, line)).await?)
+    } else {
+        None
+    };
     target.stop_server();
 
     let series = sale.recorder.series();
@@ -120,11 +135,59 @@ pub async fn sale(options: &SaleOptions) -> anyhow::Result<SaleOutcome> {
         baseline: baseline.map(|path| path.to_string_lossy().into_owned()),
         goose_requests: metrics.requests.values().map(|r| r.success_count + r.fail_count).sum(),
         goose_duration_s: metrics.duration,
+        baselines,
     };
     let histograms: Vec<_> =
         series.into_iter().map(|((route, outcome), series)| (route, outcome, series.latency)).collect();
     report::write(&dir, &report, &histograms)?;
     Ok(SaleOutcome { dir, check, report })
+}
+
+/// Purchase rate limit (per user and per IP, per minute) of a run with baselines.
+pub const BASELINE_PURCHASE_LIMIT: u32 = 1_000_000_000;
+/// Units of the winner path's product (no one-per-user rule).
+const WINNER_STOCK: i64 = flashsale::products::model::MAX_STOCK;
+
+/// Two more products for the baselines: one sold out by a buyer whose key is then
+/// replayed, one with plenty of units and no one-per-user rule for the winner path.
+async fn baseline_setup(
+    target: &Target,
+    admin_cookie: &str,
+    buyers: &[crate::buyers::Buyer],
+) -> anyhow::Result<baseline::Setup> {
+    let sold_out_product = create_product_with(&target.base_url, admin_cookie, 1, true).await?;
+    let winner_product = create_product_with(&target.base_url, admin_cookie, WINNER_STOCK, false).await?;
+    let replay_buyer = buyers.first().context("no buyers")?.clone();
+    let replay_key = "baseline-replay".to_owned();
+    let response = reqwest_client()?
+        .post(format!("{}/api/v1/user/buy/{sold_out_product}", target.base_url))
+        .header("cookie", &replay_buyer.cookie)
+        .header("idempotency-key", &replay_key)
+        .header("x-forwarded-for", replay_buyer.ip.to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().as_u16() == 201, "the replay buyer's purchase answered {}", response.status());
+    let redis_addr = redis_addr(&target.server_config.redis_url)?;
+    Ok(baseline::Setup {
+        base_url: target.base_url.clone(),
+        redis_addr,
+        admin: Arc::clone(&target.admin),
+        sold_out_product,
+        replay_buyer,
+        replay_key,
+        winner_product,
+        buyers: buyers.to_vec(),
+    })
+}
+
+/// `host` and `port` of a single-Redis URL (`redis://host:port[/db]`).
+pub fn redis_addr(url: &str) -> anyhow::Result<(String, u16)> {
+    anyhow::ensure!(!url.contains(','), "the EVALSHA baseline needs a single Redis, not a cluster ({url})");
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "6379"));
+    Ok((host.to_owned(), port.parse().with_context(|| format!("port of {url}"))?))
 }
 
 fn configuration(options: &SaleOptions, server: &Config) -> Vec<(String, String)> {
@@ -168,6 +231,15 @@ fn broken_row(_: &SaleOptions) -> Option<(String, String)> {
 }
 
 async fn create_product(base_url: &str, admin_cookie: &str, stock: i64) -> anyhow::Result<Uuid> {
+    create_product_with(base_url, admin_cookie, stock, true).await
+}
+
+async fn create_product_with(
+    base_url: &str,
+    admin_cookie: &str,
+    stock: i64,
+    one_per_user: bool,
+) -> anyhow::Result<Uuid> {
     let response = reqwest_client()?
         .post(format!("{base_url}/api/v1/products"))
         .header("cookie", admin_cookie)
@@ -178,7 +250,7 @@ async fn create_product(base_url: &str, admin_cookie: &str, stock: i64) -> anyho
                 "description": "One product, many buyers",
                 "price_cents": 9_900,
                 "stock": stock,
-                "one_per_user": true,
+                "one_per_user": one_per_user,
             })
             .to_string(),
         )
@@ -222,6 +294,14 @@ pub fn utc_from_unix(secs: u64) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_urls_give_host_and_port() {
+        assert_eq!(redis_addr("redis://127.0.0.1:40123").expect("addr"), ("127.0.0.1".to_owned(), 40123));
+        assert_eq!(redis_addr("redis://:pw@cache.internal:6380/2").expect("addr"), ("cache.internal".to_owned(), 6380));
+        assert_eq!(redis_addr("redis://localhost").expect("addr"), ("localhost".to_owned(), 6379));
+        assert!(redis_addr("redis://a:1,redis://b:2").is_err());
+    }
 
     #[test]
     fn unix_times_become_utc_dates() {

@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Worker threads of the in-process server's runtime.
 pub const SERVER_WORKERS: usize = 2;
+/// How the in-process server's threads are named (as `/proc` shows them: 15 bytes), so
+/// the load generator's own CPU time can be told apart.
+pub const SERVER_THREAD_PREFIX: &str = "flashsale-serve";
 /// How long the in-process server may take to drain when the run ends.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -25,6 +25,7 @@ fn options(root: &Path, name: &str, buyers: usize, stock: i64) -> SaleOptions {
         target: TargetOptions::default(),
         #[cfg(feature = "broken")]
         broken: None,
+        baselines: 0,
         progress: false,
     }
 }
