@@ -69,6 +69,7 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
         events: EventHub::new(),
         sold_out: SoldOutCache::default(),
         rebuilds: RebuildFlights::default(),
+        known_sessions: crate::auth::session::KnownSessions::default(),
         hashing,
         dummy_password_hash,
         otp_sender,

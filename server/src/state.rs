@@ -26,6 +26,8 @@ pub struct App {
     pub metrics: Metrics,
     pub events: EventHub,
     pub sold_out: SoldOutCache,
+    /// Users of the verified sessions this instance loaded (the sold-out shortcut only).
+    pub known_sessions: crate::auth::session::KnownSessions,
     /// The sale-state rebuilds running in this instance.
     pub rebuilds: RebuildFlights,
     /// Bounds the password hashes computed at once (each takes `argon2_m_kib` of memory).

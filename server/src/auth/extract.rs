@@ -8,6 +8,7 @@
 //! Redis unreachable → 503 (fail closed), never a guess.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -39,16 +40,19 @@ pub struct VerifiedUser(pub SessionUser);
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub SessionUser);
 
-impl FromRequestParts<AppState> for SessionUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(session_id) = session::id_from_headers(&parts.headers) else {
+impl SessionUser {
+    /// The user of the session the request's cookie names (401 without a live one).
+    pub async fn from_headers(headers: &HeaderMap, state: &AppState) -> Result<Self, ApiError> {
+        let Some(session_id) = session::id_from_headers(headers) else {
             return Err(ApiError::Unauthenticated);
         };
         let Some(live) = session::load(state, &session_id).await.map_err(redis_unavailable)? else {
+            state.known_sessions.forget(&session_id);
             return Err(ApiError::Unauthenticated);
         };
+        if live.otp_verified {
+            state.known_sessions.remember(&session_id, live.user_id);
+        }
         Ok(SessionUser {
             session_id,
             user_id: live.user_id,
@@ -59,15 +63,30 @@ impl FromRequestParts<AppState> for SessionUser {
     }
 }
 
-impl FromRequestParts<AppState> for VerifiedUser {
+impl FromRequestParts<AppState> for SessionUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let user = SessionUser::from_request_parts(parts, state).await?;
+        Self::from_headers(&parts.headers, state).await
+    }
+}
+
+impl VerifiedUser {
+    /// The user of a verified session (401 without a session, 403 before the code).
+    pub async fn from_headers(headers: &HeaderMap, state: &AppState) -> Result<Self, ApiError> {
+        let user = SessionUser::from_headers(headers, state).await?;
         if !user.otp_verified {
             return Err(ApiError::OtpRequired);
         }
         Ok(VerifiedUser(user))
+    }
+}
+
+impl FromRequestParts<AppState> for VerifiedUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Self::from_headers(&parts.headers, state).await
     }
 }
 

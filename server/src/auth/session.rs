@@ -3,6 +3,7 @@
 //! `created_at_ms`, and the cookie that carries the id.
 
 use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use redis::RedisResult;
@@ -162,9 +163,54 @@ pub async fn load(app: &App, id: &str) -> RedisResult<Option<Session>> {
 }
 
 pub async fn delete(app: &App, id: &str) -> RedisResult<()> {
+    app.known_sessions.forget(id);
     let mut conn = app.redis.clone();
     let _: i64 = redis::cmd("DEL").arg(app.keys.session(id)).query_async(&mut conn).await?;
     Ok(())
+}
+
+/// Verified sessions this instance has seen (loaded from Redis), id → user.
+pub const MAX_KNOWN_SESSIONS: usize = 200_000;
+
+/// The users behind the verified sessions this instance has loaded, for the sold-out
+/// shortcut alone: once a product is sold out, an attempt with a known session is told
+/// so before any Redis round trip (its user gives the derived order id, which tells a
+/// replay of a purchase that bought apart). It authorises nothing: a session logged out
+/// on another instance, or expired, still maps to its user here until this instance
+/// loads it again, and the most it gets is the sold-out answer the product page shows
+/// anyone. Bounded: when full it starts over empty.
+#[derive(Debug, Default)]
+pub struct KnownSessions {
+    users: RwLock<HashMap<String, Uuid>>,
+}
+
+impl KnownSessions {
+    pub fn user(&self, id: &str) -> Option<Uuid> {
+        self.users.read().unwrap_or_else(PoisonError::into_inner).get(id).copied()
+    }
+
+    pub fn remember(&self, id: &str, user_id: Uuid) {
+        if self.user(id) == Some(user_id) {
+            return;
+        }
+        let mut users = self.users.write().unwrap_or_else(PoisonError::into_inner);
+        if users.len() >= MAX_KNOWN_SESSIONS {
+            users.clear();
+        }
+        users.insert(id.to_owned(), user_id);
+    }
+
+    pub fn forget(&self, id: &str) {
+        self.users.write().unwrap_or_else(PoisonError::into_inner).remove(id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 fn is_well_formed_id(id: &str) -> bool {

@@ -15,6 +15,7 @@ use super::rebuild::{self, Rebuilt};
 use super::reconciler::publish_completed;
 use super::sold_out::Shortcut;
 use crate::auth::extract::VerifiedUser;
+use crate::auth::session;
 use crate::clock::derive_order_id;
 use crate::error::{ApiError, ApiResult, redis_unavailable};
 use crate::http::extract::{ApiPath, ClientIp};
@@ -45,19 +46,22 @@ enum Bought {
 pub async fn buy(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
-    VerifiedUser(user): VerifiedUser,
     ApiPath(product_id): ApiPath<Uuid>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    // After a sell-out the flood is answered here, before any Redis round trip: a
+    // session this instance has seen verified gives its user, hence the order id.
+    let known = session::id_from_headers(&headers).and_then(|id| app.known_sessions.user(&id));
+    if let Some(user_id) = known {
+        sold_out_shortcut(&app, &headers, user_id, product_id)?;
+    }
+    let VerifiedUser(user) = VerifiedUser::from_headers(&headers, &app).await?;
     let key = idempotency::key_from_headers(&headers)?;
     let order_id = derive_order_id(user.user_id, &key);
     #[cfg(feature = "broken")]
     let order_id = crate::broken::order_id(&app, order_id);
-    // After a sell-out the flood is answered here, before any Redis round trip.
-    if app.sold_out.check(product_id, order_id) == Shortcut::SoldOut {
-        app.metrics.sold_out_shortcuts.inc();
-        app.metrics.purchase_outcome("sold_out");
-        return Err(ApiError::SoldOut);
+    if known.is_none() {
+        sold_out_shortcut(&app, &headers, user.user_id, product_id)?;
     }
     let limits = &app.config.limits;
     ratelimit::check(&app, Action::Purchase, Scope::User(user.user_id), limits.purchase_per_user_per_min).await?;
@@ -94,6 +98,21 @@ pub async fn buy(
         Bought::Confirmed(body) => order_created(StatusCode::CREATED, &body),
         Bought::Pending(body) => order_created(StatusCode::ACCEPTED, &body),
     })
+}
+
+/// 409 sold-out if the product is remembered sold out and this attempt (its derived
+/// order id) holds none of its units.
+fn sold_out_shortcut(app: &App, headers: &HeaderMap, user_id: Uuid, product_id: Uuid) -> ApiResult<()> {
+    let key = idempotency::key_from_headers(headers)?;
+    let order_id = derive_order_id(user_id, &key);
+    #[cfg(feature = "broken")]
+    let order_id = crate::broken::order_id(app, order_id);
+    if app.sold_out.check(product_id, order_id) == Shortcut::SoldOut {
+        app.metrics.sold_out_shortcuts.inc();
+        app.metrics.purchase_outcome("sold_out");
+        return Err(ApiError::SoldOut);
+    }
+    Ok(())
 }
 
 fn outcome_name(err: &ApiError) -> &'static str {

@@ -272,3 +272,34 @@ async fn a_rebuild_goes_on_when_the_request_that_started_it_gives_up() {
     assert!(rebuild::settled(state, product).await.expect("redis"), "loaded and not paused");
     assert_eq!(state.metrics.sale_rebuilds.get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sell_out_a_session_seen_here_is_told_sold_out_without_redis() {
+    let app = TestApp::spawn_with_own_backends(RedisPersistence::None, |config| {
+        config.redis_timeout_ms = 300;
+    })
+    .await;
+    tokio::time::timeout(SETTLE_TIMEOUT, app.app().events.wait_subscribed()).await.expect("subscribed");
+    let product = app.create_product(1, true).await;
+    let client = reqwest::Client::new();
+    let (_, winner) = app.buyer_cookie().await;
+    let (status, first) = buy_with_cookie(&app, &client, &winner, product, "w").await;
+    assert_eq!(status, 201, "{first}");
+    let (_, known) = app.buyer_cookie().await;
+    assert_eq!(buy_with_cookie(&app, &client, &known, product, "k1").await.0, 409, "sold out, session now seen");
+    let (_, stranger) = app.buyer_cookie().await;
+
+    app.own.as_ref().expect("own").redis.pause();
+    let (known_status, known_body) = buy_with_cookie(&app, &client, &known, product, "k2").await;
+    let (stranger_status, stranger_body) = buy_with_cookie(&app, &client, &stranger, product, "s1").await;
+    // A replay of the purchase that bought needs Redis (its stored answer): not answered sold out.
+    let (replay_status, replay_body) = buy_with_cookie(&app, &client, &winner, product, "w").await;
+    app.own.as_ref().expect("own").redis.resume();
+
+    assert_eq!(known_status, 409, "answered in process: {known_body}");
+    assert_eq!(known_body["type"], "/problems/sold-out");
+    assert_eq!(stranger_status, 503, "a session never seen here needs Redis: {stranger_body}");
+    assert_eq!(replay_status, 503, "the winner's replay is never told sold out: {replay_body}");
+    let (status, replayed) = buy_with_cookie(&app, &client, &winner, product, "w").await;
+    assert_eq!((status, &replayed), (201, &first), "Redis back: the stored answer");
+}
