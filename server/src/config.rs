@@ -130,6 +130,11 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_MONGO_OP_TIMEOUT_MS", default_value_t = 10_000)]
     pub mongo_op_timeout_ms: u64,
 
+    /// MongoDB operations in flight at once (the driver's pool may hold twice as many
+    /// connections); the rest wait their turn, at most `mongo_op_timeout_ms`.
+    #[arg(long, env = "FLASHSALE_MONGO_POOL_SIZE", default_value_t = 20)]
+    pub mongo_pool_size: u32,
+
     /// Pause between reconciler passes.
     #[arg(long, env = "FLASHSALE_RECONCILE_INTERVAL_MS", default_value_t = 1_000)]
     pub reconcile_interval_ms: u64,

@@ -3,12 +3,19 @@
 //! used anywhere (FerretDB has none, and the design does not need them).
 
 use std::future::IntoFuture;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use mongodb::bson::{Document, doc};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
+use tokio::sync::Semaphore;
+
+/// Driver connections allowed per permit of the operation gate: connections being
+/// closed or made in the background after their operation was given up still count
+/// against the driver's pool for a moment.
+const POOL_HEADROOM: u32 = 2;
 
 /// MongoDB's duplicate-key error code.
 pub const DUPLICATE_KEY: i32 = 11000;
@@ -22,40 +29,72 @@ pub struct Db {
     pub database: Database,
     /// Bound of one operation ([`Db::bounded`]).
     pub op_timeout: Duration,
+    /// One permit per pooled connection: operations wait here, not in the driver's
+    /// wait queue ([`Db::bounded`]).
+    gate: Arc<Semaphore>,
 }
 
 impl Db {
+    /// A handle on `database`; `pool_size` bounds both the driver's connection pool and
+    /// the operations in flight.
     pub async fn connect(
         url: &str,
         database: &str,
         select_timeout: Duration,
         op_timeout: Duration,
+        pool_size: u32,
     ) -> anyhow::Result<Self> {
+        let pool_size = pool_size.max(1);
         let mut options = ClientOptions::parse(url).await.context("parsing the MongoDB URL")?;
         options.server_selection_timeout = Some(select_timeout);
         options.connect_timeout = Some(select_timeout);
+        // The gate, not the driver's pool, is what bounds the operations in flight: with
+        // room to spare in the pool, an operation holding a permit finds a connection or
+        // starts making one, and does not wait in the driver's queue ([`Db::bounded`]).
+        options.max_pool_size = Some(pool_size.saturating_mul(POOL_HEADROOM));
         options.app_name = Some("flashsale".into());
         let client = Client::with_options(options).context("creating the MongoDB client")?;
-        Ok(Self { database: client.database(database), op_timeout })
+        let permits = usize::try_from(pool_size).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        Ok(Self { database: client.database(database), op_timeout, gate: Arc::new(Semaphore::new(permits)) })
     }
 
-    /// Runs one MongoDB operation within [`Db::op_timeout`]. The driver has no socket
-    /// timeout: an operation on a connection that stopped answering (a peer gone without
-    /// a reset) would wait forever and keep its pooled connection, and once every pooled
-    /// connection is held so, every later operation waits too. Dropped at the bound, the
-    /// operation's connection is discarded; the caller gets a timed-out I/O error.
+    /// Runs one MongoDB operation: it waits at most [`Db::op_timeout`] for a turn (one
+    /// operation per permit of the gate, as many as `mongo_pool_size`), then at most
+    /// [`Db::op_timeout`] again for its answer.
+    ///
+    /// The bound: the driver has no socket timeout, so an operation on a connection that
+    /// stopped answering (a peer gone without a reset) would wait forever and keep its
+    /// pooled connection; once every pooled connection is held so, every later operation
+    /// waits too. Dropped at the bound, the operation's connection is discarded and the
+    /// caller gets a timed-out I/O error.
+    ///
+    /// The gate: an operation given up while queued in the driver for a connection
+    /// stays in the driver's wait queue, and the driver's pool worker serves that queue
+    /// one request per event (a check-in, a new request, or its 500 ms maintenance tick);
+    /// with abandoned requests at its head, a connection handed to one is put back and
+    /// the live request behind waits for the next event. Thousands of operations given
+    /// up in a storm starved the live ones for minutes, which timed out in turn (seed 1
+    /// of the simulator). Given up on the semaphore instead, an operation leaves nothing
+    /// behind; with a permit it has a full bound of its own (a permit handed over near a
+    /// caller's deadline would otherwise start an operation only to abandon it in the
+    /// driver's queue), and the driver's pool has room for every permit, so it finds a
+    /// connection or starts making one instead of queueing.
     pub async fn bounded<T>(
         &self,
         operation: impl IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> mongodb::error::Result<T> {
-        match tokio::time::timeout(self.op_timeout, operation.into_future()).await {
-            Ok(result) => result,
-            Err(_) => Err(std::io::Error::new(
+        let timed_out = |waited_for: &str| -> mongodb::error::Error {
+            std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("MongoDB did not answer within {:?}", self.op_timeout),
+                format!("MongoDB did not answer within {:?} ({waited_for})", self.op_timeout),
             )
-            .into()),
-        }
+            .into()
+        };
+        let Ok(permit) = tokio::time::timeout(self.op_timeout, self.gate.acquire()).await else {
+            return Err(timed_out("waiting for a connection"));
+        };
+        let _permit = permit.map_err(|_| std::io::Error::other("the MongoDB operation gate is closed"))?;
+        tokio::time::timeout(self.op_timeout, operation.into_future()).await.map_err(|_| timed_out("the operation"))?
     }
 
     pub fn collection<T: Send + Sync>(&self, name: &str) -> Collection<T> {
@@ -121,9 +160,10 @@ mod tests {
     #[tokio::test]
     async fn an_operation_that_never_answers_fails_at_the_bound() {
         // The client connects lazily: nothing listens on the discard port, and nothing needs to.
-        let db = Db::connect("mongodb://127.0.0.1:9", "bounded", Duration::from_millis(100), Duration::from_millis(20))
-            .await
-            .expect("client");
+        let db =
+            Db::connect("mongodb://127.0.0.1:9", "bounded", Duration::from_millis(100), Duration::from_millis(20), 4)
+                .await
+                .expect("client");
         let never = std::future::pending::<mongodb::error::Result<()>>();
         let err = db.bounded(never).await.expect_err("the bound ends it");
         let timed_out =

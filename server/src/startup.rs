@@ -53,6 +53,7 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
         &config.mongo_database,
         Duration::from_millis(config.mongo_select_timeout_ms),
         Duration::from_millis(config.mongo_op_timeout_ms),
+        config.mongo_pool_size,
     )
     .await?;
     db.ensure_indexes().await.context("creating MongoDB indexes")?;

@@ -303,3 +303,37 @@ async fn after_a_sell_out_a_session_seen_here_is_told_sold_out_without_redis() {
     let (status, replayed) = buy_with_cookie(&app, &client, &winner, product, "w").await;
     assert_eq!((status, &replayed), (201, &first), "Redis back: the stored answer");
 }
+
+/// The seed 1 regression: a burst of MongoDB operations, most of them given up at their
+/// bound while queued for a connection. Given up in the driver's wait queue, each stayed
+/// there, and the driver serves that queue one request per event (500 ms apart when
+/// idle): for minutes afterwards every operation timed out behind the abandoned ones.
+/// Queued on `Db`'s gate instead, they leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_given_up_in_a_burst_leave_the_mongodb_pool_serving() {
+    const POOL: u32 = 2;
+    const BURST: usize = 3_000;
+    const ATTEMPTS: usize = 5;
+    let shared = tokio::task::spawn_blocking(crate::helpers::shared_backends).await.expect("backends");
+    let name = format!("t{}", Uuid::new_v4().simple());
+    let op_timeout = Duration::from_millis(500);
+    let db = flashsale::db::Db::connect(&shared.mongo_url(), &name, Duration::from_secs(2), op_timeout, POOL)
+        .await
+        .expect("connect");
+    let users = db.collection::<mongodb::bson::Document>(flashsale::db::USERS);
+    let find = || db.bounded(users.find_one(mongodb::bson::doc! { "email": "nobody@example.test" }));
+    find().await.expect("a warm pool answers");
+
+    let burst = futures::future::join_all((0..BURST).map(|_| find())).await;
+    let gave_up = burst.iter().filter(|result| result.is_err()).count();
+    assert!(gave_up > BURST / 2, "the burst outran the pool: {gave_up} of {BURST} gave up");
+
+    let mut answered = None;
+    for attempt in 1..=ATTEMPTS {
+        if find().await.is_ok() {
+            answered = Some(attempt);
+            break;
+        }
+    }
+    assert!(answered.is_some(), "after the burst, none of {ATTEMPTS} operations answered within {op_timeout:?}");
+}
