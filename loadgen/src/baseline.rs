@@ -10,8 +10,10 @@
 //!   floor under the winner path.
 //!
 //! The HTTP and MongoDB measures use this crate's closed-loop driver ([`closed_loop`]:
-//! `CONCURRENCY` workers on reqwest, each waiting for its answer); its own CPU cost per
-//! request is measured from the load generator's threads (`/proc/self/task`).
+//! `CONCURRENCY` workers, each waiting for its answer). HTTP goes through the bare driver
+//! of [`crate::wire`] (requests as bytes on kept-alive connections), the cheapest client
+//! that still speaks HTTP, as `redis-benchmark` is for Redis; its own CPU cost per request
+//! is measured from the load generator's threads (`/proc/self/task`).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -28,6 +30,7 @@ use uuid::Uuid;
 use crate::buyers::Buyer;
 use crate::hgrm::percentile_summary;
 use crate::openloop::{self, OpenLoopConfig, closed_loop};
+use crate::wire::{self, WireClient};
 
 /// Closed-loop workers of each HTTP and MongoDB measure.
 pub const CONCURRENCY: usize = 32;
@@ -43,8 +46,12 @@ pub const OPEN_LOOP_FRACTIONS: [f64; 4] = [0.25, 0.50, 0.75, 0.90];
 /// Length of one open-loop run and its unrecorded start.
 pub const OPEN_LOOP_RUN: Duration = Duration::from_secs(4);
 pub const OPEN_LOOP_WARMUP: Duration = Duration::from_millis(500);
-/// Requests in flight beyond which the open-loop driver drops (and counts) a request.
-pub const OPEN_LOOP_MAX_IN_FLIGHT: usize = 2_048;
+/// Lanes (kept-alive connections, one request in flight each) of the open-loop runs: at the
+/// sold-out path's sub-millisecond answers a lane is idle most of the time, so a stall shows
+/// as queueing on its own lane and not as a driver that ran out of connections.
+pub const OPEN_LOOP_LANES: usize = 64;
+/// How late an open-loop lane may send a request before it drops (and counts) it instead.
+pub const OPEN_LOOP_MAX_LAG: Duration = Duration::from_secs(1);
 
 /// What one baseline measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -159,7 +166,7 @@ pub struct Setup {
 
 /// Runs every measure `repetitions` times, alternating, then the open-loop runs.
 pub async fn run(setup: &Setup, repetitions: usize, progress: impl Fn(&str)) -> anyhow::Result<Baselines> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY * 2).build()?;
+    let http = Arc::new(WireClient::new(&setup.base_url).await?);
     let sha = load_script(&setup.admin).await?;
     let mut samples = Vec::new();
     let mut driver_cpu = Vec::new();
@@ -294,41 +301,29 @@ pub fn parse_redis_benchmark_csv(text: &str) -> anyhow::Result<(f64, f64, f64)> 
     Ok((field("rps")?, field("p50_latency_ms")?, field("p99_latency_ms")?))
 }
 
-async fn http_measure(setup: &Setup, http: &reqwest::Client, measure: Measure, repetition: usize) -> Sample {
+async fn http_measure(setup: &Setup, http: &Arc<WireClient>, measure: Measure, repetition: usize) -> Sample {
     let counter = Arc::new(AtomicU64::new(0));
     let run_tag = Uuid::now_v7().simple().to_string();
-    let base = setup.base_url.clone();
-    let (product, buyers, replay) = (
-        if measure == Measure::Winner { setup.winner_product } else { setup.sold_out_product },
-        Arc::new(setup.buyers.clone()),
-        (setup.replay_buyer.clone(), setup.replay_key.clone()),
-    );
-    let http = http.clone();
+    let product = if measure == Measure::Winner { setup.winner_product } else { setup.sold_out_product };
+    let buy_path = format!("/api/v1/user/buy/{product}");
+    let healthz = wire::request("GET", "/healthz", http.host(), &[]);
+    let replay = buy_request(http.host(), &buy_path, &setup.replay_buyer, &setup.replay_key);
+    let buyers = Arc::new(setup.buyers.clone());
+    let http = Arc::clone(http);
     let result = closed_loop(CONCURRENCY, MEASURE, WARMUP, move |index| {
-        let (http, base, buyers, replay, counter, run_tag) =
-            (http.clone(), base.clone(), Arc::clone(&buyers), replay.clone(), Arc::clone(&counter), run_tag.clone());
+        let request = match measure {
+            Measure::Healthz => healthz.clone(),
+            Measure::Replay => replay.clone(),
+            _ => {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let buyer = &buyers[usize::try_from(index).unwrap_or(0) % buyers.len().max(1)];
+                buy_request(http.host(), &buy_path, buyer, &format!("baseline-{run_tag}-{n}"))
+            }
+        };
+        let http = Arc::clone(&http);
         async move {
-            let request = match measure {
-                Measure::Healthz => http.get(format!("{base}/healthz")),
-                _ => {
-                    let (buyer, key) = match measure {
-                        Measure::Replay => (replay.0.clone(), replay.1.clone()),
-                        _ => {
-                            let n = counter.fetch_add(1, Ordering::Relaxed);
-                            let buyer = buyers[usize::try_from(index).unwrap_or(0) % buyers.len().max(1)].clone();
-                            (buyer, format!("baseline-{run_tag}-{n}"))
-                        }
-                    };
-                    http.post(format!("{base}/api/v1/user/buy/{product}"))
-                        .header("cookie", &buyer.cookie)
-                        .header("idempotency-key", key)
-                        .header("x-forwarded-for", buyer.ip.to_string())
-                }
-            };
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let _ = response.bytes().await;
+            match http.send(&request).await {
+                Ok(status) => {
                     let expected = match measure {
                         Measure::Healthz | Measure::Replay => 200..=201,
                         Measure::Winner => 201..=202,
@@ -342,6 +337,12 @@ async fn http_measure(setup: &Setup, http: &reqwest::Client, measure: Measure, r
     })
     .await;
     sample_of(measure, repetition, result)
+}
+
+/// `POST /api/v1/user/buy/{id}` as `buyer`, with `key`.
+fn buy_request(host: &str, path: &str, buyer: &Buyer, key: &str) -> Vec<u8> {
+    let ip = buyer.ip.to_string();
+    wire::request("POST", path, host, &[("cookie", &buyer.cookie), ("idempotency-key", key), ("x-forwarded-for", &ip)])
 }
 
 fn sample_of(measure: Measure, repetition: usize, result: openloop::ClosedLoopResult) -> Sample {
@@ -378,32 +379,24 @@ async fn mongo_insert(setup: &Setup, repetition: usize) -> Sample {
 /// Scratch collection of the raw insert measure.
 pub const BASELINE_COLLECTION: &str = "loadgen_insert_baseline";
 
-async fn open_loop_point(setup: &Setup, http: &reqwest::Client, rate: f64, fraction: f64) -> OpenLoopPoint {
+async fn open_loop_point(setup: &Setup, http: &Arc<WireClient>, rate: f64, fraction: f64) -> OpenLoopPoint {
     let config = OpenLoopConfig {
         rate_per_s: rate,
         duration: OPEN_LOOP_RUN,
-        max_in_flight: OPEN_LOOP_MAX_IN_FLIGHT,
+        lanes: OPEN_LOOP_LANES,
+        max_lag: OPEN_LOOP_MAX_LAG,
         warmup: OPEN_LOOP_WARMUP,
     };
-    let (http, base, product, buyers) =
-        (http.clone(), setup.base_url.clone(), setup.sold_out_product, Arc::new(setup.buyers.clone()));
+    let buy_path = format!("/api/v1/user/buy/{}", setup.sold_out_product);
+    let (http, buyers) = (Arc::clone(http), Arc::new(setup.buyers.clone()));
     let result = openloop::run(&config, move |index| {
-        let (http, base, buyers) = (http.clone(), base.clone(), Arc::clone(&buyers));
+        let buyer = &buyers[usize::try_from(index).unwrap_or(0) % buyers.len().max(1)];
+        let request = buy_request(http.host(), &buy_path, buyer, &format!("open-{index}"));
+        let http = Arc::clone(&http);
         async move {
-            let buyer = &buyers[usize::try_from(index).unwrap_or(0) % buyers.len().max(1)];
-            let sent = http
-                .post(format!("{base}/api/v1/user/buy/{product}"))
-                .header("cookie", &buyer.cookie)
-                .header("idempotency-key", format!("open-{index}"))
-                .header("x-forwarded-for", buyer.ip.to_string())
-                .send()
-                .await;
-            match sent {
-                Ok(response) if response.status().as_u16() == 409 => {
-                    let _ = response.bytes().await;
-                    "ok".to_owned()
-                }
-                Ok(response) => format!("unexpected:{}", response.status().as_u16()),
+            match http.send(&request).await {
+                Ok(409) => "ok".to_owned(),
+                Ok(status) => format!("unexpected:{status}"),
                 Err(_) => "unexpected:no-answer".to_owned(),
             }
         }
@@ -432,7 +425,8 @@ fn loadgen_cpu_ticks() -> Option<u64> {
         if name.trim().starts_with(crate::target::SERVER_THREAD_PREFIX) {
             continue;
         }
-        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // A thread that ended since the directory was listed has no CPU time left to count.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         // Fields after the command (which may hold spaces) start after the last ')'.
         let rest = stat.rsplit_once(')')?.1;
         let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -442,9 +436,13 @@ fn loadgen_cpu_ticks() -> Option<u64> {
     Some(total)
 }
 
-/// Clock ticks per second of `/proc` CPU times (USER_HZ, 100 on Linux).
+/// Clock ticks per second of `/proc` CPU times (USER_HZ), as the system says; 100, Linux's
+/// value on every architecture it ships, if it does not answer.
 fn ticks_per_second() -> f64 {
-    100.0
+    // SAFETY: sysconf reads a configuration value; it has no preconditions.
+    #[allow(unsafe_code)]
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 #[cfg(test)]

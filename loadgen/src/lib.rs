@@ -11,6 +11,8 @@
 //! - [`openloop`]: an open-loop driver (fixed arrival rate, each request timed from its planned
 //!   send time, so coordinated omission cannot hide stalls) and a closed-loop helper for capacity.
 //! - [`hgrm`]: HdrHistogram percentile distribution files (`.hgrm`) and percentile summaries.
+//! - [`wire`]: a bare HTTP/1.1 driver (requests as bytes on kept-alive connections) for the
+//!   baselines, so the driver's own CPU takes as little as it can from what is measured.
 //! - [`plots`]: self-contained SVG pictures (latency percentile spectrum, throughput and p99 over time).
 
 pub mod baseline;
@@ -25,3 +27,4 @@ pub mod report;
 pub mod run;
 pub mod sale;
 pub mod target;
+pub mod wire;

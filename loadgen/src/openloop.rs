@@ -2,10 +2,13 @@
 //! closed-loop helper for capacity and baselines.
 //!
 //! Open loop: request `i` is planned at `start + i / rate`, a fixed schedule that does not depend
-//! on how fast earlier requests complete. One scheduler loop waits for each planned time and
-//! spawns the request as its own task; its latency is measured from the *planned* send time, so a
-//! stall of the server (or of the driver itself) shows up in the latency of every request planned
-//! behind it instead of silently lowering the offered rate.
+//! on how fast earlier requests complete. The requests are dealt round-robin to a fixed set of
+//! lanes (as `wrk2` deals them to its connections); each lane waits for each of its planned times
+//! and sends one request at a time. Latency is measured from the *planned* send time, so a stall
+//! of the server (or of the driver itself) shows up in the latency of every request planned
+//! behind it instead of silently lowering the offered rate. Lanes rather than a task per request:
+//! a spawned task, a semaphore permit and a channel message per request cost the driver more CPU
+//! than the server's cheapest answer, on the cores the two share.
 //!
 //! Timing conventions, shared by both drivers: `duration` is the whole run, the first `warmup` of
 //! it included. A request belongs to the measurement when it was planned (open loop) or started
@@ -23,7 +26,6 @@ use std::time::Duration;
 use futures::FutureExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until};
 
 /// What one request returned, as the caller classifies it (e.g. "201", "sold-out", "replay",
@@ -41,6 +43,8 @@ pub const LATENCY_LOW_US: u64 = 1;
 pub const LATENCY_HIGH_US: u64 = 60_000_000;
 /// Significant digits of the latency histograms.
 pub const LATENCY_SIGFIG: u8 = 3;
+/// Most lanes an open-loop run may have.
+pub const MAX_LANES: usize = 4_096;
 /// Significant digits of the per-second histograms behind the timeline (1% is plenty there and
 /// keeps long runs small).
 const TIMELINE_SIGFIG: u8 = 2;
@@ -89,9 +93,12 @@ pub struct OpenLoopConfig {
     /// Length of the whole run, warmup included: requests are planned at `i / rate` for every
     /// `i` with `i / rate < duration`.
     pub duration: Duration,
-    /// Requests allowed in flight at once; a request whose planned time comes while this many are
-    /// in flight is not sent and counts as dropped (so 0 drops everything).
-    pub max_in_flight: usize,
+    /// Lanes sending the requests, each one request at a time (with a kept-alive client, about one
+    /// connection each): the most requests in flight at once. Clamped to `1..=MAX_LANES`.
+    pub lanes: usize,
+    /// How late a lane may send a request: one it reaches later than this after its planned time is
+    /// not sent and counts as dropped (so an overloaded run ends about `max_lag` after `duration`).
+    pub max_lag: Duration,
     /// Leading part of `duration` whose requests (by planned time) are sent but not recorded.
     pub warmup: Duration,
 }
@@ -123,55 +130,16 @@ pub struct OpenLoopResult {
     pub planned: u64,
     /// Requests that were sent and completed (whatever their outcome).
     pub completed: u64,
-    /// Requests not sent because `max_in_flight` requests were in flight at their planned time.
-    /// They are counted here only: no latency is recorded for them.
+    /// Requests not sent because their lane reached them more than `max_lag` late. They are
+    /// counted here only: no latency is recorded for them.
     pub dropped: u64,
     /// Completed requests per second of the measured window; the window is stretched to the last
     /// actual send when the driver itself fell behind its schedule.
     pub achieved_rate_per_s: f64,
-    /// Worst lateness of the driver itself: how long after its planned time a measured request was
-    /// actually handed to its task, µs. Large values mean the load generator, not the server, was
-    /// the bottleneck (the latencies still count from the planned time).
+    /// Worst lateness of a sent request: how long after its planned time a measured request was
+    /// actually sent, µs (its lane was busy with earlier requests, or the driver fell behind; the
+    /// latencies still count from the planned time).
     pub max_send_lag_us: u64,
-}
-
-/// A completion, as sent from a request task to the collector.
-struct Completion {
-    planned_at: Instant,
-    done_at: Instant,
-    outcome: Outcome,
-}
-
-/// Reports one request's completion; if the request task ends without reporting (it was
-/// cancelled, e.g. by a runtime shutdown), reports that instead, so no request goes missing.
-struct Reporter {
-    tx: mpsc::UnboundedSender<Completion>,
-    planned_at: Instant,
-    /// Whether the request belongs to the measurement (planned after the warmup).
-    measured: bool,
-    reported: bool,
-}
-
-impl Reporter {
-    fn report(mut self, outcome: Outcome) {
-        self.send(outcome);
-    }
-
-    fn send(&mut self, outcome: Outcome) {
-        self.reported = true;
-        if self.measured {
-            // The collector outlives every sender, so this cannot fail while a run is going on.
-            let _ = self.tx.send(Completion { planned_at: self.planned_at, done_at: Instant::now(), outcome });
-        }
-    }
-}
-
-impl Drop for Reporter {
-    fn drop(&mut self) {
-        if !self.reported {
-            self.send(OUTCOME_CANCELLED.to_owned());
-        }
-    }
 }
 
 /// Accumulates completions into histograms and the per-second timeline.
@@ -194,12 +162,12 @@ impl Collector {
         }
     }
 
-    fn record(&mut self, completion: Completion) {
-        let latency_us = micros(completion.done_at.saturating_duration_since(completion.planned_at));
+    fn record(&mut self, planned_at: Instant, done_at: Instant, outcome: Outcome) {
+        let latency_us = micros(done_at.saturating_duration_since(planned_at));
         self.completed += 1;
         self.all.saturating_record(latency_us);
-        self.by_outcome.entry(completion.outcome).or_insert_with(new_latency_histogram).saturating_record(latency_us);
-        let second = completion.done_at.saturating_duration_since(self.measure_start).as_secs();
+        self.by_outcome.entry(outcome).or_insert_with(new_latency_histogram).saturating_record(latency_us);
+        let second = done_at.saturating_duration_since(self.measure_start).as_secs();
         let index = usize::try_from(second).unwrap_or(usize::MAX);
         if index >= self.seconds.len() {
             self.seconds.resize_with(index.saturating_add(1), || (0, histogram_with_sigfig(TIMELINE_SIGFIG)));
@@ -207,6 +175,23 @@ impl Collector {
         if let Some((count, histogram)) = self.seconds.get_mut(index) {
             *count += 1;
             histogram.saturating_record(latency_us);
+        }
+    }
+
+    /// Adds another collector's tallies (same bounds on both sides: `add` can only fail on a
+    /// count overflow).
+    fn merge(&mut self, other: Collector) {
+        self.completed += other.completed;
+        let _ = self.all.add(&other.all);
+        for (outcome, histogram) in other.by_outcome {
+            let _ = self.by_outcome.entry(outcome).or_insert_with(new_latency_histogram).add(&histogram);
+        }
+        if other.seconds.len() > self.seconds.len() {
+            self.seconds.resize_with(other.seconds.len(), || (0, histogram_with_sigfig(TIMELINE_SIGFIG)));
+        }
+        for ((count, histogram), (other_count, other_histogram)) in self.seconds.iter_mut().zip(other.seconds) {
+            *count += other_count;
+            let _ = histogram.add(&other_histogram);
         }
     }
 
@@ -222,21 +207,21 @@ impl Collector {
     }
 }
 
-/// What the scheduler loop saw.
-struct ScheduleStats {
+/// What one lane saw: its own tallies, merged at the end.
+struct LaneStats {
+    collector: Collector,
     planned: u64,
     dropped: u64,
     max_send_lag: Duration,
     last_send: Option<Instant>,
 }
 
-/// How many requests in a row the scheduler may dispatch without waiting on its timer (it is
-/// behind schedule) before it yields to the runtime, so request tasks and the collector still run.
-const DISPATCH_BURST: u32 = 64;
-
-/// Runs an open-loop load: request `i` is planned at `start + i / rate_per_s` and spawned as its own
-/// task at that time, whatever the state of earlier requests (up to `max_in_flight`, beyond which it
-/// is dropped). Latency counts from the planned time. Returns once every sent request completed.
+/// Runs an open-loop load: request `i` is planned at `start + i / rate_per_s` and sent by lane
+/// `i % lanes` at that time, whatever the state of other requests. Each lane sends its requests in
+/// order, one at a time (as one connection of `wrk2` does): a lane still busy at a planned time
+/// sends that request as soon as it is free, and its latency still counts from the planned time; a
+/// request the lane reaches more than `max_lag` late is not sent and counts as dropped. Returns once
+/// every lane has finished.
 pub async fn run<F, Fut>(config: &OpenLoopConfig, make_request: F) -> OpenLoopResult
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
@@ -245,85 +230,91 @@ where
     let rate = config.rate_per_s;
     let start = Instant::now();
     let measure_start = deadline(start, config.warmup);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Completion>();
     let make_request = Arc::new(make_request);
-    let permits = Arc::new(Semaphore::new(config.max_in_flight.min(Semaphore::MAX_PERMITS)));
-    let duration = config.duration;
-    let warmup = config.warmup;
+    let lanes = if rate.is_finite() && rate > 0.0 { config.lanes.clamp(1, MAX_LANES) } else { 0 };
+    let lane_count = u64::try_from(lanes).unwrap_or(1);
+    let (duration, warmup, max_lag) = (config.duration, config.warmup, config.max_lag);
 
-    let schedule = async move {
-        let mut stats = ScheduleStats { planned: 0, dropped: 0, max_send_lag: Duration::ZERO, last_send: None };
-        if !(rate.is_finite() && rate > 0.0) {
-            return stats;
-        }
-        let mut burst = 0_u32;
-        for index in 0_u64.. {
-            // `index as f64` is exact up to 2^53 requests, far beyond any run.
-            let Ok(offset) = Duration::try_from_secs_f64(index as f64 / rate) else { break };
-            if offset >= duration {
-                break;
-            }
-            let Some(planned_at) = after(start, offset) else { break };
-            if Instant::now() < planned_at {
-                sleep_until(planned_at).await;
-                burst = 0;
-            } else {
-                burst += 1;
-                if burst >= DISPATCH_BURST {
-                    tokio::task::yield_now().await;
-                    burst = 0;
-                }
-            }
-            let measured = offset >= warmup;
-            let now = Instant::now();
-            if measured {
-                stats.planned += 1;
-                stats.max_send_lag = stats.max_send_lag.max(now.saturating_duration_since(planned_at));
-            }
-            match Arc::clone(&permits).try_acquire_owned() {
-                Ok(permit) => {
-                    let reporter = Reporter { tx: tx.clone(), planned_at, measured, reported: false };
-                    let make_request = Arc::clone(&make_request);
-                    tokio::spawn(async move {
-                        let outcome = outcome_of(async { make_request(index).await }).await;
-                        reporter.report(outcome);
-                        drop(permit);
-                    });
-                    if measured {
-                        stats.last_send = Some(now);
+    let tasks: Vec<_> = (0..lane_count)
+        .map(|lane| {
+            let make_request = Arc::clone(&make_request);
+            tokio::spawn(async move {
+                let mut stats = LaneStats {
+                    collector: Collector::new(measure_start),
+                    planned: 0,
+                    dropped: 0,
+                    max_send_lag: Duration::ZERO,
+                    last_send: None,
+                };
+                let mut index = lane;
+                // `index as f64` is exact up to 2^53 requests, far beyond any run.
+                while let Ok(offset) = Duration::try_from_secs_f64(index as f64 / rate) {
+                    if offset >= duration {
+                        break;
                     }
+                    let Some(planned_at) = after(start, offset) else { break };
+                    let measured = offset >= warmup;
+                    let mut now = Instant::now();
+                    if now < planned_at {
+                        sleep_until(planned_at).await;
+                        now = Instant::now();
+                    }
+                    let lag = now.saturating_duration_since(planned_at);
+                    if measured {
+                        stats.planned += 1;
+                    }
+                    if lag > max_lag {
+                        if measured {
+                            stats.dropped += 1;
+                        }
+                    } else {
+                        let outcome = outcome_of(async { make_request(index).await }).await;
+                        if measured {
+                            stats.max_send_lag = stats.max_send_lag.max(lag);
+                            stats.last_send = Some(now);
+                            stats.collector.record(planned_at, Instant::now(), outcome);
+                        }
+                    }
+                    // A request that completes at once never yields: let other tasks run too.
+                    tokio::task::coop::consume_budget().await;
+                    let Some(next) = index.checked_add(lane_count) else { break };
+                    index = next;
                 }
-                Err(_) if measured => stats.dropped += 1,
-                Err(_) => {}
+                stats
+            })
+        })
+        .collect();
+
+    let mut collector = Collector::new(measure_start);
+    let (mut planned, mut dropped, mut max_send_lag, mut last_send) = (0, 0, Duration::ZERO, None::<Instant>);
+    for task in tasks {
+        match task.await {
+            Ok(lane) => {
+                collector.merge(lane.collector);
+                planned += lane.planned;
+                dropped += lane.dropped;
+                max_send_lag = max_send_lag.max(lane.max_send_lag);
+                last_send = last_send.max(lane.last_send);
             }
+            // A lane whose task was cancelled (the runtime is shutting down) lost its tallies:
+            // say so rather than report a quiet lane.
+            Err(_) => collector.record(measure_start, measure_start, OUTCOME_CANCELLED.to_owned()),
         }
-        drop(tx);
-        stats
-    };
-
-    let collect = async move {
-        let mut collector = Collector::new(measure_start);
-        while let Some(completion) = rx.recv().await {
-            collector.record(completion);
-        }
-        collector
-    };
-
-    let (stats, collector) = tokio::join!(schedule, collect);
+    }
 
     let window = duration.saturating_sub(warmup);
-    let send_span = stats.last_send.map_or(Duration::ZERO, |last| last.saturating_duration_since(measure_start));
+    let send_span = last_send.map_or(Duration::ZERO, |last| last.saturating_duration_since(measure_start));
     let elapsed = window.max(send_span).as_secs_f64();
     let achieved_rate_per_s = if elapsed > 0.0 { collector.completed as f64 / elapsed } else { 0.0 };
     OpenLoopResult {
         timeline: collector.timeline(),
         by_outcome: collector.by_outcome,
         all: collector.all,
-        planned: stats.planned,
+        planned,
         completed: collector.completed,
-        dropped: stats.dropped,
+        dropped,
         achieved_rate_per_s,
-        max_send_lag_us: micros(stats.max_send_lag),
+        max_send_lag_us: micros(max_send_lag),
     }
 }
 
@@ -439,7 +430,8 @@ mod tests {
         let config = OpenLoopConfig {
             rate_per_s: 500.0,
             duration: Duration::from_millis(600),
-            max_in_flight: 10_000,
+            lanes: 64,
+            max_lag: Duration::from_secs(1),
             warmup: Duration::from_millis(200),
         };
         let result = run(&config, move |index| {
@@ -485,7 +477,8 @@ mod tests {
         let config = OpenLoopConfig {
             rate_per_s: 100.0,
             duration: Duration::from_millis(400),
-            max_in_flight: 1_000,
+            lanes: 1_000,
+            max_lag: Duration::from_secs(10),
             warmup: Duration::ZERO,
         };
         let open = run(&config, serve.clone()).await;
@@ -508,11 +501,12 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn requests_beyond_max_in_flight_are_dropped_and_accounted_for() {
+    async fn requests_a_lane_reaches_too_late_are_dropped_and_accounted_for() {
         let config = OpenLoopConfig {
             rate_per_s: 100.0,
             duration: Duration::from_millis(500),
-            max_in_flight: 2,
+            lanes: 2,
+            max_lag: Duration::from_millis(100),
             warmup: Duration::ZERO,
         };
         let result = run(&config, |index| async move {
@@ -523,7 +517,7 @@ mod tests {
 
         assert_eq!(result.planned, 50);
         assert_eq!(result.completed + result.dropped, result.planned);
-        // Two slots of 50 ms each serve at most ~2 per 50 ms: most of the 100 req/s is dropped.
+        // Two lanes of 50 ms each serve at most ~2 per 50 ms: most of the 100 req/s is dropped.
         assert!(result.dropped >= 20, "dropped {}", result.dropped);
         assert!(result.completed >= 4, "completed {}", result.completed);
         assert_eq!(result.all.len(), result.completed);
@@ -531,9 +525,37 @@ mod tests {
         assert_eq!(per_outcome, result.completed);
         let timeline_total: u64 = result.timeline.iter().map(|point| point.completed).sum();
         assert_eq!(timeline_total, result.completed);
-        // Sent requests were sent on time: their latency is the 50 ms service time.
+        // Every sent request took its 50 ms, and none was sent more than `max_lag` late.
         assert!(result.all.min() >= 49_000, "min {} µs", result.all.min());
+        assert!(result.max_send_lag_us <= 100_000, "sent {} µs late", result.max_send_lag_us);
+        assert!(result.all.max() < 400_000, "max {} µs", result.all.max());
         assert!(result.achieved_rate_per_s < 70.0, "achieved {}", result.achieved_rate_per_s);
+    }
+
+    /// One slow request holds up its own lane only: the requests planned behind it on that lane
+    /// wait (and their latency shows it), the other lanes keep the schedule.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_request_delays_its_own_lane_only() {
+        let config = OpenLoopConfig {
+            rate_per_s: 200.0,
+            duration: Duration::from_millis(400),
+            lanes: 4,
+            max_lag: Duration::from_secs(5),
+            warmup: Duration::ZERO,
+        };
+        let result = run(&config, |index| async move {
+            if index == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            ok()
+        })
+        .await;
+        assert_eq!((result.planned, result.completed, result.dropped), (80, 80, 0));
+        // Lane 0 has 20 requests, 10 of them planned during the 200 ms stall: 10 + 1 of 80 are slow.
+        let p80_ms = result.all.value_at_quantile(0.8) / 1000;
+        assert!(p80_ms < 20, "p80 {p80_ms} ms: the other lanes were held up too");
+        assert!(result.all.max() >= 199_000, "max {} µs", result.all.max());
+        assert!(result.max_send_lag_us >= 150_000, "send lag {} µs", result.max_send_lag_us);
     }
 
     #[tokio::test]
@@ -541,7 +563,8 @@ mod tests {
         let config = OpenLoopConfig {
             rate_per_s: 1000.0,
             duration: Duration::from_millis(20),
-            max_in_flight: 100,
+            lanes: 8,
+            max_lag: Duration::from_secs(1),
             warmup: Duration::ZERO,
         };
         let result = run(&config, |index| async move {
@@ -560,7 +583,8 @@ mod tests {
         let config = OpenLoopConfig {
             rate_per_s: 0.0,
             duration: Duration::from_secs(1),
-            max_in_flight: 1,
+            lanes: 1,
+            max_lag: Duration::from_secs(1),
             warmup: Duration::ZERO,
         };
         let result = run(&config, |_| async { ok() }).await;

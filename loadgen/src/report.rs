@@ -256,8 +256,10 @@ fn baselines_markdown(md: &mut String, b: &Baselines) {
         md,
         "Measured after the sale, in this same invocation: each measure in turn, {} repetitions, alternating \
          (`{}` s closed loops of {} workers after a {} ms warmup; `redis-benchmark` with {} connections and {} \
-         requests). The HTTP and MongoDB rates come from the load generator's own closed-loop driver (reqwest, \
-         each worker waiting for its answer): that is the driver that measured capacity. {}\n",
+         requests). The HTTP and MongoDB rates come from the load generator's own closed-loop driver, each worker \
+         waiting for its answer; HTTP requests go out through its bare HTTP/1.1 driver (`wire`: requests \
+         written as bytes on kept-alive connections, answers read to their Content-Length): that is the \
+         driver that measured capacity. {}\n",
         b.repetitions,
         baseline::MEASURE.as_secs(),
         baseline::CONCURRENCY,
