@@ -1,8 +1,11 @@
 //! The HTTP error boundary: every expected outcome is a variant with its own RFC 9457
 //! problem type; everything unexpected collapses into one opaque, logged 500.
 
+use std::sync::LazyLock;
+
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -156,13 +159,20 @@ impl ApiError {
     }
 }
 
+/// The problem+json body of [`ApiError::SoldOut`], which carries nothing of the request.
+static SOLD_OUT_BODY: LazyLock<Bytes> =
+    LazyLock::new(|| Bytes::from(serde_json::to_vec(&ApiError::SoldOut.problem()).unwrap_or_default()));
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Self::Internal(err) = &self {
             tracing::error!(error = ?err, "internal error");
         }
-        let problem = self.problem();
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let body = match self {
+            // The answer to nearly every request of a sale's flood: written once.
+            Self::SoldOut => SOLD_OUT_BODY.clone(),
+            _ => Bytes::from(serde_json::to_vec(&self.problem()).unwrap_or_default()),
+        };
         let mut response = (self.status(), [(header::CONTENT_TYPE, PROBLEM_JSON)], body).into_response();
         self.extra_headers(response.headers_mut());
         response

@@ -18,6 +18,24 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Purchase outcomes whose counters exist from the start (at zero), so that the hot path
+/// increments one without building a label set, and a dashboard sees every series.
+pub const PURCHASE_OUTCOMES: [&str; 13] = [
+    "sold_out",
+    "replay",
+    "confirmed",
+    "pending",
+    "already_purchased",
+    "key_reused",
+    "in_flight",
+    "not_started",
+    "ended",
+    "paused",
+    "unavailable",
+    "not_found",
+    "error",
+];
+
 /// Every metric the server exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -27,7 +45,10 @@ pub struct Metrics {
     pub product_cache_hits: Counter,
     pub product_cache_misses: Counter,
     pub purchase_outcomes: Family<OutcomeLabels, Counter>,
+    /// The counters of [`PURCHASE_OUTCOMES`] in `purchase_outcomes`, looked up once.
+    outcome_counters: Vec<(&'static str, Counter)>,
     pub sold_out_shortcuts: Counter,
+    pub replays_from_memory: Counter,
     pub reconciled_orders: Counter,
     pub sale_rebuilds: Counter,
 }
@@ -49,6 +70,7 @@ impl Metrics {
         let product_cache_misses = Counter::default();
         let purchase_outcomes = Family::<OutcomeLabels, Counter>::default();
         let sold_out_shortcuts = Counter::default();
+        let replays_from_memory = Counter::default();
         let reconciled_orders = Counter::default();
         let sale_rebuilds = Counter::default();
         registry.register("http_requests", "HTTP requests answered", http_requests.clone());
@@ -61,8 +83,19 @@ impl Metrics {
             "Purchases refused in process after sell-out",
             sold_out_shortcuts.clone(),
         );
+        registry.register(
+            "replays_from_memory",
+            "Purchase replays answered from this instance's stored answers",
+            replays_from_memory.clone(),
+        );
         registry.register("reconciled_orders", "Reservations persisted by the reconciler", reconciled_orders.clone());
         registry.register("sale_rebuilds", "Sale states rebuilt from MongoDB", sale_rebuilds.clone());
+        let outcome_counters = PURCHASE_OUTCOMES
+            .iter()
+            .map(|&outcome| {
+                (outcome, purchase_outcomes.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).clone())
+            })
+            .collect();
         Self {
             registry,
             http_requests,
@@ -70,14 +103,19 @@ impl Metrics {
             product_cache_hits,
             product_cache_misses,
             purchase_outcomes,
+            outcome_counters,
             sold_out_shortcuts,
+            replays_from_memory,
             reconciled_orders,
             sale_rebuilds,
         }
     }
 
     pub fn purchase_outcome(&self, outcome: &str) {
-        self.purchase_outcomes.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
+        match self.outcome_counters.iter().find(|(known, _)| *known == outcome) {
+            Some((_, counter)) => counter.inc(),
+            None => self.purchase_outcomes.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc(),
+        };
     }
 
     /// The OpenMetrics text exposition.

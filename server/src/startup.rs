@@ -71,6 +71,7 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
         sold_out: SoldOutCache::default(),
         rebuilds: RebuildFlights::default(),
         known_sessions: crate::auth::session::KnownSessions::default(),
+        replays: crate::purchase::replays::Replays::default(),
         hashing,
         dummy_password_hash,
         otp_sender,

@@ -28,6 +28,8 @@ pub struct App {
     pub sold_out: SoldOutCache,
     /// Users of the verified sessions this instance loaded (the sold-out shortcut only).
     pub known_sessions: crate::auth::session::KnownSessions,
+    /// Stored purchase answers this instance wrote or read, replayed without Redis.
+    pub replays: crate::purchase::replays::Replays,
     /// The sale-state rebuilds running in this instance.
     pub rebuilds: RebuildFlights,
     /// Bounds the password hashes computed at once (each takes `argon2_m_kib` of memory).

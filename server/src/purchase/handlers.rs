@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use uuid::Uuid;
@@ -13,6 +13,7 @@ use super::idempotency::{self, Begin};
 use super::orders::{self, Conflict, OrderDoc, OrderStatus, Persisted, Reservation};
 use super::rebuild::{self, Rebuilt};
 use super::reconciler::publish_completed;
+use super::replays::Replay;
 use super::sold_out::Shortcut;
 use crate::auth::extract::VerifiedUser;
 use crate::auth::session;
@@ -47,21 +48,29 @@ pub async fn buy(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
     ApiPath(product_id): ApiPath<Uuid>,
-    headers: HeaderMap,
+    // The whole request, last, so that its headers are borrowed rather than copied.
+    request: Request,
 ) -> ApiResult<Response> {
+    let headers = request.headers();
     // After a sell-out the flood is answered here, before any Redis round trip: a
     // session this instance has seen verified gives its user, hence the order id.
-    let known = session::id_from_headers(&headers).and_then(|id| app.known_sessions.user(&id));
+    let known = session::id_from_headers(headers).and_then(|id| app.known_sessions.user(&id));
     if let Some(user_id) = known {
-        sold_out_shortcut(&app, &headers, user_id, product_id)?;
+        let key = idempotency::key_from_headers(headers)?;
+        sold_out_shortcut(&app, order_id_of(&app, user_id, &key), product_id)?;
     }
-    let VerifiedUser(user) = VerifiedUser::from_headers(&headers, &app).await?;
-    let key = idempotency::key_from_headers(&headers)?;
-    let order_id = derive_order_id(user.user_id, &key);
-    #[cfg(feature = "broken")]
-    let order_id = crate::broken::order_id(&app, order_id);
-    if known.is_none() {
-        sold_out_shortcut(&app, &headers, user.user_id, product_id)?;
+    let VerifiedUser(user) = VerifiedUser::from_headers(headers, &app).await?;
+    let key = idempotency::key_from_headers(headers)?;
+    let order_id = order_id_of(&app, user.user_id, &key);
+    if known != Some(user.user_id) {
+        sold_out_shortcut(&app, order_id, product_id)?;
+    }
+    // A stored answer this instance wrote or read is final: replayed before the rate
+    // limits, which would spend a Redis round trip to refuse what costs none to answer.
+    if let Some(replay) = app.replays.get(user.user_id, &key, product_id, app.ids.now_ms()) {
+        app.metrics.purchase_outcome("replay");
+        app.metrics.replays_from_memory.inc();
+        return Ok(replay_response(replay));
     }
     let limits = &app.config.limits;
     ratelimit::check(&app, Action::Purchase, Scope::User(user.user_id), limits.purchase_per_user_per_min).await?;
@@ -69,9 +78,9 @@ pub async fn buy(
 
     let claim = match idempotency::begin(&app, user.user_id, &key, product_id, order_id).await {
         Ok(Begin::Proceed(claim)) => claim,
-        Ok(Begin::Replay { status, body }) => {
+        Ok(Begin::Replay(replay)) => {
             app.metrics.purchase_outcome("replay");
-            return Ok(replay_response(status, body));
+            return Ok(replay_response(replay));
         }
         Err(err) => {
             app.metrics.purchase_outcome(outcome_name(&err));
@@ -100,13 +109,21 @@ pub async fn buy(
     })
 }
 
-/// 409 sold-out if the product is remembered sold out and this attempt (its derived
-/// order id) holds none of its units.
-fn sold_out_shortcut(app: &App, headers: &HeaderMap, user_id: Uuid, product_id: Uuid) -> ApiResult<()> {
-    let key = idempotency::key_from_headers(headers)?;
-    let order_id = derive_order_id(user_id, &key);
+/// The order an attempt (user, idempotency key) makes: derived, so every retry names it.
+fn order_id_of(
+    #[cfg_attr(not(feature = "broken"), allow(unused_variables))] app: &App,
+    user_id: Uuid,
+    key: &str,
+) -> Uuid {
+    let order_id = derive_order_id(user_id, key);
     #[cfg(feature = "broken")]
     let order_id = crate::broken::order_id(app, order_id);
+    order_id
+}
+
+/// 409 sold-out if the product is remembered sold out and this attempt (its derived
+/// order id) holds none of its units.
+fn sold_out_shortcut(app: &App, order_id: Uuid, product_id: Uuid) -> ApiResult<()> {
     if app.sold_out.check(product_id, order_id) == Shortcut::SoldOut {
         app.metrics.sold_out_shortcuts.inc();
         app.metrics.purchase_outcome("sold_out");
@@ -139,9 +156,9 @@ fn order_created(status: StatusCode, body: &OrderResponse) -> Response {
     response
 }
 
-fn replay_response(status: u16, body: Vec<u8>) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
-    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+fn replay_response(replay: Replay) -> Response {
+    let status = StatusCode::from_u16(replay.status).unwrap_or(StatusCode::CREATED);
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], replay.body).into_response();
     response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     response
 }

@@ -3,8 +3,10 @@
 //! and, once that request succeeded, stores its answer for a byte-identical replay.
 
 use axum::http::HeaderMap;
+use bytes::Bytes;
 use uuid::Uuid;
 
+use super::replays::Replay;
 use crate::error::{ApiError, redis_unavailable};
 use crate::redis::keys::sha256_hex;
 use crate::redis::scripts::{self, IdempotencyBegin, IdempotencyEnd};
@@ -34,13 +36,16 @@ pub fn key_from_headers(headers: &HeaderMap) -> Result<String, ApiError> {
 pub struct Claim {
     record_key: String,
     fingerprint: String,
+    user_id: Uuid,
+    key: String,
+    product_id: Uuid,
 }
 
 /// What the record says before the request runs.
 #[derive(Debug)]
 pub enum Begin {
     Proceed(Claim),
-    Replay { status: u16, body: Vec<u8> },
+    Replay(Replay),
 }
 
 /// The fingerprint of a purchase request: method, route and product.
@@ -54,25 +59,35 @@ pub async fn begin(app: &App, user_id: Uuid, key: &str, product_id: Uuid, order_
     #[cfg(feature = "broken")]
     if crate::broken::is(app, crate::broken::Broken::NewOrderOnReplay) {
         // Broken: the record is never consulted (nor written by `finish`).
-        return Ok(Begin::Proceed(Claim { record_key, fingerprint }));
+        return Ok(Begin::Proceed(Claim { record_key, fingerprint, user_id, key: key.to_owned(), product_id }));
     }
     let mut conn = app.redis.clone();
     let ttl_ms = app.config.idempotency_ttl_s.saturating_mul(1000);
+    // Read before the script runs: the record's expiry, counted from here, is never late.
+    let now_ms = app.ids.now_ms();
     let begun = scripts::idempotency_begin(
         &mut conn,
         &record_key,
         &fingerprint,
-        app.ids.now_ms(),
+        now_ms,
         app.config.idempotency_lease_ms,
         ttl_ms,
     )
     .await
     .map_err(redis_unavailable)?;
     match begun {
-        IdempotencyBegin::Started => Ok(Begin::Proceed(Claim { record_key, fingerprint })),
+        IdempotencyBegin::Started => {
+            Ok(Begin::Proceed(Claim { record_key, fingerprint, user_id, key: key.to_owned(), product_id }))
+        }
         IdempotencyBegin::Mismatch => Err(ApiError::IdempotencyKeyReused),
         IdempotencyBegin::InFlight => Err(ApiError::IdempotencyInFlight { order_id }),
-        IdempotencyBegin::Done { status, body } => Ok(Begin::Replay { status, body }),
+        IdempotencyBegin::Done { status, body, ttl_ms } => {
+            let replay = Replay { status, body: Bytes::from(body) };
+            if ttl_ms > 0 {
+                app.replays.remember(user_id, key, product_id, replay.clone(), now_ms.saturating_add(ttl_ms));
+            }
+            Ok(Begin::Replay(replay))
+        }
     }
 }
 
@@ -89,10 +104,22 @@ pub async fn finish(app: &App, claim: &Claim, stored: Option<(u16, &[u8])>) {
     };
     let ttl_ms = app.config.idempotency_ttl_s.saturating_mul(1000);
     let mut conn = app.redis.clone();
-    if let Err(err) = scripts::idempotency_finish(&mut conn, &claim.record_key, &claim.fingerprint, end, ttl_ms).await {
+    // Read before the script runs: the record's expiry, counted from here, is never late.
+    let now_ms = app.ids.now_ms();
+    match scripts::idempotency_finish(&mut conn, &claim.record_key, &claim.fingerprint, end, ttl_ms).await {
+        Ok(true) => {
+            if let Some((status, body)) = stored {
+                let replay = Replay { status, body: Bytes::copy_from_slice(body) };
+                let until_ms = now_ms.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+                app.replays.remember(claim.user_id, &claim.key, claim.product_id, replay, until_ms);
+            }
+        }
+        // The record belongs to another request now (its lease ran out and a retry took
+        // it over): that request stores the answer.
+        Ok(false) => {}
         // The record's lease runs out by itself; a retry then evaluates again, and the
         // derived order id keeps it from buying twice.
-        tracing::warn!(error = %err, "storing the idempotency outcome failed");
+        Err(err) => tracing::warn!(error = %err, "storing the idempotency outcome failed"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The purchase protocol (see `system-design/purchase-protocol.md`): idempotency, the
 //! atomic reservation in Redis, the order in MongoDB, the reconciler that finishes
-//! pending orders, the rebuild after Redis data loss and the sold-out shortcut.
+//! pending orders, the rebuild after Redis data loss, the sold-out shortcut and the
+//! replays answered from memory.
 
 pub mod cancel;
 pub mod handlers;
@@ -8,6 +9,7 @@ pub mod idempotency;
 pub mod orders;
 pub mod rebuild;
 pub mod reconciler;
+pub mod replays;
 pub mod sale;
 pub mod sold_out;
 

@@ -385,7 +385,12 @@ pub enum IdempotencyBegin {
     Started,
     Mismatch,
     InFlight,
-    Done { status: u16, body: Vec<u8> },
+    /// The stored answer, and the record's remaining life (ms; negative if it has no expiry).
+    Done {
+        status: u16,
+        body: Vec<u8>,
+        ttl_ms: i64,
+    },
 }
 
 pub async fn idempotency_begin(
@@ -416,7 +421,8 @@ pub async fn idempotency_begin(
                 Value::BulkString(bytes) => bytes.clone(),
                 other => bail!("stored body is not a string: {other:?}"),
             };
-            IdempotencyBegin::Done { status, body }
+            let ttl_ms = int(item(&items, 3)?)?;
+            IdempotencyBegin::Done { status, body, ttl_ms }
         }
         other => bail!("unknown idempotency outcome {other:?}"),
     })

@@ -44,6 +44,53 @@ async fn a_retry_with_the_same_key_replays_the_first_answer_byte_for_byte() {
 }
 
 #[tokio::test]
+async fn an_answer_this_instance_stored_is_replayed_from_memory_past_the_rate_limit() {
+    let app = TestApp::spawn_with(|config| config.limits.purchase_per_user_per_min = 1).await;
+    let product = app.create_product(5, true).await;
+    let (buyer, user_id) = app.verified_buyer(Role::Buyer).await;
+    let (status, _, first_body) = app.buy(&buyer, product, "once").await;
+    assert_eq!(status, 201);
+    // Only this instance's memory holds the answer now; the limit of one purchase a
+    // minute is spent.
+    let mut conn = app.app().redis.clone();
+    let _: i64 =
+        redis::cmd("DEL").arg(app.app().keys.idempotency(user_id, "once")).query_async(&mut conn).await.expect("del");
+    let from_memory = app.app().metrics.replays_from_memory.get();
+
+    for _ in 0..3 {
+        let (status, headers, body) = app.buy(&buyer, product, "once").await;
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(body, first_body);
+        assert_eq!(headers.get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
+    }
+
+    assert_eq!(app.app().metrics.replays_from_memory.get(), from_memory + 3);
+    assert_eq!(app.buy(&buyer, product, "another").await.0, 429, "a new attempt is still limited");
+}
+
+#[tokio::test]
+async fn an_answer_read_from_redis_is_remembered_no_longer_than_its_record_lives() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(5, true).await;
+    let (buyer, user_id) = app.verified_buyer(Role::Buyer).await;
+    assert_eq!(app.buy(&buyer, product, "k").await.0, 201);
+    let record = app.app().keys.idempotency(user_id, "k");
+    let mut conn = app.app().redis.clone();
+    let _: i64 = redis::cmd("PEXPIRE").arg(&record).arg(60_000).query_async(&mut conn).await.expect("pexpire");
+    app.app().replays.clear();
+
+    let (status, headers, _) = app.buy(&buyer, product, "k").await;
+
+    assert_eq!(status, 201);
+    assert_eq!(headers.get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
+    let replays = &app.app().replays;
+    let now_ms = app.app().ids.now_ms();
+    assert!(replays.get(user_id, "k", product, now_ms + 50_000).is_some(), "remembered from the Redis read");
+    assert!(replays.get(user_id, "k", product, now_ms + 60_001).is_none(), "not past the record's expiry");
+    assert!(replays.get(user_id, "k", Uuid::new_v4(), now_ms).is_none(), "for its own product only");
+}
+
+#[tokio::test]
 async fn a_second_purchase_by_the_same_user_with_a_new_key_is_refused() {
     let app = TestApp::spawn().await;
     let product = app.create_product(5, true).await;
@@ -118,10 +165,12 @@ async fn the_sold_out_shortcut_never_hides_a_replay_of_a_purchase_that_bought() 
     let (late, _) = app.verified_buyer(Role::Buyer).await;
     let (_, _, first_body) = app.buy(&winner, product, "w").await;
     assert_eq!(app.buy(&late, product, "l").await.0, 409);
-    // Lose the stored answer so the replay must come from the sale state.
+    // Lose the stored answer, in Redis and in this instance's memory, so the replay must
+    // come from the sale state.
     let mut conn = app.app().redis.clone();
     let _: i64 =
         redis::cmd("DEL").arg(app.app().keys.idempotency(user_id, "w")).query_async(&mut conn).await.expect("del");
+    app.app().replays.clear();
 
     let (status, _, body) = app.buy(&winner, product, "w").await;
 
