@@ -1,5 +1,5 @@
 //! Sessions in Redis: one hash per session under `keys.session(id)` (named by the hash
-//! of the id), an idle TTL refreshed on each use, an absolute lifetime checked against
+//! of the id), an idle TTL refreshed as it is used, an absolute lifetime checked against
 //! `created_at_ms`, and the cookie that carries the id.
 
 use std::collections::HashMap;
@@ -18,9 +18,9 @@ use crate::state::App;
 pub const COOKIE_NAME: &str = "flashsale_session";
 /// Hex characters of a session id (128 random bits).
 const SESSION_ID_HEX_CHARS: usize = 32;
-/// `last_seen_ms` is rewritten at most this often, so that the hot purchase path pays one
-/// Redis round trip per request; the idle TTL itself is refreshed on every use.
-const LAST_SEEN_WRITE_INTERVAL_MS: i64 = 10_000;
+/// `last_seen_ms` and the idle TTL are rewritten at most this often (see
+/// [`touch_interval_ms`]), so that the hot purchase path pays one read per request.
+pub const LAST_SEEN_WRITE_INTERVAL_MS: i64 = 10_000;
 
 /// What a session hash holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,19 +45,28 @@ impl Session {
         ]
     }
 
-    /// Parses a session hash; `None` for a missing or partial one (a partial hash is what
-    /// a use racing with logout or expiry can leave behind, and it is never a session).
-    fn from_fields(fields: &HashMap<String, String>) -> Option<Self> {
+    /// Parses a session hash's [`FIELDS`], in that order, as `HMGET` returns them;
+    /// `None` for a missing or partial one (a partial hash is what a use racing with
+    /// logout or expiry can leave behind, and it is never a session).
+    fn from_values(values: &[redis::Value]) -> Option<Self> {
+        let text = |index: usize| match values.get(index)? {
+            redis::Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+            redis::Value::SimpleString(text) => Some(text.as_str()),
+            _ => None,
+        };
         Some(Self {
-            user_id: Uuid::parse_str(fields.get("user_id")?).ok()?,
-            email: fields.get("email")?.clone(),
-            role: parse_role(fields.get("role")?)?,
-            otp_verified: fields.get("otp_verified")? == "1",
-            created_at_ms: fields.get("created_at_ms")?.parse().ok()?,
-            last_seen_ms: fields.get("last_seen_ms")?.parse().ok()?,
+            user_id: Uuid::parse_str(text(0)?).ok()?,
+            email: text(1)?.to_owned(),
+            role: parse_role(text(2)?)?,
+            otp_verified: text(3)? == "1",
+            created_at_ms: text(4)?.parse().ok()?,
+            last_seen_ms: text(5)?.parse().ok()?,
         })
     }
 }
+
+/// The fields of a session hash, in the order [`Session::from_values`] reads them.
+const FIELDS: [&str; 6] = ["user_id", "email", "role", "otp_verified", "created_at_ms", "last_seen_ms"];
 
 pub fn role_name(role: Role) -> &'static str {
     match role {
@@ -124,42 +133,51 @@ pub async fn create_verified_session_for(app: &App, user: &users::UserDoc) -> an
     Ok(create(app, &session).await?)
 }
 
-/// The live session with this id, its idle TTL refreshed; `None` if there is none, or it
-/// is past its absolute lifetime (it is then deleted).
+/// The live session with this id, its idle TTL refreshed when due; `None` if there is
+/// none, or it is past its absolute lifetime (it is then deleted). One `HMGET` in the
+/// common case: `last_seen_ms` and the idle TTL are written together, only once
+/// [`touch_interval_ms`] has passed since the last write, so the hot purchase path pays a
+/// single read per request.
 pub async fn load(app: &App, id: &str) -> RedisResult<Option<Session>> {
     if !is_well_formed_id(id) {
         return Ok(None);
     }
     let key = app.keys.session(id);
     let mut conn = app.redis.clone();
-    // PEXPIRE on a missing key does nothing, so refreshing in the same round trip never
-    // creates a key for a made-up id.
-    let (fields, _refreshed): (HashMap<String, String>, bool) =
-        redis::pipe().atomic().hgetall(&key).pexpire(&key, idle_ttl_ms(&app.config)).query_async(&mut conn).await?;
-    if fields.is_empty() {
+    // Read without copying into strings first: this is every authenticated request.
+    let values: Vec<redis::Value> = redis::cmd("HMGET").arg(&key).arg(&FIELDS[..]).query_async(&mut conn).await?;
+    if values.iter().all(|value| matches!(value, redis::Value::Nil)) {
         return Ok(None);
     }
     let now_ms = app.ids.now_ms();
-    let session = match Session::from_fields(&fields) {
+    let session = match Session::from_values(&values) {
         Some(session) if now_ms - session.created_at_ms < absolute_ttl_ms(&app.config) => session,
         _ => {
             delete(app, id).await?;
             return Ok(None);
         }
     };
-    if now_ms - session.last_seen_ms >= LAST_SEEN_WRITE_INTERVAL_MS {
+    if now_ms - session.last_seen_ms >= touch_interval_ms(&app.config) {
         // Atomic with a PEXPIRE so that a write racing with logout leaves at worst a
         // partial hash that expires, never a key without a TTL.
+        let remaining_ms = absolute_ttl_ms(&app.config) - (now_ms - session.created_at_ms);
         let () = redis::pipe()
             .atomic()
             .hset(&key, "last_seen_ms", now_ms)
             .ignore()
-            .pexpire(&key, idle_ttl_ms(&app.config))
+            .pexpire(&key, idle_ttl_ms(&app.config).min(remaining_ms).max(1))
             .ignore()
             .query_async(&mut conn)
             .await?;
     }
     Ok(Some(session))
+}
+
+/// How long after its last write a session's `last_seen_ms` and idle TTL are written
+/// again: [`LAST_SEEN_WRITE_INTERVAL_MS`], or a quarter of the idle TTL if that is
+/// shorter. A session in use therefore idles out no sooner than the idle TTL less this.
+pub fn touch_interval_ms(config: &Config) -> i64 {
+    LAST_SEEN_WRITE_INTERVAL_MS.min(idle_ttl_ms(config) / 4)
 }
 
 pub async fn delete(app: &App, id: &str) -> RedisResult<()> {
@@ -276,6 +294,15 @@ mod tests {
     }
 
     #[test]
+    fn a_session_is_touched_every_10_s_or_a_quarter_of_a_short_idle_ttl() {
+        let mut config = config(false);
+        config.session_idle_ttl_s = 1_800;
+        assert_eq!(touch_interval_ms(&config), LAST_SEEN_WRITE_INTERVAL_MS);
+        config.session_idle_ttl_s = 1;
+        assert_eq!(touch_interval_ms(&config), 250);
+    }
+
+    #[test]
     fn only_128_bit_hex_ids_are_looked_up() {
         assert!(is_well_formed_id(&"a1".repeat(16)));
         assert!(!is_well_formed_id("a1"));
@@ -293,13 +320,17 @@ mod tests {
             created_at_ms: 5,
             last_seen_ms: 6,
         };
-        let fields: HashMap<String, String> = session.fields().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        assert_eq!(Session::from_fields(&fields), Some(session));
+        let fields = session.fields();
+        assert_eq!(fields.clone().map(|(name, _)| name), FIELDS, "written and read in the same order");
+        let values: Vec<redis::Value> =
+            fields.into_iter().map(|(_, value)| redis::Value::BulkString(value.into_bytes())).collect();
+        assert_eq!(Session::from_values(&values), Some(session));
     }
 
     #[test]
     fn a_partial_hash_is_not_a_session() {
-        let fields: HashMap<String, String> = [("last_seen_ms".to_owned(), "1".to_owned())].into();
-        assert_eq!(Session::from_fields(&fields), None);
+        let mut values = vec![redis::Value::Nil; FIELDS.len()];
+        values[5] = redis::Value::BulkString(b"1".to_vec());
+        assert_eq!(Session::from_values(&values), None);
     }
 }
