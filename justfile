@@ -47,6 +47,14 @@ sweep:
 load-sale *ARGS:
     cargo run --release -p flashsale-loadgen -- sale {{ARGS}}
 
+# A `browse` report into reports/<date>-browse/ (release; extra flags go to `browse`).
+load-browse *ARGS:
+    cargo run --release -p flashsale-loadgen -- browse {{ARGS}}
+
+# An `auth` report (a sign-up rush at production Argon2id cost) into reports/<date>-auth/.
+load-auth *ARGS:
+    cargo run --release -p flashsale-loadgen -- auth {{ARGS}}
+
 # A short `sale` report into target/ (what CI runs).
 load-sale-quick:
     cargo run -p flashsale-loadgen -- sale --buyers 2000 --stock 100 --report-dir target/flashsale-loadgen --name quick-sale

@@ -5,7 +5,9 @@
 //!   and open-loop latency at fractions of the measured capacity.
 //! - [`target`]: the system under load (a local stack and in-process server, or `--url`).
 //! - [`buyers`]: verified buyers made through the server crate's own code.
-//! - [`sale`]: the `sale` scenario on goose; [`record`]: what it saw, per route and outcome.
+//! - [`sale`], [`browse`], [`auth`]: the scenarios on goose (a crowd on one product; shoppers
+//!   reading the catalogue; a sign-up rush at production password-hashing cost);
+//!   [`record`]: what they saw, per route and outcome; [`crowd`]: goose's settings they share.
 //! - [`check`]: the correctness check after the load.
 //! - [`report`]: the report folder; [`machine`]: what it was measured on.
 //! - [`openloop`]: an open-loop driver (fixed arrival rate, each request timed from its planned
@@ -15,9 +17,12 @@
 //!   baselines, so the driver's own CPU takes as little as it can from what is measured.
 //! - [`plots`]: self-contained SVG pictures (latency percentile spectrum, throughput and p99 over time).
 
+pub mod auth;
 pub mod baseline;
+pub mod browse;
 pub mod buyers;
 pub mod check;
+pub mod crowd;
 pub mod hgrm;
 pub mod machine;
 pub mod openloop;

@@ -1,14 +1,16 @@
 //! `flashsale-loadgen`: the load generator. `sale` puts thousands of verified buyers on
 //! one product at once (goose), checks the outcome against MongoDB and Redis, and
-//! writes a report folder under `reports/`. Exit status: 0 when the correctness check
-//! passed, 1 when it failed (latency figures never fail a run), 2 on a usage or setup
-//! error.
+//! writes a report folder under `reports/`; `browse` has shoppers read the catalogue;
+//! `auth` is a sign-up rush at production password-hashing cost.
+//! Exit status: 0 when the correctness check passed, 1 when it failed (latency figures
+//! never fail a run), 2 on a usage or setup error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use flashsale_loadgen::run::{SaleOptions, sale};
+use flashsale_loadgen::run::{AuthOptions, BrowseOptions, RunOutcome, SaleOptions, auth, browse, sale};
 use flashsale_loadgen::target::TargetOptions;
 
 /// mimalloc for the load generator and the server it hosts: under load, glibc's malloc
@@ -33,6 +35,89 @@ struct Cli {
 enum Command {
     /// Thousands of verified buyers hit one product at the same moment; report and check.
     Sale(SaleArgs),
+    /// Shoppers list products and open product pages for a while; latency, the product
+    /// cache's hit ratio, and a check of every page.
+    Browse(BrowseArgs),
+    /// A sign-up rush at the server's Argon2id cost (production's by default): register,
+    /// log in, verify the one-time code; latency and a check of every session.
+    Auth(AuthArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AuthArgs {
+    /// People signing up (goose users), all started within one second (1 to 10000).
+    #[arg(long, default_value_t = 100)]
+    people: usize,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct BrowseArgs {
+    /// Shoppers (goose users), all started within one second.
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    /// Products in the catalogue (1 to 1000).
+    #[arg(long, default_value_t = 50)]
+    products: usize,
+    /// Seconds the shoppers browse (1 to 3600).
+    #[arg(long, default_value_t = 20)]
+    duration_s: u64,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// What every scenario takes: where its report goes, where the server is, how talkative.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Folder of all reports; this run writes `<date>-<scenario>/` in it.
+    #[arg(long, default_value = "reports")]
+    report_dir: PathBuf,
+    /// Name of this run's folder (default `<date>-<scenario>`).
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Where the server under load is (default: a local stack started here; with `--url`,
+/// the load generator makes users in its Redis and checks its MongoDB).
+#[derive(Debug, clap::Args)]
+struct TargetArgs {
+    /// Load a server already running here instead of starting a local stack.
+    #[arg(long, requires_all = ["redis_url", "mongo_url"])]
+    url: Option<String>,
+    /// The Redis of the server at `--url`.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// The MongoDB of the server at `--url`.
+    #[arg(long)]
+    mongo_url: Option<String>,
+    /// MongoDB database and Redis key prefix of the server at `--url`.
+    #[arg(long, default_value = "")]
+    database: String,
+    #[arg(long, default_value = "")]
+    key_prefix: String,
+}
+
+impl TargetArgs {
+    /// The target options; incomplete ones are said on stderr, and the exit status given.
+    fn options(self) -> Result<TargetOptions, ExitCode> {
+        if self.url.is_some() && (self.database.is_empty() || self.key_prefix.is_empty()) {
+            eprintln!("flashsale-loadgen: --url needs the server's --database and --key-prefix too");
+            return Err(ExitCode::from(SETUP_FAILED));
+        }
+        Ok(TargetOptions {
+            url: self.url,
+            redis_url: self.redis_url,
+            mongo_url: self.mongo_url,
+            database: self.database,
+            key_prefix: self.key_prefix,
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -43,26 +128,8 @@ struct SaleArgs {
     /// Units of the product on sale.
     #[arg(long, default_value_t = 100)]
     stock: i64,
-    /// Folder of all reports; this run writes `<date>-sale/` in it.
-    #[arg(long, default_value = "reports")]
-    report_dir: PathBuf,
-    /// Name of this run's folder (default `<date>-sale`).
-    #[arg(long)]
-    name: Option<String>,
-    /// Load a server already running here instead of starting a local stack.
-    #[arg(long, requires_all = ["redis_url", "mongo_url"])]
-    url: Option<String>,
-    /// The Redis of the server at `--url` (buyers' sessions are made there).
-    #[arg(long)]
-    redis_url: Option<String>,
-    /// The MongoDB of the server at `--url` (the check reads it).
-    #[arg(long)]
-    mongo_url: Option<String>,
-    /// MongoDB database and Redis key prefix of the server at `--url`.
-    #[arg(long, default_value = "")]
-    database: String,
-    #[arg(long, default_value = "")]
-    key_prefix: String,
+    #[command(flatten)]
+    run: RunArgs,
     /// Run the local server as a deliberately broken variant: the check should fail.
     #[cfg(feature = "broken")]
     #[arg(long, value_enum)]
@@ -71,9 +138,6 @@ struct SaleArgs {
     /// purchase paths, alternating) and open-loop runs after the sale; 0 skips them.
     #[arg(long, default_value_t = 3)]
     baselines: usize,
-    /// No progress lines.
-    #[arg(long)]
-    quiet: bool,
 }
 
 fn main() -> ExitCode {
@@ -87,32 +151,65 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Sale(args) => runtime.block_on(run_sale(args)),
+        Command::Browse(args) => runtime.block_on(run_browse(args)),
+        Command::Auth(args) => runtime.block_on(run_auth(args)),
     }
 }
 
 async fn run_sale(args: SaleArgs) -> ExitCode {
-    if args.url.is_some() && (args.database.is_empty() || args.key_prefix.is_empty()) {
-        eprintln!("flashsale-loadgen: --url needs the server's --database and --key-prefix too");
-        return ExitCode::from(SETUP_FAILED);
-    }
+    let target = match args.run.target.options() {
+        Ok(target) => target,
+        Err(exit) => return exit,
+    };
     let options = SaleOptions {
         buyers: args.buyers,
         stock: args.stock,
-        reports_root: args.report_dir,
-        name: args.name,
-        target: TargetOptions {
-            url: args.url,
-            redis_url: args.redis_url,
-            mongo_url: args.mongo_url,
-            database: args.database,
-            key_prefix: args.key_prefix,
-        },
+        reports_root: args.run.report_dir,
+        name: args.run.name,
+        target,
         #[cfg(feature = "broken")]
         broken: args.broken,
         baselines: args.baselines,
-        progress: !args.quiet,
+        progress: !args.run.quiet,
     };
-    match sale(&options).await {
+    finish(sale(&options).await)
+}
+
+async fn run_browse(args: BrowseArgs) -> ExitCode {
+    let target = match args.run.target.options() {
+        Ok(target) => target,
+        Err(exit) => return exit,
+    };
+    let options = BrowseOptions {
+        users: args.users,
+        products: args.products,
+        duration: Duration::from_secs(args.duration_s),
+        reports_root: args.run.report_dir,
+        name: args.run.name,
+        target,
+        progress: !args.run.quiet,
+    };
+    finish(browse(&options).await)
+}
+
+async fn run_auth(args: AuthArgs) -> ExitCode {
+    let target = match args.run.target.options() {
+        Ok(target) => target,
+        Err(exit) => return exit,
+    };
+    let options = AuthOptions {
+        people: args.people,
+        reports_root: args.run.report_dir,
+        name: args.run.name,
+        target,
+        progress: !args.run.quiet,
+    };
+    finish(auth(&options).await)
+}
+
+/// Prints the check and where the report is; the exit status says whether the check passed.
+fn finish(outcome: anyhow::Result<RunOutcome>) -> ExitCode {
+    match outcome {
         Ok(outcome) => {
             for check in &outcome.check.checks {
                 println!("{:<42} {:<7} {}", check.name, if check.passed { "passed" } else { "FAILED" }, check.detail);

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::openloop::{TimelinePoint, new_latency_histogram};
 
-/// What a purchase answer was, as the report names it.
+/// What an answer was, as the report names it (purchases, and reads for `browse`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -31,12 +31,14 @@ pub enum Outcome {
     Unavailable,
     /// 409 idempotency-in-flight (a retry while the first attempt still runs).
     InFlight,
+    /// 200: a read answered.
+    Ok,
     /// Any other answer, or no answer.
     Error,
 }
 
 impl Outcome {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Won,
         Self::Pending,
         Self::SoldOut,
@@ -45,6 +47,7 @@ impl Outcome {
         Self::RateLimited,
         Self::Unavailable,
         Self::InFlight,
+        Self::Ok,
         Self::Error,
     ];
 
@@ -58,18 +61,20 @@ impl Outcome {
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::InFlight => "in_flight",
+            Self::Ok => "ok",
             Self::Error => "error",
         }
     }
 
     /// Whether the answer is one the sale expects (goose counts it a success).
     pub fn expected(self) -> bool {
-        matches!(self, Self::Won | Self::Pending | Self::SoldOut | Self::AlreadyPurchased | Self::Replay)
+        matches!(self, Self::Won | Self::Pending | Self::SoldOut | Self::AlreadyPurchased | Self::Replay | Self::Ok)
     }
 
     /// Classifies an answer from its status, problem type and replay header.
     pub fn classify(status: u16, problem: Option<&str>, replayed: bool) -> Self {
         match (status, problem) {
+            (200, _) => Self::Ok,
             (201, _) if replayed => Self::Replay,
             (201, _) => Self::Won,
             (202, _) => Self::Pending,
@@ -235,6 +240,8 @@ mod tests {
         assert_eq!(Outcome::classify(429, None, false), Outcome::RateLimited);
         assert_eq!(Outcome::classify(503, None, false), Outcome::Unavailable);
         assert_eq!(Outcome::classify(500, None, false), Outcome::Error);
+        assert_eq!(Outcome::classify(200, None, false), Outcome::Ok);
+        assert_eq!(Outcome::classify(404, Some("/problems/not-found"), false), Outcome::Error);
         assert!(Outcome::SoldOut.expected() && !Outcome::Unavailable.expected());
     }
 

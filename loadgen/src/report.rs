@@ -41,10 +41,14 @@ pub struct Row {
     pub causes: Vec<(String, u64)>,
 }
 
-/// What a sale run measured, ready to write.
+/// What a scenario run measured, ready to write.
 #[derive(Debug, Clone, Serialize)]
-pub struct SaleReport {
+pub struct ScenarioReport {
+    /// `sale` or `browse`.
+    pub scenario: String,
     pub title: String,
+    /// How the load was driven (goose users, what each did), for the latency table.
+    pub driver: String,
     pub started_utc: String,
     pub configuration: Vec<(String, String)>,
     pub machine: Machine,
@@ -62,9 +66,26 @@ pub struct SaleReport {
     pub goose_duration_s: usize,
     /// The side-by-side baselines and open-loop runs, if they ran.
     pub baselines: Option<Baselines>,
+    /// The product cache over the run, if the scenario reads products.
+    pub cache: Option<CacheFigures>,
 }
 
-impl SaleReport {
+/// The product cache's hits and misses over a run, from the server's `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CacheFigures {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl CacheFigures {
+    /// Hits among lookups; `None` without a lookup.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let lookups = self.hits + self.misses;
+        (lookups > 0).then(|| self.hits as f64 / lookups as f64)
+    }
+}
+
+impl ScenarioReport {
     /// Rows of the table, from the recorder's series.
     pub fn rows(series: &std::collections::BTreeMap<(String, Outcome), Series>, active_s: f64) -> Vec<Row> {
         series
@@ -98,7 +119,7 @@ pub fn previous_baseline(reports: &Path, scenario: &str, current: &Path) -> Opti
 }
 
 /// Writes every file of the report except goose's own (goose wrote those already).
-pub fn write(dir: &Path, report: &SaleReport, series: &[(String, Outcome, Histogram<u64>)]) -> anyhow::Result<()> {
+pub fn write(dir: &Path, report: &ScenarioReport, series: &[(String, Outcome, Histogram<u64>)]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut hgrm_files = Vec::new();
     for (route, outcome, histogram) in series {
@@ -123,9 +144,14 @@ pub fn write(dir: &Path, report: &SaleReport, series: &[(String, Outcome, Histog
 }
 
 fn short_route(route: &str) -> &str {
-    route
-        .strip_prefix("POST /api/v1/user/buy/{id}")
-        .map_or(route, |rest| if rest.is_empty() { "buy" } else { rest.trim() })
+    if let Some(rest) = route.strip_prefix("POST /api/v1/user/buy/{id}") {
+        return if rest.is_empty() { "buy" } else { rest.trim() };
+    }
+    match route.strip_prefix("GET /api/v1/products") {
+        Some("") => "list",
+        Some(_) => "detail",
+        None => route,
+    }
 }
 
 /// A file-name-safe form of a route.
@@ -145,7 +171,7 @@ fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
 
-fn markdown(report: &SaleReport, hgrm_files: &[String]) -> String {
+fn markdown(report: &ScenarioReport, hgrm_files: &[String]) -> String {
     let mut md = String::new();
     let verdict = if report.check.passed() { "passed" } else { "FAILED" };
     let _ = writeln!(md, "# {}\n", report.title);
@@ -176,9 +202,8 @@ fn markdown(report: &SaleReport, hgrm_files: &[String]) -> String {
     let _ = writeln!(
         md,
         "{} answers in {:.2} s from the first request to the last answer. Latency from send to the end of \
-         the body, in milliseconds, measured by the load generator (goose is the load driver: a closed loop, \
-         one goose user per buyer).\n",
-        report.all_latency_us.count, report.active_s
+         the body, in milliseconds, measured by the load generator ({}).\n",
+        report.all_latency_us.count, report.active_s, report.driver
     );
     let _ = writeln!(md, "| route | outcome | count | per s | p50 | p90 | p99 | p99.9 | max | errors by cause |");
     let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
@@ -218,6 +243,9 @@ fn markdown(report: &SaleReport, hgrm_files: &[String]) -> String {
     );
     let _ = writeln!(md, "\n![latency percentile spectrum](latency-spectrum.svg)\n");
     let _ = writeln!(md, "![throughput and p99 over time](timeline.svg)\n");
+    if let Some(cache) = &report.cache {
+        cache_markdown(&mut md, cache);
+    }
     if let Some(baselines) = &report.baselines {
         baselines_markdown(&mut md, baselines);
     }
@@ -248,6 +276,19 @@ fn markdown(report: &SaleReport, hgrm_files: &[String]) -> String {
         let _ = writeln!(md, "- [`{file}`]({file}): HdrHistogram percentile distribution, milliseconds.");
     }
     md
+}
+
+fn cache_markdown(md: &mut String, cache: &CacheFigures) {
+    let _ = writeln!(md, "## Product cache\n");
+    let ratio = cache.hit_ratio().map_or_else(|| "no lookup".to_owned(), |r| format!("{:.2}%", r * 100.0));
+    let _ = writeln!(
+        md,
+        "Lookups of the product cache (product pages and the first page of the list) during the run, read from \
+         the server's `/metrics` before and after (`flashsale_product_cache_hits` and `_misses`; with `--url`, \
+         of the one instance that answered).\n"
+    );
+    let _ = writeln!(md, "| hits | misses | hit ratio |\n|---:|---:|---:|");
+    let _ = writeln!(md, "| {} | {} | {ratio} |\n", cache.hits, cache.misses);
 }
 
 fn baselines_markdown(md: &mut String, b: &Baselines) {

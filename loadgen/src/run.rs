@@ -1,20 +1,24 @@
-//! One scenario run from start to report: target up, buyers and product made, load,
-//! correctness check, report written. The binary and the tests both call this.
+//! One scenario run from start to report: target up, buyers and products made, load,
+//! correctness check, report written ([`sale`], [`browse`], [`auth`]). The binary and the tests
+//! both call this.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use flashsale::config::Config;
+use goose::metrics::GooseMetrics;
 use uuid::Uuid;
 
+use crate::auth::{self, Auth};
 use crate::baseline;
+use crate::browse::{self, Browse};
 use crate::buyers::{make_admin, make_buyers};
 use crate::check::{CheckReport, check_sale};
 use crate::machine::Machine;
 use crate::record::Recorder;
-use crate::report::{self, GOOSE_HTML, GOOSE_JSON, GOOSE_MD, SaleReport};
+use crate::report::{self, CacheFigures, GOOSE_HTML, GOOSE_JSON, GOOSE_MD, ScenarioReport};
 use crate::sale::{self, Sale};
 use crate::target::{Target, TargetOptions};
 
@@ -37,34 +41,40 @@ pub struct SaleOptions {
     pub progress: bool,
 }
 
-/// What a run produced.
+/// What a run produced (any scenario).
 #[derive(Debug)]
-pub struct SaleOutcome {
+pub struct RunOutcome {
     pub dir: PathBuf,
     pub check: CheckReport,
-    pub report: SaleReport,
+    pub report: ScenarioReport,
 }
 
-fn say(options: &SaleOptions, line: impl AsRef<str>) {
-    if options.progress {
+fn say(progress: bool, line: impl AsRef<str>) {
+    if progress {
         eprintln!("[loadgen] {}", line.as_ref());
     }
 }
 
+/// `options` with a fresh MongoDB database and Redis key prefix where none was given.
+fn fresh_target(options: &TargetOptions, run: &str) -> TargetOptions {
+    let mut target = options.clone();
+    if target.database.is_empty() {
+        target.database = format!("loadgen_{}", &run[..12]);
+    }
+    if target.key_prefix.is_empty() {
+        target.key_prefix = format!("lg{}", &run[..12]);
+    }
+    target
+}
+
 /// Runs the `sale` scenario and writes its report.
-pub async fn sale(options: &SaleOptions) -> anyhow::Result<SaleOutcome> {
+pub async fn sale(options: &SaleOptions) -> anyhow::Result<RunOutcome> {
     anyhow::ensure!(options.buyers > 0, "--buyers must be at least 1");
     anyhow::ensure!(options.stock > 0, "--stock must be at least 1");
     let (date, started_utc) = utc_now();
     let dir = options.reports_root.join(options.name.clone().unwrap_or_else(|| format!("{date}-sale")));
     let run = Uuid::now_v7().simple().to_string();
-    let mut target_options = options.target.clone();
-    if target_options.database.is_empty() {
-        target_options.database = format!("loadgen_{}", &run[..12]);
-    }
-    if target_options.key_prefix.is_empty() {
-        target_options.key_prefix = format!("lg{}", &run[..12]);
-    }
+    let target_options = fresh_target(&options.target, &run);
     #[cfg(feature = "broken")]
     let broken = options.broken;
     let baselines_wanted = options.baselines > 0;
@@ -80,25 +90,24 @@ pub async fn sale(options: &SaleOptions) -> anyhow::Result<SaleOutcome> {
             config.limits.purchase_per_ip_per_min = BASELINE_PURCHASE_LIMIT;
         }
     };
-    say(options, "starting the target");
+    say(options.progress, "starting the target");
     let mut target = Target::start(&target_options, configure).await?;
-    say(options, format!("server at {} ({})", target.base_url, target.backend));
+    say(options.progress, format!("server at {} ({})", target.base_url, target.backend));
 
     let setup = Instant::now();
     let admin_cookie = make_admin(&target.admin, &run).await?;
     let product = create_product(&target.base_url, &admin_cookie, options.stock).await?;
     let buyers = make_buyers(&target.admin, options.buyers, &run).await?;
     say(
-        options,
+        options.progress,
         format!("{} buyers and a product of {} units made in {:?}", buyers.len(), options.stock, setup.elapsed()),
     );
 
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let baseline = report::previous_baseline(&options.reports_root, "sale", &dir);
-    let goose_files =
-        [GOOSE_JSON, GOOSE_MD, GOOSE_HTML].iter().map(|name| dir.join(name).to_string_lossy().into_owned()).collect();
+    let goose_files = goose_files(&dir);
     let sale = Arc::new(Sale { product, buyers, recorder: Recorder::new() });
-    say(options, format!("{} buyers hit the product at once", options.buyers));
+    say(options.progress, format!("{} buyers hit the product at once", options.buyers));
     let metrics = sale::run(
         Arc::clone(&sale),
         &target.base_url,
@@ -109,38 +118,295 @@ pub async fn sale(options: &SaleOptions) -> anyhow::Result<SaleOutcome> {
     .context("the goose run")?;
 
     let acknowledged = sale.recorder.acknowledged();
-    say(options, format!("load over: {} orders acknowledged; checking", acknowledged.len()));
+    say(options.progress, format!("load over: {} orders acknowledged; checking", acknowledged.len()));
     let check = check_sale(&target.admin, product, options.stock, options.buyers, &acknowledged).await?;
     let baselines = if options.baselines > 0 {
         let setup = baseline_setup(&target, &admin_cookie, &sale.buyers).await?;
-        Some(baseline::run(&setup, options.baselines, |line| say(options, line)).await?)
+        Some(baseline::run(&setup, options.baselines, |line| say(options.progress, line)).await?)
     } else {
         None
     };
     target.stop_server();
 
-    let series = sale.recorder.series();
-    let active_s = sale.recorder.active().as_secs_f64();
-    let report = SaleReport {
+    let parts = ReportParts {
+        scenario: "sale",
         title: format!("sale: {} buyers, {} units", options.buyers, options.stock),
+        driver: "goose is the load driver: a closed loop, one goose user per buyer",
         started_utc,
         configuration: configuration(options, &target.server_config),
-        machine: Machine::describe(),
         backend: target.backend.clone(),
+        baseline,
+        baselines,
+        cache: None,
+    };
+    write_report(dir, parts, &sale.recorder, &metrics, check)
+}
+
+/// Options of a `browse` run.
+#[derive(Debug, Clone)]
+pub struct BrowseOptions {
+    /// Shoppers (goose users), all started within one second.
+    pub users: usize,
+    /// Products in the catalogue.
+    pub products: usize,
+    /// How long the shoppers browse.
+    pub duration: Duration,
+    pub reports_root: PathBuf,
+    /// This report's folder name; `<date>-browse` by default.
+    pub name: Option<String>,
+    pub target: TargetOptions,
+    pub progress: bool,
+}
+
+/// Most products a `browse` run creates.
+pub const MAX_BROWSE_PRODUCTS: usize = 1_000;
+/// Longest `browse` run.
+pub const MAX_BROWSE_DURATION: Duration = Duration::from_secs(3_600);
+/// Read rate limit (per IP, per minute) of the local server in a `browse` run: each
+/// shopper reads as fast as the server answers, far beyond a person's pace.
+pub const BROWSE_READ_LIMIT: u32 = 1_000_000_000;
+
+/// Runs the `browse` scenario and writes its report.
+pub async fn browse(options: &BrowseOptions) -> anyhow::Result<RunOutcome> {
+    anyhow::ensure!(options.users > 0, "--users must be at least 1");
+    anyhow::ensure!(
+        (1..=MAX_BROWSE_PRODUCTS).contains(&options.products),
+        "--products must be 1 to {MAX_BROWSE_PRODUCTS}"
+    );
+    anyhow::ensure!(
+        (Duration::from_secs(1)..=MAX_BROWSE_DURATION).contains(&options.duration),
+        "--duration-s must be 1 to {}",
+        MAX_BROWSE_DURATION.as_secs()
+    );
+    let (date, started_utc) = utc_now();
+    let dir = options.reports_root.join(options.name.clone().unwrap_or_else(|| format!("{date}-browse")));
+    let run = Uuid::now_v7().simple().to_string();
+    let target_options = fresh_target(&options.target, &run);
+    say(options.progress, "starting the target");
+    let mut target =
+        Target::start(&target_options, |config: &mut Config| config.limits.reads_per_ip_per_min = BROWSE_READ_LIMIT)
+            .await?;
+    say(options.progress, format!("server at {} ({})", target.base_url, target.backend));
+
+    let admin_cookie = make_admin(&target.admin, &run).await?;
+    let mut products = Vec::with_capacity(options.products);
+    for index in 0..options.products {
+        let name = format!("Browse item {index}");
+        products.push(create_named_product(&target.base_url, &admin_cookie, &name, 100, true).await?);
+    }
+    say(options.progress, format!("{} products made", products.len()));
+
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let baseline = report::previous_baseline(&options.reports_root, "browse", &dir);
+    let goose_files = goose_files(&dir);
+    let shared = Arc::new(Browse::new(products));
+    let cache_before = browse::cache_counters(&target.base_url).await?;
+    say(options.progress, format!("{} shoppers browse for {:?}", options.users, options.duration));
+    let metrics = browse::run(
+        Arc::clone(&shared),
+        &target.base_url,
+        options.users,
+        options.duration,
+        goose_files,
+        baseline.as_ref().map(|path| path.to_string_lossy().into_owned()),
+    )
+    .await
+    .context("the goose run")?;
+    let cache = browse::cache_delta(cache_before, browse::cache_counters(&target.base_url).await?);
+    let check = shared.check();
+    target.stop_server();
+
+    let parts = ReportParts {
+        scenario: "browse",
+        title: format!("browse: {} shoppers, {} products", options.users, options.products),
+        driver: "goose is the load driver: a closed loop, each goose user one shopper reading as fast as it is \
+                 answered",
+        started_utc,
+        configuration: browse_configuration(options, &target.server_config),
+        backend: target.backend.clone(),
+        baseline,
+        baselines: None,
+        cache: Some(cache),
+    };
+    write_report(dir, parts, &shared.recorder, &metrics, check)
+}
+
+fn browse_configuration(options: &BrowseOptions, server: &Config) -> Vec<(String, String)> {
+    vec![
+        ("scenario".to_owned(), "browse: shoppers list the products and open product pages".to_owned()),
+        ("shoppers (goose users, all started within 1 s)".to_owned(), options.users.to_string()),
+        ("products".to_owned(), options.products.to_string()),
+        ("duration".to_owned(), format!("{} s", options.duration.as_secs())),
+        (
+            "shopper behaviour".to_owned(),
+            format!(
+                "list the products, then open {} product pages dealt round-robin over the catalogue; repeat",
+                browse::DETAILS_PER_LIST
+            ),
+        ),
+        (
+            "server".to_owned(),
+            format!(
+                "product cache TTL {} s; reads {} per IP per minute",
+                server.product_cache_ttl_s, server.limits.reads_per_ip_per_min
+            ),
+        ),
+    ]
+}
+
+/// Options of an `auth` run.
+#[derive(Debug, Clone)]
+pub struct AuthOptions {
+    /// People signing up (goose users), all started within one second.
+    pub people: usize,
+    pub reports_root: PathBuf,
+    /// This report's folder name; `<date>-auth` by default.
+    pub name: Option<String>,
+    pub target: TargetOptions,
+    pub progress: bool,
+}
+
+/// Most people an `auth` run signs up.
+pub const MAX_AUTH_PEOPLE: usize = 10_000;
+
+/// Runs the `auth` scenario and writes its report.
+pub async fn auth(options: &AuthOptions) -> anyhow::Result<RunOutcome> {
+    anyhow::ensure!((1..=MAX_AUTH_PEOPLE).contains(&options.people), "--people must be 1 to {MAX_AUTH_PEOPLE}");
+    let (date, started_utc) = utc_now();
+    let dir = options.reports_root.join(options.name.clone().unwrap_or_else(|| format!("{date}-auth")));
+    let run = Uuid::now_v7().simple().to_string();
+    let target_options = fresh_target(&options.target, &run);
+    say(options.progress, "starting the target");
+    let mut target = Target::start(&target_options, |_: &mut Config| {}).await?;
+    say(options.progress, format!("server at {} ({})", target.base_url, target.backend));
+    anyhow::ensure!(
+        target.server_config.otp_delivery == flashsale::config::OtpDelivery::Outbox,
+        "the auth scenario reads one-time codes from the Redis outbox: the server must deliver them there"
+    );
+
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let baseline = report::previous_baseline(&options.reports_root, "auth", &dir);
+    let goose_files = goose_files(&dir);
+    let shared = Arc::new(Auth::new(Arc::clone(&target.admin), &run[..12], options.people));
+    say(options.progress, format!("{} people sign up at once", options.people));
+    let metrics = auth::run(
+        Arc::clone(&shared),
+        &target.base_url,
+        goose_files,
+        baseline.as_ref().map(|path| path.to_string_lossy().into_owned()),
+    )
+    .await
+    .context("the goose run")?;
+    let check = shared.check().await?;
+    target.stop_server();
+
+    let config = &target.server_config;
+    let parts = ReportParts {
+        scenario: "auth",
+        title: format!(
+            "auth: {} people sign up, Argon2id m={} KiB t={} p={}",
+            options.people, config.argon2_m_kib, config.argon2_t, config.argon2_p
+        ),
+        driver: "goose is the load driver: a closed loop, one goose user per person, running once",
+        started_utc,
+        configuration: auth_configuration(options, config),
+        backend: target.backend.clone(),
+        baseline,
+        baselines: None,
+        cache: None,
+    };
+    write_report(dir, parts, &shared.recorder, &metrics, check)
+}
+
+fn auth_configuration(options: &AuthOptions, server: &Config) -> Vec<(String, String)> {
+    let production = Config::for_local("redis://unused", "mongodb://unused", "unused", "unused");
+    let cost = if (server.argon2_m_kib, server.argon2_t, server.argon2_p)
+        == (production.argon2_m_kib, production.argon2_t, production.argon2_p)
+    {
+        "the production default"
+    } else {
+        "NOT the production default"
+    };
+    vec![
+        ("scenario".to_owned(), "auth: a sign-up rush, register, log in and verify the one-time code".to_owned()),
+        ("people (goose users, all started within 1 s, one iteration each)".to_owned(), options.people.to_string()),
+        (
+            "password hashing".to_owned(),
+            format!(
+                "Argon2id, m = {} KiB, t = {}, p = {} ({cost}); at most {} hashes at once",
+                server.argon2_m_kib, server.argon2_t, server.argon2_p, server.max_concurrent_hashes
+            ),
+        ),
+        (
+            "person behaviour".to_owned(),
+            "register (one hash), log in (one hash; the code goes to the Redis outbox), read the code from the \
+             outbox (not timed), verify it"
+                .to_owned(),
+        ),
+        (
+            "server limits".to_owned(),
+            format!(
+                "register {} per IP, login {} per IP and {} per account per minute; every person has its own IP",
+                server.limits.register_per_ip_per_min,
+                server.limits.login_per_ip_per_min,
+                server.limits.login_per_account_per_min
+            ),
+        ),
+    ]
+}
+
+/// What a report says beside what the recorder saw.
+struct ReportParts {
+    scenario: &'static str,
+    title: String,
+    driver: &'static str,
+    started_utc: String,
+    configuration: Vec<(String, String)>,
+    backend: String,
+    /// The earlier goose JSON the deltas are against.
+    baseline: Option<PathBuf>,
+    baselines: Option<baseline::Baselines>,
+    cache: Option<CacheFigures>,
+}
+
+/// goose's own report files of a run, in its folder.
+fn goose_files(dir: &Path) -> Vec<String> {
+    [GOOSE_JSON, GOOSE_MD, GOOSE_HTML].iter().map(|name| dir.join(name).to_string_lossy().into_owned()).collect()
+}
+
+/// Writes a scenario's report folder and returns what the run produced.
+fn write_report(
+    dir: PathBuf,
+    parts: ReportParts,
+    recorder: &Recorder,
+    metrics: &GooseMetrics,
+    check: CheckReport,
+) -> anyhow::Result<RunOutcome> {
+    let series = recorder.series();
+    let active_s = recorder.active().as_secs_f64();
+    let report = ScenarioReport {
+        scenario: parts.scenario.to_owned(),
+        title: parts.title,
+        driver: parts.driver.to_owned(),
+        started_utc: parts.started_utc,
+        configuration: parts.configuration,
+        machine: Machine::describe(),
+        backend: parts.backend,
         active_s,
-        rows: SaleReport::rows(&series, active_s),
-        all_latency_us: crate::hgrm::percentile_summary(&sale.recorder.all_latency()),
-        timeline: sale.recorder.timeline(),
+        rows: ScenarioReport::rows(&series, active_s),
+        all_latency_us: crate::hgrm::percentile_summary(&recorder.all_latency()),
+        timeline: recorder.timeline(),
         check: check.clone(),
-        baseline: baseline.map(|path| path.to_string_lossy().into_owned()),
+        baseline: parts.baseline.map(|path| path.to_string_lossy().into_owned()),
         goose_requests: metrics.requests.values().map(|r| r.success_count + r.fail_count).sum(),
         goose_duration_s: metrics.duration,
-        baselines,
+        baselines: parts.baselines,
+        cache: parts.cache,
     };
     let histograms: Vec<_> =
         series.into_iter().map(|((route, outcome), series)| (route, outcome, series.latency)).collect();
     report::write(&dir, &report, &histograms)?;
-    Ok(SaleOutcome { dir, check, report })
+    Ok(RunOutcome { dir, check, report })
 }
 
 /// Purchase rate limit (per user and per IP, per minute) of a run with baselines.
@@ -240,13 +506,24 @@ async fn create_product_with(
     stock: i64,
     one_per_user: bool,
 ) -> anyhow::Result<Uuid> {
+    create_named_product(base_url, admin_cookie, "Load-test drop", stock, one_per_user).await
+}
+
+/// Creates a product over the API, as an administrator would.
+async fn create_named_product(
+    base_url: &str,
+    admin_cookie: &str,
+    name: &str,
+    stock: i64,
+    one_per_user: bool,
+) -> anyhow::Result<Uuid> {
     let response = reqwest_client()?
         .post(format!("{base_url}/api/v1/products"))
         .header("cookie", admin_cookie)
         .header("content-type", "application/json")
         .body(
             serde_json::json!({
-                "name": "Load-test drop",
+                "name": name,
                 "description": "One product, many buyers",
                 "price_cents": 9_900,
                 "stock": stock,

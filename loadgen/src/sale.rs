@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use goose::config::GooseConfiguration;
 use goose::metrics::GooseMetrics;
 use goose::prelude::*;
 use uuid::Uuid;
@@ -59,17 +58,8 @@ pub async fn run(
     baseline: Option<String>,
 ) -> anyhow::Result<GooseMetrics> {
     let users = sale.buyers.len();
-    let mut config = GooseConfiguration::default();
-    config.host = Some(base_url.to_owned());
-    config.users = Some(users);
-    config.increase_rate = Some(users.to_string());
+    let mut config = crate::crowd::configuration(base_url, users, REQUEST_TIMEOUT_S, reports, baseline);
     config.iterations = Some(1);
-    config.quiet = 1;
-    config.no_print_metrics = true;
-    config.no_telnet = true;
-    config.timeout = Some(REQUEST_TIMEOUT_S.to_string());
-    config.report_file = reports;
-    config.baseline_file = baseline;
     let shared = Arc::clone(&sale);
     let buy = Transaction::new(Arc::new(move |user| Box::pin(buyer(user, Arc::clone(&shared))))).set_name("buyer");
     let metrics = GooseAttack::initialize_with_config(config)?
@@ -92,7 +82,7 @@ async fn buyer(user: &mut GooseUser, sale: Arc<Sale>) -> TransactionResult {
                 break;
             }
             Outcome::SoldOut | Outcome::AlreadyPurchased | Outcome::Replay => break,
-            Outcome::Unavailable | Outcome::RateLimited | Outcome::InFlight | Outcome::Error => {
+            Outcome::Unavailable | Outcome::RateLimited | Outcome::InFlight | Outcome::Ok | Outcome::Error => {
                 tokio::time::sleep((RETRY_PAUSE * attempt).min(MAX_RETRY_PAUSE)).await;
             }
         }
@@ -145,7 +135,11 @@ async fn buy(
     let latency = started.elapsed();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     let problem = problem.or_else(|| json["type"].as_str().map(str::to_owned));
-    let outcome = Outcome::classify(status, problem.as_deref(), replayed);
+    let outcome = match Outcome::classify(status, problem.as_deref(), replayed) {
+        // A purchase never answers 200: that is an error of the purchase route.
+        Outcome::Ok => Outcome::Error,
+        outcome => outcome,
+    };
     let order = match (json["order_id"].as_str().and_then(|id| Uuid::parse_str(id).ok()), json["unit"].as_i64()) {
         (Some(order), Some(unit)) if matches!(outcome, Outcome::Won | Outcome::Pending | Outcome::Replay) => {
             Some((order, unit))

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use flashsale_loadgen::report::{GOOSE_HTML, GOOSE_JSON, GOOSE_MD};
 #[cfg(feature = "broken")]
-use flashsale_loadgen::run::SaleOutcome;
+use flashsale_loadgen::run::RunOutcome;
 use flashsale_loadgen::run::{SaleOptions, sale};
 use flashsale_loadgen::target::TargetOptions;
 
@@ -31,7 +31,7 @@ fn options(root: &Path, name: &str, buyers: usize, stock: i64) -> SaleOptions {
 }
 
 #[cfg(feature = "broken")]
-fn failed(outcome: &SaleOutcome) -> Vec<&'static str> {
+fn failed(outcome: &RunOutcome) -> Vec<&'static str> {
     outcome.check.checks.iter().filter(|check| !check.passed).map(|check| check.name).collect()
 }
 
