@@ -280,7 +280,7 @@ fn markdown(report: &ScenarioReport, hgrm_files: &[String]) -> String {
 
 fn cache_markdown(md: &mut String, cache: &CacheFigures) {
     let _ = writeln!(md, "## Product cache\n");
-    let ratio = cache.hit_ratio().map_or_else(|| "no lookup".to_owned(), |r| format!("{:.2}%", r * 100.0));
+    let ratio = cache.hit_ratio().map_or_else(|| "no lookup".to_owned(), |r| format!("{:.3}%", r * 100.0));
     let _ = writeln!(
         md,
         "Lookups of the product cache (product pages and the first page of the list) during the run, read from \
