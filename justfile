@@ -55,6 +55,10 @@ load-browse *ARGS:
 load-auth *ARGS:
     cargo run --release -p flashsale-loadgen -- auth {{ARGS}}
 
+# A `mixed` report (shoppers, buyers and newcomers at once) into reports/<date>-mixed/.
+load-mixed *ARGS:
+    cargo run --release -p flashsale-loadgen -- mixed {{ARGS}}
+
 # A short `sale` report into target/ (what CI runs).
 load-sale-quick:
     cargo run -p flashsale-loadgen -- sale --buyers 2000 --stock 100 --report-dir target/flashsale-loadgen --name quick-sale

@@ -9,6 +9,7 @@
 //! from Redis as verified, for its own user, through the server crate's own code.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ use crate::record::{Outcome, Recorder};
 pub const ROUTE_REGISTER: &str = "POST /api/v1/auth/register";
 pub const ROUTE_LOGIN: &str = "POST /api/v1/auth/login";
 pub const ROUTE_VERIFY: &str = "POST /api/v1/auth/verify-otp";
+/// A signed-up person reading their own profile (`mixed` runs, after signing up).
+pub const ROUTE_PROFILE: &str = "GET /api/v1/user/profile";
 /// Per-request timeout of goose's client, in seconds: a rush queues for the password
 /// hashes, so answers can take a while.
 pub const REQUEST_TIMEOUT_S: u32 = 60;
@@ -41,9 +44,15 @@ pub struct Auth {
     /// Tells this run's emails apart from any other.
     run: String,
     people: usize,
-    pub recorder: Recorder,
+    /// Shared with the other scenarios of a `mixed` run.
+    pub recorder: Arc<Recorder>,
+    /// People who started signing up.
+    started: AtomicUsize,
     /// email → the verified session id the server handed out.
     verified: Mutex<HashMap<String, String>>,
+    /// Profile reads, and those that did not name their own person.
+    profiles: AtomicUsize,
+    wrong_profiles: AtomicUsize,
 }
 
 impl std::fmt::Debug for Auth {
@@ -53,8 +62,23 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    pub fn new(admin: AppState, run: &str, people: usize) -> Self {
-        Self { admin, run: run.to_owned(), people, recorder: Recorder::new(), verified: Mutex::new(HashMap::new()) }
+    /// `people`: at most how many sign up (it bounds the outbox scan).
+    pub fn new(admin: AppState, run: &str, people: usize, recorder: Arc<Recorder>) -> Self {
+        Self {
+            admin,
+            run: run.to_owned(),
+            people,
+            recorder,
+            started: AtomicUsize::new(0),
+            verified: Mutex::new(HashMap::new()),
+            profiles: AtomicUsize::new(0),
+            wrong_profiles: AtomicUsize::new(0),
+        }
+    }
+
+    /// The verified session of the person of goose user `index`, once they have one.
+    fn verified_session(&self, index: usize) -> Option<String> {
+        self.verified.lock().unwrap_or_else(PoisonError::into_inner).get(&self.email(index)).cloned()
     }
 
     fn email(&self, index: usize) -> String {
@@ -73,11 +97,12 @@ impl Auth {
                 None => wrong.push(format!("{email}: no such session")),
             }
         }
+        let started = self.started.load(Ordering::Relaxed);
         let checks = vec![
             Check {
                 name: "every person signed up and verified",
-                passed: verified.len() == self.people,
-                detail: format!("{} of {} got through register, login and the code", verified.len(), self.people),
+                passed: verified.len() == started && started > 0,
+                detail: format!("{} of {started} got through register, login and the code", verified.len()),
             },
             Check {
                 name: "verified sessions load as verified",
@@ -88,6 +113,16 @@ impl Auth {
                 },
             },
         ];
+        let mut checks = checks;
+        let profiles = self.profiles.load(Ordering::Relaxed);
+        if profiles > 0 {
+            let wrong = self.wrong_profiles.load(Ordering::Relaxed);
+            checks.push(Check {
+                name: "profiles read back their own person",
+                passed: wrong == 0,
+                detail: format!("{wrong} of {profiles} profile reads answered otherwise or named someone else"),
+            });
+        }
         Ok(CheckReport { checks, orders: 0, drained_ms: None })
     }
 }
@@ -113,8 +148,10 @@ pub async fn run(
     Ok(metrics)
 }
 
-async fn person(user: &mut GooseUser, auth: Arc<Auth>) -> TransactionResult {
+/// One person's sign-up (the goose transaction of `auth`).
+pub(crate) async fn person(user: &mut GooseUser, auth: Arc<Auth>) -> TransactionResult {
     let index = user.weighted_users_index;
+    auth.started.fetch_add(1, Ordering::Relaxed);
     let email = auth.email(index);
     let ip = buyer_ip(index).to_string();
     let credentials = json!({ "email": email, "password": PASSWORD });
@@ -224,4 +261,51 @@ async fn code_for(auth: &Auth, email: &str) -> anyhow::Result<Option<String>> {
         .into_iter()
         .filter(|(_, fields)| fields.get("email").map(String::as_str) == Some(email))
         .find_map(|(_, mut fields)| fields.remove("code")))
+}
+
+/// A signed-up person (goose user `index`) reads their profile with the session they
+/// were given; nothing to read before they have one.
+pub(crate) async fn profile(user: &mut GooseUser, auth: &Auth) -> TransactionResult {
+    let index = user.weighted_users_index;
+    let Some(session_id) = auth.verified_session(index) else { return Ok(()) };
+    let path = ROUTE_PROFILE.trim_start_matches("GET ");
+    let builder = user
+        .get_request_builder(&GooseMethod::Get, path)?
+        .header("x-forwarded-for", buyer_ip(index).to_string())
+        .header("cookie", format!("{}={session_id}", session::COOKIE_NAME));
+    let request = GooseRequest::builder()
+        .method(GooseMethod::Get)
+        .path(path)
+        .name(ROUTE_PROFILE)
+        .set_request_builder(builder)
+        .build();
+    let started = Instant::now();
+    let mut goose = user.request(request).await?;
+    auth.profiles.fetch_add(1, Ordering::Relaxed);
+    let (status, json) = match goose.response {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            (status, serde_json::from_slice::<serde_json::Value>(&body).unwrap_or(serde_json::Value::Null))
+        }
+        Err(err) => {
+            let cause = if err.is_timeout() { "timeout".to_owned() } else { format!("no answer: {err}") };
+            auth.wrong_profiles.fetch_add(1, Ordering::Relaxed);
+            auth.recorder.record(ROUTE_PROFILE, Outcome::Error, started.elapsed(), Some(&cause));
+            user.set_failure(&cause, &mut goose.request, None, None)?;
+            return Ok(());
+        }
+    };
+    let latency = started.elapsed();
+    let own = status == 200 && json["email"].as_str() == Some(auth.email(index).as_str());
+    if own {
+        auth.recorder.record(ROUTE_PROFILE, Outcome::Ok, latency, None);
+        user.set_success(&mut goose.request)?;
+    } else {
+        auth.wrong_profiles.fetch_add(1, Ordering::Relaxed);
+        let cause = format!("{status} {}", json["type"].as_str().unwrap_or("another person's profile"));
+        auth.recorder.record(ROUTE_PROFILE, Outcome::Error, latency, Some(&cause));
+        user.set_failure("profile", &mut goose.request, None, None)?;
+    }
+    Ok(())
 }

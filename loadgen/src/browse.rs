@@ -37,7 +37,8 @@ const CACHE_MISSES: &str = "flashsale_product_cache_misses_total";
 #[derive(Debug)]
 pub struct Browse {
     pub products: Vec<Uuid>,
-    pub recorder: Recorder,
+    /// Shared with the other scenarios of a `mixed` run.
+    pub recorder: Arc<Recorder>,
     /// Next product page to open, over all shoppers.
     next_detail: AtomicU64,
     /// 200 answers whose body was not what the route promises.
@@ -48,10 +49,10 @@ pub struct Browse {
 }
 
 impl Browse {
-    pub fn new(products: Vec<Uuid>) -> Self {
+    pub fn new(products: Vec<Uuid>, recorder: Arc<Recorder>) -> Self {
         Self {
             products,
-            recorder: Recorder::new(),
+            recorder,
             next_detail: AtomicU64::new(0),
             wrong_details: AtomicU64::new(0),
             wrong_lists: AtomicU64::new(0),
@@ -110,7 +111,8 @@ pub async fn run(
     Ok(metrics)
 }
 
-async fn shopper(user: &mut GooseUser, browse: Arc<Browse>) -> TransactionResult {
+/// One round of a shopper: the list, then product pages (the goose transaction of `browse`).
+pub(crate) async fn shopper(user: &mut GooseUser, browse: Arc<Browse>) -> TransactionResult {
     let ip = buyer_ip(user.weighted_users_index).to_string();
     read(user, &browse, &ip, ROUTE_LIST, "/api/v1/products", None).await?;
     for _ in 0..DETAILS_PER_LIST {

@@ -5,8 +5,9 @@
 //!   and open-loop latency at fractions of the measured capacity.
 //! - [`target`]: the system under load (a local stack and in-process server, or `--url`).
 //! - [`buyers`]: verified buyers made through the server crate's own code.
-//! - [`sale`], [`browse`], [`auth`]: the scenarios on goose (a crowd on one product; shoppers
-//!   reading the catalogue; a sign-up rush at production password-hashing cost);
+//! - [`sale`], [`browse`], [`auth`], [`mixed`]: the scenarios on goose (a crowd on one product;
+//!   shoppers reading the catalogue; a sign-up rush at production password-hashing cost; all
+//!   three at once);
 //!   [`record`]: what they saw, per route and outcome; [`crowd`]: goose's settings they share.
 //! - [`check`]: the correctness check after the load.
 //! - [`report`]: the report folder; [`machine`]: what it was measured on.
@@ -25,6 +26,7 @@ pub mod check;
 pub mod crowd;
 pub mod hgrm;
 pub mod machine;
+pub mod mixed;
 pub mod openloop;
 pub mod plots;
 pub mod record;

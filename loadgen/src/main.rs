@@ -1,7 +1,7 @@
 //! `flashsale-loadgen`: the load generator. `sale` puts thousands of verified buyers on
 //! one product at once (goose), checks the outcome against MongoDB and Redis, and
 //! writes a report folder under `reports/`; `browse` has shoppers read the catalogue;
-//! `auth` is a sign-up rush at production password-hashing cost.
+//! `auth` is a sign-up rush at production password-hashing cost; `mixed` all three at once.
 //! Exit status: 0 when the correctness check passed, 1 when it failed (latency figures
 //! never fail a run), 2 on a usage or setup error.
 
@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use flashsale_loadgen::run::{AuthOptions, BrowseOptions, RunOutcome, SaleOptions, auth, browse, sale};
+use flashsale_loadgen::run::{
+    AuthOptions, BrowseOptions, MixedOptions, RunOutcome, SaleOptions, auth, browse, mixed, sale,
+};
 use flashsale_loadgen::target::TargetOptions;
 
 /// mimalloc for the load generator and the server it hosts: under load, glibc's malloc
@@ -41,6 +43,28 @@ enum Command {
     /// A sign-up rush at the server's Argon2id cost (production's by default): register,
     /// log in, verify the one-time code; latency and a check of every session.
     Auth(AuthArgs),
+    /// Shoppers, buyers on a product on sale, and newcomers signing up, at once for a
+    /// while; latency per route, the cache's hit ratio, and every scenario's check.
+    Mixed(MixedArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MixedArgs {
+    /// Goose users (1 to 20000), all started within one second: 6 in 10 shoppers, 3
+    /// buyers, 1 newcomer.
+    #[arg(long, default_value_t = 1_000)]
+    users: usize,
+    /// Units of the product on sale.
+    #[arg(long, default_value_t = 100)]
+    stock: i64,
+    /// Products in the catalogue, the one on sale among them (1 to 1000).
+    #[arg(long, default_value_t = 50)]
+    products: usize,
+    /// Seconds the run lasts (1 to 3600).
+    #[arg(long, default_value_t = 30)]
+    duration_s: u64,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,6 +105,27 @@ struct RunArgs {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+}
+
+/// What every run takes, ready for the options of a scenario.
+struct Common {
+    target: TargetOptions,
+    reports_root: PathBuf,
+    name: Option<String>,
+    progress: bool,
+}
+
+impl RunArgs {
+    /// The shared options; incomplete target options are said on stderr, and the exit
+    /// status given.
+    fn common(self) -> Result<Common, ExitCode> {
+        Ok(Common {
+            target: self.target.options()?,
+            reports_root: self.report_dir,
+            name: self.name,
+            progress: !self.quiet,
+        })
+    }
 }
 
 /// Where the server under load is (default: a local stack started here; with `--url`,
@@ -153,58 +198,77 @@ fn main() -> ExitCode {
         Command::Sale(args) => runtime.block_on(run_sale(args)),
         Command::Browse(args) => runtime.block_on(run_browse(args)),
         Command::Auth(args) => runtime.block_on(run_auth(args)),
+        Command::Mixed(args) => runtime.block_on(run_mixed(args)),
     }
 }
 
 async fn run_sale(args: SaleArgs) -> ExitCode {
-    let target = match args.run.target.options() {
-        Ok(target) => target,
+    let common = match args.run.common() {
+        Ok(common) => common,
         Err(exit) => return exit,
     };
     let options = SaleOptions {
         buyers: args.buyers,
         stock: args.stock,
-        reports_root: args.run.report_dir,
-        name: args.run.name,
-        target,
+        reports_root: common.reports_root,
+        name: common.name,
+        target: common.target,
         #[cfg(feature = "broken")]
         broken: args.broken,
         baselines: args.baselines,
-        progress: !args.run.quiet,
+        progress: common.progress,
     };
     finish(sale(&options).await)
 }
 
 async fn run_browse(args: BrowseArgs) -> ExitCode {
-    let target = match args.run.target.options() {
-        Ok(target) => target,
+    let common = match args.run.common() {
+        Ok(common) => common,
         Err(exit) => return exit,
     };
     let options = BrowseOptions {
         users: args.users,
         products: args.products,
         duration: Duration::from_secs(args.duration_s),
-        reports_root: args.run.report_dir,
-        name: args.run.name,
-        target,
-        progress: !args.run.quiet,
+        reports_root: common.reports_root,
+        name: common.name,
+        target: common.target,
+        progress: common.progress,
     };
     finish(browse(&options).await)
 }
 
 async fn run_auth(args: AuthArgs) -> ExitCode {
-    let target = match args.run.target.options() {
-        Ok(target) => target,
+    let common = match args.run.common() {
+        Ok(common) => common,
         Err(exit) => return exit,
     };
     let options = AuthOptions {
         people: args.people,
-        reports_root: args.run.report_dir,
-        name: args.run.name,
-        target,
-        progress: !args.run.quiet,
+        reports_root: common.reports_root,
+        name: common.name,
+        target: common.target,
+        progress: common.progress,
     };
     finish(auth(&options).await)
+}
+
+async fn run_mixed(args: MixedArgs) -> ExitCode {
+    let common = match args.run.common() {
+        Ok(common) => common,
+        Err(exit) => return exit,
+    };
+    let options = MixedOptions {
+        users: args.users,
+        stock: args.stock,
+        products: args.products,
+        duration: Duration::from_secs(args.duration_s),
+        reports_root: common.reports_root,
+        name: common.name,
+        target: common.target,
+        progress: common.progress,
+    };
+    finish(mixed(&options).await)
 }
 
 /// Prints the check and where the report is; the exit status says whether the check passed.

@@ -1,5 +1,5 @@
 //! One scenario run from start to report: target up, buyers and products made, load,
-//! correctness check, report written ([`sale`], [`browse`], [`auth`]). The binary and the tests
+//! correctness check, report written ([`sale`], [`browse`], [`auth`], [`mixed`]). The binary and the tests
 //! both call this.
 
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use crate::browse::{self, Browse};
 use crate::buyers::{make_admin, make_buyers};
 use crate::check::{CheckReport, check_sale};
 use crate::machine::Machine;
+use crate::mixed::{self, Mixed};
 use crate::record::Recorder;
 use crate::report::{self, CacheFigures, GOOSE_HTML, GOOSE_JSON, GOOSE_MD, ScenarioReport};
 use crate::sale::{self, Sale};
@@ -106,7 +107,7 @@ pub async fn sale(options: &SaleOptions) -> anyhow::Result<RunOutcome> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let baseline = report::previous_baseline(&options.reports_root, "sale", &dir);
     let goose_files = goose_files(&dir);
-    let sale = Arc::new(Sale { product, buyers, recorder: Recorder::new() });
+    let sale = Arc::new(Sale { product, buyers, recorder: Arc::new(Recorder::new()) });
     say(options.progress, format!("{} buyers hit the product at once", options.buyers));
     let metrics = sale::run(
         Arc::clone(&sale),
@@ -166,40 +167,59 @@ pub const MAX_BROWSE_DURATION: Duration = Duration::from_secs(3_600);
 /// shopper reads as fast as the server answers, far beyond a person's pace.
 pub const BROWSE_READ_LIMIT: u32 = 1_000_000_000;
 
-/// Runs the `browse` scenario and writes its report.
-pub async fn browse(options: &BrowseOptions) -> anyhow::Result<RunOutcome> {
-    anyhow::ensure!(options.users > 0, "--users must be at least 1");
+/// The bounds of a run with a catalogue: 1 to `MAX_BROWSE_PRODUCTS` products, 1 s to
+/// `MAX_BROWSE_DURATION`.
+fn check_catalogue(products: usize, duration: Duration) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=MAX_BROWSE_PRODUCTS).contains(&products), "--products must be 1 to {MAX_BROWSE_PRODUCTS}");
     anyhow::ensure!(
-        (1..=MAX_BROWSE_PRODUCTS).contains(&options.products),
-        "--products must be 1 to {MAX_BROWSE_PRODUCTS}"
-    );
-    anyhow::ensure!(
-        (Duration::from_secs(1)..=MAX_BROWSE_DURATION).contains(&options.duration),
+        (Duration::from_secs(1)..=MAX_BROWSE_DURATION).contains(&duration),
         "--duration-s must be 1 to {}",
         MAX_BROWSE_DURATION.as_secs()
     );
+    Ok(())
+}
+
+/// The target of a run whose shoppers read as fast as they are answered or their think
+/// time allows: a local server gets [`BROWSE_READ_LIMIT`] reads per IP.
+async fn start_for_readers(options: &TargetOptions, run: &str, progress: bool) -> anyhow::Result<Target> {
+    say(progress, "starting the target");
+    let target = Target::start(&fresh_target(options, run), |config: &mut Config| {
+        config.limits.reads_per_ip_per_min = BROWSE_READ_LIMIT;
+    })
+    .await?;
+    say(progress, format!("server at {} ({})", target.base_url, target.backend));
+    Ok(target)
+}
+
+/// Products "Browse item <n>" for each `n` of `numbers`, 100 units each, made over the API.
+async fn create_catalogue(
+    base_url: &str,
+    admin_cookie: &str,
+    numbers: std::ops::Range<usize>,
+) -> anyhow::Result<Vec<Uuid>> {
+    let mut products = Vec::with_capacity(numbers.len());
+    for number in numbers {
+        products.push(create_named_product(base_url, admin_cookie, &format!("Browse item {number}"), 100, true).await?);
+    }
+    Ok(products)
+}
+
+/// Runs the `browse` scenario and writes its report.
+pub async fn browse(options: &BrowseOptions) -> anyhow::Result<RunOutcome> {
+    anyhow::ensure!(options.users > 0, "--users must be at least 1");
+    check_catalogue(options.products, options.duration)?;
     let (date, started_utc) = utc_now();
     let dir = options.reports_root.join(options.name.clone().unwrap_or_else(|| format!("{date}-browse")));
     let run = Uuid::now_v7().simple().to_string();
-    let target_options = fresh_target(&options.target, &run);
-    say(options.progress, "starting the target");
-    let mut target =
-        Target::start(&target_options, |config: &mut Config| config.limits.reads_per_ip_per_min = BROWSE_READ_LIMIT)
-            .await?;
-    say(options.progress, format!("server at {} ({})", target.base_url, target.backend));
-
+    let mut target = start_for_readers(&options.target, &run, options.progress).await?;
     let admin_cookie = make_admin(&target.admin, &run).await?;
-    let mut products = Vec::with_capacity(options.products);
-    for index in 0..options.products {
-        let name = format!("Browse item {index}");
-        products.push(create_named_product(&target.base_url, &admin_cookie, &name, 100, true).await?);
-    }
+    let products = create_catalogue(&target.base_url, &admin_cookie, 0..options.products).await?;
     say(options.progress, format!("{} products made", products.len()));
 
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let baseline = report::previous_baseline(&options.reports_root, "browse", &dir);
     let goose_files = goose_files(&dir);
-    let shared = Arc::new(Browse::new(products));
+    let shared = Arc::new(Browse::new(products, Arc::new(Recorder::new())));
     let cache_before = browse::cache_counters(&target.base_url).await?;
     say(options.progress, format!("{} shoppers browse for {:?}", options.users, options.duration));
     let metrics = browse::run(
@@ -287,7 +307,7 @@ pub async fn auth(options: &AuthOptions) -> anyhow::Result<RunOutcome> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let baseline = report::previous_baseline(&options.reports_root, "auth", &dir);
     let goose_files = goose_files(&dir);
-    let shared = Arc::new(Auth::new(Arc::clone(&target.admin), &run[..12], options.people));
+    let shared = Arc::new(Auth::new(Arc::clone(&target.admin), &run[..12], options.people, Arc::new(Recorder::new())));
     say(options.progress, format!("{} people sign up at once", options.people));
     let metrics = auth::run(
         Arc::clone(&shared),
@@ -350,6 +370,138 @@ fn auth_configuration(options: &AuthOptions, server: &Config) -> Vec<(String, St
                 server.limits.register_per_ip_per_min,
                 server.limits.login_per_ip_per_min,
                 server.limits.login_per_account_per_min
+            ),
+        ),
+    ]
+}
+
+/// Options of a `mixed` run.
+#[derive(Debug, Clone)]
+pub struct MixedOptions {
+    /// Goose users, all started within one second, dealt to shoppers, buyers and
+    /// newcomers by weight (`mixed::SHOPPER_WEIGHT` and the others).
+    pub users: usize,
+    /// Units of the product on sale.
+    pub stock: i64,
+    /// Products in the catalogue, the one on sale among them.
+    pub products: usize,
+    /// How long the run lasts.
+    pub duration: Duration,
+    pub reports_root: PathBuf,
+    /// This report's folder name; `<date>-mixed` by default.
+    pub name: Option<String>,
+    pub target: TargetOptions,
+    pub progress: bool,
+}
+
+/// Most users of a `mixed` run.
+pub const MAX_MIXED_USERS: usize = 20_000;
+
+/// Runs the `mixed` scenario and writes its report.
+pub async fn mixed(options: &MixedOptions) -> anyhow::Result<RunOutcome> {
+    anyhow::ensure!((1..=MAX_MIXED_USERS).contains(&options.users), "--users must be 1 to {MAX_MIXED_USERS}");
+    anyhow::ensure!(options.stock > 0, "--stock must be at least 1");
+    check_catalogue(options.products, options.duration)?;
+    let (date, started_utc) = utc_now();
+    let dir = options.reports_root.join(options.name.clone().unwrap_or_else(|| format!("{date}-mixed")));
+    let run = Uuid::now_v7().simple().to_string();
+    // Purchases and sign-ups keep the production limits.
+    let mut target = start_for_readers(&options.target, &run, options.progress).await?;
+    let admin_cookie = make_admin(&target.admin, &run).await?;
+    let product = create_product(&target.base_url, &admin_cookie, options.stock).await?;
+    let mut products = vec![product];
+    products.extend(create_catalogue(&target.base_url, &admin_cookie, 1..options.products).await?);
+    let buyers = make_buyers(&target.admin, options.users, &run).await?;
+    say(options.progress, format!("{} products and {} buyers made", products.len(), buyers.len()));
+
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let baseline = report::previous_baseline(&options.reports_root, "mixed", &dir);
+    let recorder = Arc::new(Recorder::new());
+    let state = Arc::new(Mixed::new(
+        Arc::new(Sale { product, buyers, recorder: Arc::clone(&recorder) }),
+        Arc::new(Browse::new(products, Arc::clone(&recorder))),
+        Arc::new(Auth::new(Arc::clone(&target.admin), &run[..12], options.users, Arc::clone(&recorder))),
+    ));
+    let cache_before = browse::cache_counters(&target.base_url).await?;
+    say(options.progress, format!("{} users for {:?}", options.users, options.duration));
+    let metrics = mixed::run(
+        Arc::clone(&state),
+        &target.base_url,
+        options.users,
+        options.duration,
+        goose_files(&dir),
+        baseline.as_ref().map(|path| path.to_string_lossy().into_owned()),
+    )
+    .await
+    .context("the goose run")?;
+    let cache = browse::cache_delta(cache_before, browse::cache_counters(&target.base_url).await?);
+    say(options.progress, "load over; checking");
+    let acknowledged = recorder.acknowledged();
+    let sale_check = check_sale(&target.admin, product, options.stock, state.buyers_started(), &acknowledged).await?;
+    let mut checks = sale_check.checks;
+    checks.extend(state.browse.check().checks);
+    checks.extend(state.auth.check().await?.checks);
+    let check = CheckReport { checks, orders: sale_check.orders, drained_ms: sale_check.drained_ms };
+    target.stop_server();
+
+    let parts = ReportParts {
+        scenario: "mixed",
+        title: format!(
+            "mixed: {} users, {} units on sale, {} products",
+            options.users, options.stock, options.products
+        ),
+        driver: "goose is the load driver: each goose user a shopper, a buyer or a newcomer, with think times",
+        started_utc,
+        configuration: mixed_configuration(options, &target.server_config, state.buyers_started()),
+        backend: target.backend.clone(),
+        baseline,
+        baselines: None,
+        cache: Some(cache),
+    };
+    write_report(dir, parts, &recorder, &metrics, check)
+}
+
+fn mixed_configuration(options: &MixedOptions, server: &Config, buyers: usize) -> Vec<(String, String)> {
+    let think = |(low, high): (Duration, Duration)| format!("{} to {} ms", low.as_millis(), high.as_millis());
+    vec![
+        ("scenario".to_owned(), "mixed: shoppers, buyers and newcomers at once, for a set time".to_owned()),
+        ("users (goose users, all started within 1 s)".to_owned(), options.users.to_string()),
+        (
+            "kinds (goose weights)".to_owned(),
+            format!(
+                "shoppers {}, buyers {} ({buyers} made their attempt), newcomers {}",
+                mixed::SHOPPER_WEIGHT,
+                mixed::BUYER_WEIGHT,
+                mixed::SIGN_UP_WEIGHT
+            ),
+        ),
+        ("units on sale".to_owned(), options.stock.to_string()),
+        ("products".to_owned(), options.products.to_string()),
+        ("duration".to_owned(), format!("{} s", options.duration.as_secs())),
+        (
+            "behaviour".to_owned(),
+            format!(
+                "shoppers: the list and {} product pages, then think {}; buyers: the sale's attempt (retries as in \
+                 `sale`), then replay their key, thinking {}; newcomers: register, log in, verify the code, then read \
+                 their profile, thinking {}",
+                browse::DETAILS_PER_LIST,
+                think(mixed::SHOPPER_THINK),
+                think(mixed::BUYER_THINK),
+                think(mixed::SIGN_UP_THINK)
+            ),
+        ),
+        (
+            "server".to_owned(),
+            format!(
+                "Argon2id m = {} KiB, t = {}, p = {}; purchase {} per user and {} per IP per minute; reads {} per IP \
+                 per minute; product cache TTL {} s",
+                server.argon2_m_kib,
+                server.argon2_t,
+                server.argon2_p,
+                server.limits.purchase_per_user_per_min,
+                server.limits.purchase_per_ip_per_min,
+                server.limits.reads_per_ip_per_min,
+                server.product_cache_ttl_s
             ),
         ),
     ]

@@ -39,11 +39,24 @@ pub const REQUEST_TIMEOUT_S: u32 = 10;
 pub struct Sale {
     pub product: Uuid,
     pub buyers: Vec<Buyer>,
-    pub recorder: Recorder,
+    /// Shared with the other scenarios of a `mixed` run.
+    pub recorder: Arc<Recorder>,
+}
+
+impl Sale {
+    /// The buyer goose user `index` plays.
+    pub(crate) fn buyer_of(&self, index: usize) -> Option<Buyer> {
+        self.buyers.get(index % self.buyers.len().max(1)).cloned()
+    }
+}
+
+/// The Idempotency-Key of goose user `index`'s attempt.
+pub(crate) fn key_of(index: usize) -> String {
+    format!("sale-{index}")
 }
 
 /// One answer, read.
-struct Answer {
+pub(crate) struct Answer {
     outcome: Outcome,
     order: Option<(Uuid, i64)>,
 }
@@ -69,10 +82,11 @@ pub async fn run(
     Ok(metrics)
 }
 
-async fn buyer(user: &mut GooseUser, sale: Arc<Sale>) -> TransactionResult {
+/// One buyer's whole attempt (the goose transaction of `sale`).
+pub(crate) async fn buyer(user: &mut GooseUser, sale: Arc<Sale>) -> TransactionResult {
     let index = user.weighted_users_index;
-    let Some(buyer) = sale.buyers.get(index % sale.buyers.len().max(1)).cloned() else { return Ok(()) };
-    let key = format!("sale-{index}");
+    let Some(buyer) = sale.buyer_of(index) else { return Ok(()) };
+    let key = key_of(index);
     let mut won = None;
     for attempt in 1..=MAX_ATTEMPTS {
         let answer = buy(user, &sale, &buyer, &key, ROUTE_BUY).await?;
@@ -97,7 +111,7 @@ async fn buyer(user: &mut GooseUser, sale: Arc<Sale>) -> TransactionResult {
 }
 
 /// One purchase request, timed, recorded and marked for goose.
-async fn buy(
+pub(crate) async fn buy(
     user: &mut GooseUser,
     sale: &Sale,
     buyer: &Buyer,

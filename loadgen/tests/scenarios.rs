@@ -1,15 +1,16 @@
-//! The `browse` and `auth` scenarios end to end on real backends (redis-server and
-//! FerretDB started by the load generator, the server in process, goose over real HTTP):
-//! shoppers read the catalogue, every page checks out, and the report gives the product
-//! cache's hit ratio from the server's own counters; people sign up at the production
-//! Argon2id cost and every session they were given loads as verified.
+//! The `browse`, `auth` and `mixed` scenarios end to end on real backends (redis-server
+//! and FerretDB started by the load generator, the server in process, goose over real
+//! HTTP): shoppers read the catalogue, every page checks out, and the report gives the
+//! product cache's hit ratio from the server's own counters; people sign up at the
+//! production Argon2id cost and every session they were given loads as verified; all of
+//! it at once beside a sale, whose check holds too. (`sale` has its own file.)
 
 use std::time::Duration;
 
 use flashsale_loadgen::auth::{ROUTE_LOGIN, ROUTE_REGISTER, ROUTE_VERIFY};
 use flashsale_loadgen::browse::{ROUTE_DETAIL, ROUTE_LIST};
 use flashsale_loadgen::report::{GOOSE_HTML, GOOSE_JSON, GOOSE_MD};
-use flashsale_loadgen::run::{AuthOptions, BrowseOptions, auth, browse};
+use flashsale_loadgen::run::{AuthOptions, BrowseOptions, MixedOptions, auth, browse, mixed};
 use flashsale_loadgen::target::TargetOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,5 +72,36 @@ async fn people_sign_up_at_production_cost_and_every_session_loads_verified() {
     }
     let readme = std::fs::read_to_string(outcome.dir.join("README.md")).expect("readme");
     assert!(readme.contains("m = 19456 KiB, t = 2, p = 1 (the production default)"), "{readme}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_day_sells_the_stock_while_shoppers_browse_and_newcomers_sign_up() {
+    let root = std::env::temp_dir().join(format!("flashsale-loadgen-mixed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let options = MixedOptions {
+        users: 40,
+        stock: 5,
+        products: 5,
+        duration: Duration::from_secs(3),
+        reports_root: root.clone(),
+        name: Some("2026-01-01-mixed".to_owned()),
+        target: TargetOptions::default(),
+        progress: false,
+    };
+
+    let outcome = mixed(&options).await.expect("a run");
+
+    assert!(outcome.check.passed(), "{:#?}", outcome.check);
+    assert_eq!(outcome.check.orders, 5, "the stock sold, among about 12 buyers");
+    let names: Vec<&str> = outcome.check.checks.iter().map(|check| check.name).collect();
+    for name in ["orders = stock", "product pages named their product", "every person signed up and verified"] {
+        assert!(names.contains(&name), "{name} checked: {names:?}");
+    }
+    let routes: Vec<&str> = outcome.report.rows.iter().map(|row| row.route.as_str()).collect();
+    for route in [ROUTE_LIST, ROUTE_DETAIL, ROUTE_REGISTER, ROUTE_VERIFY, "POST /api/v1/user/buy/{id}"] {
+        assert!(routes.contains(&route), "{route} answered: {routes:?}");
+    }
+    assert!(outcome.report.cache.is_some_and(|cache| cache.hits > 0));
     let _ = std::fs::remove_dir_all(&root);
 }
