@@ -413,6 +413,8 @@ where
 }
 
 #[cfg(test)]
+/// The tests run on tokio's paused clock where they can: time moves only when every task
+/// waits, so the schedules and latencies they check are exact whatever the machine's load.
 mod tests {
     use std::collections::BTreeSet;
     use std::sync::Mutex;
@@ -423,7 +425,7 @@ mod tests {
         "ok".to_owned()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn achieved_rate_is_close_to_the_planned_rate_and_warmup_is_excluded() {
         let seen = Arc::new(Mutex::new(BTreeSet::new()));
         let seen_in_requests = Arc::clone(&seen);
@@ -462,7 +464,7 @@ mod tests {
     /// A server that serves one request at a time (20 ms each) offered 100 req/s: requests queue
     /// up behind each other. Timed from their planned send times, the queueing shows (p99 far above
     /// the 20 ms service time); a closed loop on the same server only ever sees the 20 ms.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn latency_counts_from_the_planned_time_so_queueing_is_not_omitted() {
         let server = Arc::new(tokio::sync::Mutex::new(()));
         let serve = move |_index: u64| {
@@ -500,7 +502,7 @@ mod tests {
         assert!(closed.rate_per_s > 0.0 && closed.rate_per_s <= 55.0, "closed-loop rate {}", closed.rate_per_s);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn requests_a_lane_reaches_too_late_are_dropped_and_accounted_for() {
         let config = OpenLoopConfig {
             rate_per_s: 100.0,
@@ -534,7 +536,7 @@ mod tests {
 
     /// One slow request holds up its own lane only: the requests planned behind it on that lane
     /// wait (and their latency shows it), the other lanes keep the schedule.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn a_slow_request_delays_its_own_lane_only() {
         let config = OpenLoopConfig {
             rate_per_s: 200.0,
@@ -558,7 +560,7 @@ mod tests {
         assert!(result.max_send_lag_us >= 150_000, "send lag {} µs", result.max_send_lag_us);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_panicking_request_is_recorded_not_lost() {
         let config = OpenLoopConfig {
             rate_per_s: 1000.0,
@@ -578,7 +580,7 @@ mod tests {
         assert_eq!(result.by_outcome.get("ok").map(Histogram::len), Some(19));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_invalid_rate_sends_nothing() {
         let config = OpenLoopConfig {
             rate_per_s: 0.0,
@@ -603,9 +605,10 @@ mod tests {
             if index % 3 == 0 { "a".to_owned() } else { "b".to_owned() }
         })
         .await;
-        assert!(result.completed > 100, "completed {}", result.completed);
+        // Real time, and no count of completions (it depends on the machine's load): the
+        // failure this guards against is a worker that never yields, and then this run
+        // never returns.
         assert_eq!(result.by_outcome.values().sum::<u64>(), result.completed);
-        assert!(result.rate_per_s > 0.0);
     }
 
     #[test]
