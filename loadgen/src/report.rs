@@ -387,14 +387,53 @@ fn baselines_markdown(md: &mut String, b: &Baselines) {
         let verdict = if half.p99_us < 10_000 { "under" } else { "**over**" };
         let _ = writeln!(md, "\np99 at 50% of capacity: {} ms, {verdict} the 10 ms target.", ms(half.p99_us));
     }
-    if b.ratios.iter().any(|r| r.target.is_some_and(|t| r.spread.median < t)) {
+    let limits = short_ratio_limits(b);
+    if !limits.is_empty() {
+        let _ = writeln!(md, "\n### What limits a ratio that falls short\n");
+        for line in limits {
+            let _ = writeln!(md, "- {line}");
+        }
         let _ = writeln!(
             md,
-            "\nWhere a ratio falls short, `system-design/load-testing.md` says what limits the path and what was \
-             measured about it."
+            "\n`system-design/load-testing.md` says what was profiled and changed, and what each change measured."
         );
     }
     let _ = writeln!(md);
+}
+
+/// For each purchase path short of its target, what this run's own figures say limits it.
+fn short_ratio_limits(b: &Baselines) -> Vec<String> {
+    let median = |measure: Measure| b.rates.get(&measure).map(|spread| spread.median).filter(|rate| *rate > 0.0);
+    let short = |name: &str| b.ratios.iter().any(|r| r.name == name && r.target.is_some_and(|t| r.spread.median < t));
+    let driver = b.driver_cpu_us_per_request.map_or_else(String::new, |us| {
+        format!(", while the load generator's own driver spent {us:.0} µs of CPU per request on the same cores")
+    });
+    let mut lines = Vec::new();
+    if short("sold-out path ÷ raw EVALSHA") {
+        if let (Some(sold_out), Some(healthz), Some(evalsha)) =
+            (median(Measure::SoldOut), median(Measure::Healthz), median(Measure::Evalsha))
+        {
+            lines.push(format!(
+                "**Sold-out path**: it touches nothing outside the server process (the product is remembered sold \
+                 out, the session's user is remembered), and it reached {:.2}× of `/healthz` on the same server, \
+                 whose own rate is {:.2}× of raw EVALSHA. So HTTP on this machine bounds it: the request and answer \
+                 of a purchase against a bare GET, and the kernel's loopback TCP, which Redis, FerretDB, the server \
+                 and the load generator share{driver}.",
+                sold_out / healthz,
+                healthz / evalsha
+            ));
+        }
+    }
+    if short("replay path ÷ raw EVALSHA") {
+        if let (Some(replay), Some(sold_out)) = (median(Measure::Replay), median(Measure::SoldOut)) {
+            lines.push(format!(
+                "**Replay path**: the stored answer comes from the instance's memory, after one Redis round trip \
+                 (the session read), which takes it to {:.2}× of the sold-out path's rate.",
+                replay / sold_out
+            ));
+        }
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -406,6 +445,50 @@ mod tests {
         assert_eq!(slug("POST /api/v1/user/buy/{id} (replay)"), "post-api-v1-user-buy-id-replay");
         assert_eq!(short_route("POST /api/v1/user/buy/{id} (replay)"), "(replay)");
         assert_eq!(short_route("POST /api/v1/user/buy/{id}"), "buy");
+        assert_eq!(short_route("GET /api/v1/products"), "list");
+        assert_eq!(short_route("GET /api/v1/products/{id}"), "detail");
+    }
+
+    fn baselines(sold_out: f64, replay: f64) -> Baselines {
+        let spread = |median: f64| baseline::Spread { median, min: median, max: median };
+        let rates = [
+            (Measure::Evalsha, 80_000.0),
+            (Measure::Healthz, 100_000.0),
+            (Measure::SoldOut, sold_out),
+            (Measure::Replay, replay),
+        ]
+        .into_iter()
+        .map(|(measure, rate)| (measure, spread(rate)))
+        .collect();
+        let ratio = |name: &str, value: f64, target: f64| baseline::Ratio {
+            name: name.to_owned(),
+            spread: spread(value),
+            target: Some(target),
+        };
+        Baselines {
+            repetitions: 1,
+            samples: Vec::new(),
+            rates,
+            ratios: vec![
+                ratio("sold-out path ÷ raw EVALSHA", sold_out / 80_000.0, 1.0),
+                ratio("replay path ÷ raw EVALSHA", replay / 80_000.0, 0.5),
+            ],
+            open_loop: Vec::new(),
+            driver_cpu_us_per_request: Some(7.0),
+        }
+    }
+
+    #[test]
+    fn a_short_ratio_is_explained_with_the_runs_own_figures() {
+        let limits = short_ratio_limits(&baselines(76_000.0, 42_000.0));
+        assert_eq!(limits.len(), 1, "only the sold-out path is short: {limits:?}");
+        assert!(limits[0].contains("0.76× of `/healthz`") && limits[0].contains("1.25× of raw EVALSHA"), "{limits:?}");
+        assert!(limits[0].contains("7 µs of CPU per request"), "{limits:?}");
+
+        let limits = short_ratio_limits(&baselines(60_000.0, 30_000.0));
+        assert_eq!(limits.len(), 2);
+        assert!(limits[1].contains("0.50× of the sold-out path"), "{limits:?}");
+        assert!(short_ratio_limits(&baselines(90_000.0, 45_000.0)).is_empty(), "nothing short, nothing to explain");
     }
 
     #[test]
