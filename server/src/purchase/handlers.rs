@@ -55,16 +55,27 @@ pub async fn buy(
     // After a sell-out the flood is answered here, before any Redis round trip: a
     // session this instance has seen verified gives its user, hence the order id.
     let known = session::id_from_headers(headers).and_then(|id| app.known_sessions.user(&id));
-    if let Some(user_id) = known {
-        let key = idempotency::key_from_headers(headers)?;
-        sold_out_shortcut(&app, order_id_of(&app, user_id, &key), product_id)?;
-    }
+    let shortcut_passed = match known {
+        Some(user_id) => {
+            let key = idempotency::key_from_headers(headers)?;
+            let order_id = order_id_of(&app, user_id, &key);
+            sold_out_shortcut(&app, order_id, product_id)?;
+            Some((user_id, key, order_id))
+        }
+        None => None,
+    };
     let VerifiedUser(user) = VerifiedUser::from_headers(headers, &app).await?;
-    let key = idempotency::key_from_headers(headers)?;
-    let order_id = order_id_of(&app, user.user_id, &key);
-    if known != Some(user.user_id) {
-        sold_out_shortcut(&app, order_id, product_id)?;
-    }
+    // When the session's user is the one this instance remembered, the shortcut's key
+    // and order id serve again; otherwise they are read, and the shortcut asked, now.
+    let (key, order_id) = match shortcut_passed {
+        Some((user_id, key, order_id)) if user_id == user.user_id => (key, order_id),
+        _ => {
+            let key = idempotency::key_from_headers(headers)?;
+            let order_id = order_id_of(&app, user.user_id, &key);
+            sold_out_shortcut(&app, order_id, product_id)?;
+            (key, order_id)
+        }
+    };
     // A stored answer this instance wrote or read is final: replayed before the rate
     // limits, which would spend a Redis round trip to refuse what costs none to answer.
     if let Some(replay) = app.replays.get(user.user_id, &key, product_id, app.ids.now_ms()) {
