@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use flashsale_loadgen::run::{
-    AuthOptions, BrowseOptions, MixedOptions, RunOutcome, SaleOptions, auth, browse, mixed, sale,
+    AuthOptions, BrowseOptions, MixedOptions, Place, RunOutcome, SaleOptions, auth, browse, mixed, sale,
 };
 use flashsale_loadgen::target::TargetOptions;
 
@@ -107,19 +107,11 @@ struct RunArgs {
     quiet: bool,
 }
 
-/// What every run takes, ready for the options of a scenario.
-struct Common {
-    target: TargetOptions,
-    reports_root: PathBuf,
-    name: Option<String>,
-    progress: bool,
-}
-
 impl RunArgs {
-    /// The shared options; incomplete target options are said on stderr, and the exit
+    /// Where the run goes; incomplete target options are said on stderr, and the exit
     /// status given.
-    fn common(self) -> Result<Common, ExitCode> {
-        Ok(Common {
+    fn place(self) -> Result<Place, ExitCode> {
+        Ok(Place {
             target: self.target.options()?,
             reports_root: self.report_dir,
             name: self.name,
@@ -203,59 +195,47 @@ fn main() -> ExitCode {
 }
 
 async fn run_sale(args: SaleArgs) -> ExitCode {
-    let common = match args.run.common() {
-        Ok(common) => common,
+    let place = match args.run.place() {
+        Ok(place) => place,
         Err(exit) => return exit,
     };
     let options = SaleOptions {
         buyers: args.buyers,
         stock: args.stock,
-        reports_root: common.reports_root,
-        name: common.name,
-        target: common.target,
+        place,
         #[cfg(feature = "broken")]
         broken: args.broken,
         baselines: args.baselines,
-        progress: common.progress,
     };
     finish(sale(&options).await)
 }
 
 async fn run_browse(args: BrowseArgs) -> ExitCode {
-    let common = match args.run.common() {
-        Ok(common) => common,
+    let place = match args.run.place() {
+        Ok(place) => place,
         Err(exit) => return exit,
     };
     let options = BrowseOptions {
         users: args.users,
         products: args.products,
         duration: Duration::from_secs(args.duration_s),
-        reports_root: common.reports_root,
-        name: common.name,
-        target: common.target,
-        progress: common.progress,
+        place,
     };
     finish(browse(&options).await)
 }
 
 async fn run_auth(args: AuthArgs) -> ExitCode {
-    let common = match args.run.common() {
-        Ok(common) => common,
+    let place = match args.run.place() {
+        Ok(place) => place,
         Err(exit) => return exit,
     };
-    let options = AuthOptions {
-        people: args.people,
-        reports_root: common.reports_root,
-        name: common.name,
-        target: common.target,
-        progress: common.progress,
-    };
+    let options = AuthOptions { people: args.people, place };
     finish(auth(&options).await)
 }
 
 async fn run_mixed(args: MixedArgs) -> ExitCode {
-    let common = match args.run.common() {
-        Ok(common) => common,
+    let place = match args.run.place() {
+        Ok(place) => place,
         Err(exit) => return exit,
     };
     let options = MixedOptions {
@@ -263,10 +243,7 @@ async fn run_mixed(args: MixedArgs) -> ExitCode {
         stock: args.stock,
         products: args.products,
         duration: Duration::from_secs(args.duration_s),
-        reports_root: common.reports_root,
-        name: common.name,
-        target: common.target,
-        progress: common.progress,
+        place,
     };
     finish(mixed(&options).await)
 }

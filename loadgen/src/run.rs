@@ -28,18 +28,12 @@ use crate::target::{Target, TargetOptions};
 pub struct SaleOptions {
     pub buyers: usize,
     pub stock: i64,
-    /// Folder holding every report (`reports/`).
-    pub reports_root: PathBuf,
-    /// This report's folder name; `<date>-sale` by default.
-    pub name: Option<String>,
-    pub target: TargetOptions,
+    pub place: Place,
     /// A deliberately broken server variant (local target only), to see the check fail.
     #[cfg(feature = "broken")]
     pub broken: Option<flashsale::broken::Broken>,
     /// Repetitions of the baselines after the sale (0: none).
     pub baselines: usize,
-    /// Progress lines on stderr.
-    pub progress: bool,
 }
 
 /// What a run produced (any scenario).
@@ -50,22 +44,50 @@ pub struct RunOutcome {
     pub report: ScenarioReport,
 }
 
-fn say(progress: bool, line: impl AsRef<str>) {
-    if progress {
-        eprintln!("[loadgen] {}", line.as_ref());
-    }
+/// What every run takes: where its report goes, what it loads, how talkative it is.
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// Folder holding every report (`reports/`).
+    pub reports_root: PathBuf,
+    /// This report's folder name; `<date>-<scenario>` by default.
+    pub name: Option<String>,
+    pub target: TargetOptions,
+    /// Progress lines on stderr.
+    pub progress: bool,
 }
 
-/// `options` with a fresh MongoDB database and Redis key prefix where none was given.
-fn fresh_target(options: &TargetOptions, run: &str) -> TargetOptions {
-    let mut target = options.clone();
-    if target.database.is_empty() {
-        target.database = format!("loadgen_{}", &run[..12]);
+impl Place {
+    /// This run's report folder.
+    fn dir(&self, date: &str, scenario: &str) -> PathBuf {
+        self.reports_root.join(self.name.clone().unwrap_or_else(|| format!("{date}-{scenario}")))
     }
-    if target.key_prefix.is_empty() {
-        target.key_prefix = format!("lg{}", &run[..12]);
+
+    /// The target, with a fresh MongoDB database and Redis key prefix where none was given.
+    fn fresh_target(&self, run: &str) -> TargetOptions {
+        let mut target = self.target.clone();
+        if target.database.is_empty() {
+            target.database = format!("loadgen_{}", &run[..12]);
+        }
+        if target.key_prefix.is_empty() {
+            target.key_prefix = format!("lg{}", &run[..12]);
+        }
+        target
     }
-    target
+
+    /// Starts the target of run `run`, the local server's configuration adjusted by
+    /// `configure`.
+    async fn start(&self, run: &str, configure: impl FnOnce(&mut Config)) -> anyhow::Result<Target> {
+        self.say("starting the target");
+        let target = Target::start(&self.fresh_target(run), configure).await?;
+        self.say(format!("server at {} ({})", target.base_url, target.backend));
+        Ok(target)
+    }
+
+    fn say(&self, line: impl AsRef<str>) {
+        if self.progress {
+            eprintln!("[loadgen] {}", line.as_ref());
+        }
+    }
 }
 
 /// Runs the `sale` scenario and writes its report.
@@ -73,9 +95,8 @@ pub async fn sale(options: &SaleOptions) -> anyhow::Result<RunOutcome> {
     anyhow::ensure!(options.buyers > 0, "--buyers must be at least 1");
     anyhow::ensure!(options.stock > 0, "--stock must be at least 1");
     let (date, started_utc) = utc_now();
-    let dir = options.reports_root.join(options.name.clone().unwrap_or_else(|| format!("{date}-sale")));
+    let dir = options.place.dir(&date, "sale");
     let run = Uuid::now_v7().simple().to_string();
-    let target_options = fresh_target(&options.target, &run);
     #[cfg(feature = "broken")]
     let broken = options.broken;
     let baselines_wanted = options.baselines > 0;
@@ -91,24 +112,24 @@ pub async fn sale(options: &SaleOptions) -> anyhow::Result<RunOutcome> {
             config.limits.purchase_per_ip_per_min = BASELINE_PURCHASE_LIMIT;
         }
     };
-    say(options.progress, "starting the target");
-    let mut target = Target::start(&target_options, configure).await?;
-    say(options.progress, format!("server at {} ({})", target.base_url, target.backend));
+    let mut target = options.place.start(&run, configure).await?;
 
     let setup = Instant::now();
     let admin_cookie = make_admin(&target.admin, &run).await?;
     let product = create_product(&target.base_url, &admin_cookie, options.stock).await?;
     let buyers = make_buyers(&target.admin, options.buyers, &run).await?;
-    say(
-        options.progress,
-        format!("{} buyers and a product of {} units made in {:?}", buyers.len(), options.stock, setup.elapsed()),
-    );
+    options.place.say(format!(
+        "{} buyers and a product of {} units made in {:?}",
+        buyers.len(),
+        options.stock,
+        setup.elapsed()
+    ));
 
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let baseline = report::previous_baseline(&options.reports_root, "sale", &dir);
+    let baseline = report::previous_baseline(&options.place.reports_root, "sale", &dir);
     let goose_files = goose_files(&dir);
     let sale = Arc::new(Sale { product, buyers, recorder: Arc::new(Recorder::new()) });
-    say(options.progress, format!("{} buyers hit the product at once", options.buyers));
+    options.place.say(format!("{} buyers hit the product at once", options.buyers));
     let metrics = sale::run(
         Arc::clone(&sale),
         &target.base_url,
@@ -119,11 +140,11 @@ pub async fn sale(options: &SaleOptions) -> anyhow::Result<RunOutcome> {
     .context("the goose run")?;
 
     let acknowledged = sale.recorder.acknowledged();
-    say(options.progress, format!("load over: {} orders acknowledged; checking", acknowledged.len()));
+    options.place.say(format!("load over: {} orders acknowledged; checking", acknowledged.len()));
     let check = check_sale(&target.admin, product, options.stock, options.buyers, &acknowledged).await?;
     let baselines = if options.baselines > 0 {
         let setup = baseline_setup(&target, &admin_cookie, &sale.buyers).await?;
-        Some(baseline::run(&setup, options.baselines, |line| say(options.progress, line)).await?)
+        Some(baseline::run(&setup, options.baselines, |line| options.place.say(line)).await?)
     } else {
         None
     };
@@ -152,11 +173,7 @@ pub struct BrowseOptions {
     pub products: usize,
     /// How long the shoppers browse.
     pub duration: Duration,
-    pub reports_root: PathBuf,
-    /// This report's folder name; `<date>-browse` by default.
-    pub name: Option<String>,
-    pub target: TargetOptions,
-    pub progress: bool,
+    pub place: Place,
 }
 
 /// Most products a `browse` run creates.
@@ -181,14 +198,8 @@ fn check_catalogue(products: usize, duration: Duration) -> anyhow::Result<()> {
 
 /// The target of a run whose shoppers read as fast as they are answered or their think
 /// time allows: a local server gets [`BROWSE_READ_LIMIT`] reads per IP.
-async fn start_for_readers(options: &TargetOptions, run: &str, progress: bool) -> anyhow::Result<Target> {
-    say(progress, "starting the target");
-    let target = Target::start(&fresh_target(options, run), |config: &mut Config| {
-        config.limits.reads_per_ip_per_min = BROWSE_READ_LIMIT;
-    })
-    .await?;
-    say(progress, format!("server at {} ({})", target.base_url, target.backend));
-    Ok(target)
+async fn start_for_readers(place: &Place, run: &str) -> anyhow::Result<Target> {
+    place.start(run, |config: &mut Config| config.limits.reads_per_ip_per_min = BROWSE_READ_LIMIT).await
 }
 
 /// Products "Browse item <n>" for each `n` of `numbers`, 100 units each, made over the API.
@@ -209,19 +220,19 @@ pub async fn browse(options: &BrowseOptions) -> anyhow::Result<RunOutcome> {
     anyhow::ensure!(options.users > 0, "--users must be at least 1");
     check_catalogue(options.products, options.duration)?;
     let (date, started_utc) = utc_now();
-    let dir = options.reports_root.join(options.name.clone().unwrap_or_else(|| format!("{date}-browse")));
+    let dir = options.place.dir(&date, "browse");
     let run = Uuid::now_v7().simple().to_string();
-    let mut target = start_for_readers(&options.target, &run, options.progress).await?;
+    let mut target = start_for_readers(&options.place, &run).await?;
     let admin_cookie = make_admin(&target.admin, &run).await?;
     let products = create_catalogue(&target.base_url, &admin_cookie, 0..options.products).await?;
-    say(options.progress, format!("{} products made", products.len()));
+    options.place.say(format!("{} products made", products.len()));
 
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let baseline = report::previous_baseline(&options.reports_root, "browse", &dir);
+    let baseline = report::previous_baseline(&options.place.reports_root, "browse", &dir);
     let goose_files = goose_files(&dir);
     let shared = Arc::new(Browse::new(products, Arc::new(Recorder::new())));
     let cache_before = browse::cache_counters(&target.base_url).await?;
-    say(options.progress, format!("{} shoppers browse for {:?}", options.users, options.duration));
+    options.place.say(format!("{} shoppers browse for {:?}", options.users, options.duration));
     let metrics = browse::run(
         Arc::clone(&shared),
         &target.base_url,
@@ -279,11 +290,7 @@ fn browse_configuration(options: &BrowseOptions, server: &Config) -> Vec<(String
 pub struct AuthOptions {
     /// People signing up (goose users), all started within one second.
     pub people: usize,
-    pub reports_root: PathBuf,
-    /// This report's folder name; `<date>-auth` by default.
-    pub name: Option<String>,
-    pub target: TargetOptions,
-    pub progress: bool,
+    pub place: Place,
 }
 
 /// Most people an `auth` run signs up.
@@ -293,22 +300,19 @@ pub const MAX_AUTH_PEOPLE: usize = 10_000;
 pub async fn auth(options: &AuthOptions) -> anyhow::Result<RunOutcome> {
     anyhow::ensure!((1..=MAX_AUTH_PEOPLE).contains(&options.people), "--people must be 1 to {MAX_AUTH_PEOPLE}");
     let (date, started_utc) = utc_now();
-    let dir = options.reports_root.join(options.name.clone().unwrap_or_else(|| format!("{date}-auth")));
+    let dir = options.place.dir(&date, "auth");
     let run = Uuid::now_v7().simple().to_string();
-    let target_options = fresh_target(&options.target, &run);
-    say(options.progress, "starting the target");
-    let mut target = Target::start(&target_options, |_: &mut Config| {}).await?;
-    say(options.progress, format!("server at {} ({})", target.base_url, target.backend));
+    let mut target = options.place.start(&run, |_: &mut Config| {}).await?;
     anyhow::ensure!(
         target.server_config.otp_delivery == flashsale::config::OtpDelivery::Outbox,
         "the auth scenario reads one-time codes from the Redis outbox: the server must deliver them there"
     );
 
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let baseline = report::previous_baseline(&options.reports_root, "auth", &dir);
+    let baseline = report::previous_baseline(&options.place.reports_root, "auth", &dir);
     let goose_files = goose_files(&dir);
     let shared = Arc::new(Auth::new(Arc::clone(&target.admin), &run[..12], options.people, Arc::new(Recorder::new())));
-    say(options.progress, format!("{} people sign up at once", options.people));
+    options.place.say(format!("{} people sign up at once", options.people));
     let metrics = auth::run(
         Arc::clone(&shared),
         &target.base_url,
@@ -387,11 +391,7 @@ pub struct MixedOptions {
     pub products: usize,
     /// How long the run lasts.
     pub duration: Duration,
-    pub reports_root: PathBuf,
-    /// This report's folder name; `<date>-mixed` by default.
-    pub name: Option<String>,
-    pub target: TargetOptions,
-    pub progress: bool,
+    pub place: Place,
 }
 
 /// Most users of a `mixed` run.
@@ -403,19 +403,19 @@ pub async fn mixed(options: &MixedOptions) -> anyhow::Result<RunOutcome> {
     anyhow::ensure!(options.stock > 0, "--stock must be at least 1");
     check_catalogue(options.products, options.duration)?;
     let (date, started_utc) = utc_now();
-    let dir = options.reports_root.join(options.name.clone().unwrap_or_else(|| format!("{date}-mixed")));
+    let dir = options.place.dir(&date, "mixed");
     let run = Uuid::now_v7().simple().to_string();
     // Purchases and sign-ups keep the production limits.
-    let mut target = start_for_readers(&options.target, &run, options.progress).await?;
+    let mut target = start_for_readers(&options.place, &run).await?;
     let admin_cookie = make_admin(&target.admin, &run).await?;
     let product = create_product(&target.base_url, &admin_cookie, options.stock).await?;
     let mut products = vec![product];
     products.extend(create_catalogue(&target.base_url, &admin_cookie, 1..options.products).await?);
     let buyers = make_buyers(&target.admin, options.users, &run).await?;
-    say(options.progress, format!("{} products and {} buyers made", products.len(), buyers.len()));
+    options.place.say(format!("{} products and {} buyers made", products.len(), buyers.len()));
 
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let baseline = report::previous_baseline(&options.reports_root, "mixed", &dir);
+    let baseline = report::previous_baseline(&options.place.reports_root, "mixed", &dir);
     let recorder = Arc::new(Recorder::new());
     let state = Arc::new(Mixed::new(
         Arc::new(Sale { product, buyers, recorder: Arc::clone(&recorder) }),
@@ -423,7 +423,7 @@ pub async fn mixed(options: &MixedOptions) -> anyhow::Result<RunOutcome> {
         Arc::new(Auth::new(Arc::clone(&target.admin), &run[..12], options.users, Arc::clone(&recorder))),
     ));
     let cache_before = browse::cache_counters(&target.base_url).await?;
-    say(options.progress, format!("{} users for {:?}", options.users, options.duration));
+    options.place.say(format!("{} users for {:?}", options.users, options.duration));
     let metrics = mixed::run(
         Arc::clone(&state),
         &target.base_url,
@@ -435,7 +435,7 @@ pub async fn mixed(options: &MixedOptions) -> anyhow::Result<RunOutcome> {
     .await
     .context("the goose run")?;
     let cache = browse::cache_delta(cache_before, browse::cache_counters(&target.base_url).await?);
-    say(options.progress, "load over; checking");
+    options.place.say("load over; checking");
     let acknowledged = recorder.acknowledged();
     let sale_check = check_sale(&target.admin, product, options.stock, state.buyers_started(), &acknowledged).await?;
     let mut checks = sale_check.checks;

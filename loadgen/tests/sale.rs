@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use flashsale_loadgen::report::{GOOSE_HTML, GOOSE_JSON, GOOSE_MD};
 #[cfg(feature = "broken")]
 use flashsale_loadgen::run::RunOutcome;
-use flashsale_loadgen::run::{SaleOptions, sale};
+use flashsale_loadgen::run::{Place, SaleOptions, sale};
 use flashsale_loadgen::target::TargetOptions;
 
 fn reports_root(test: &str) -> PathBuf {
@@ -20,13 +20,15 @@ fn options(root: &Path, name: &str, buyers: usize, stock: i64) -> SaleOptions {
     SaleOptions {
         buyers,
         stock,
-        reports_root: root.to_path_buf(),
-        name: Some(name.to_owned()),
-        target: TargetOptions::default(),
+        place: Place {
+            reports_root: root.to_path_buf(),
+            name: Some(name.to_owned()),
+            target: TargetOptions::default(),
+            progress: false,
+        },
         #[cfg(feature = "broken")]
         broken: None,
         baselines: 0,
-        progress: false,
     }
 }
 

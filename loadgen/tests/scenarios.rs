@@ -5,27 +5,33 @@
 //! production Argon2id cost and every session they were given loads as verified; all of
 //! it at once beside a sale, whose check holds too. (`sale` has its own file.)
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use flashsale_loadgen::auth::{ROUTE_LOGIN, ROUTE_REGISTER, ROUTE_VERIFY};
 use flashsale_loadgen::browse::{ROUTE_DETAIL, ROUTE_LIST};
 use flashsale_loadgen::report::{GOOSE_HTML, GOOSE_JSON, GOOSE_MD};
-use flashsale_loadgen::run::{AuthOptions, BrowseOptions, MixedOptions, auth, browse, mixed};
+use flashsale_loadgen::run::{AuthOptions, BrowseOptions, MixedOptions, Place, auth, browse, mixed};
 use flashsale_loadgen::target::TargetOptions;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shoppers_read_every_product_mostly_from_the_cache_and_get_a_whole_report() {
-    let root = std::env::temp_dir().join(format!("flashsale-loadgen-browse-{}", std::process::id()));
+/// A fresh reports folder for `scenario`'s test, and a run on a local stack writing
+/// `2026-01-01-<scenario>` in it.
+fn place(scenario: &str) -> (PathBuf, Place) {
+    let root = std::env::temp_dir().join(format!("flashsale-loadgen-{scenario}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    let options = BrowseOptions {
-        users: 20,
-        products: 5,
-        duration: Duration::from_secs(3),
+    let place = Place {
         reports_root: root.clone(),
-        name: Some("2026-01-01-browse".to_owned()),
+        name: Some(format!("2026-01-01-{scenario}")),
         target: TargetOptions::default(),
         progress: false,
     };
+    (root, place)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shoppers_read_every_product_mostly_from_the_cache_and_get_a_whole_report() {
+    let (root, place) = place("browse");
+    let options = BrowseOptions { users: 20, products: 5, duration: Duration::from_secs(3), place };
 
     let outcome = browse(&options).await.expect("a run");
 
@@ -52,15 +58,8 @@ async fn shoppers_read_every_product_mostly_from_the_cache_and_get_a_whole_repor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_sign_up_at_production_cost_and_every_session_loads_verified() {
-    let root = std::env::temp_dir().join(format!("flashsale-loadgen-auth-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let options = AuthOptions {
-        people: 6,
-        reports_root: root.clone(),
-        name: Some("2026-01-01-auth".to_owned()),
-        target: TargetOptions::default(),
-        progress: false,
-    };
+    let (root, place) = place("auth");
+    let options = AuthOptions { people: 6, place };
 
     let outcome = auth(&options).await.expect("a run");
 
@@ -77,18 +76,8 @@ async fn people_sign_up_at_production_cost_and_every_session_loads_verified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_day_sells_the_stock_while_shoppers_browse_and_newcomers_sign_up() {
-    let root = std::env::temp_dir().join(format!("flashsale-loadgen-mixed-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let options = MixedOptions {
-        users: 40,
-        stock: 5,
-        products: 5,
-        duration: Duration::from_secs(3),
-        reports_root: root.clone(),
-        name: Some("2026-01-01-mixed".to_owned()),
-        target: TargetOptions::default(),
-        progress: false,
-    };
+    let (root, place) = place("mixed");
+    let options = MixedOptions { users: 40, stock: 5, products: 5, duration: Duration::from_secs(3), place };
 
     let outcome = mixed(&options).await.expect("a run");
 
