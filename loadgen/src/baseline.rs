@@ -14,6 +14,13 @@
 //! of [`crate::wire`] (requests as bytes on kept-alive connections), the cheapest client
 //! that still speaks HTTP, as `redis-benchmark` is for Redis; its own CPU cost per request
 //! is measured from the load generator's threads (`/proc/self/task`).
+//!
+//! Each side of a ratio gives its driver the same threads: `redis-benchmark` drives Redis
+//! from one thread unless told `--threads`, so the HTTP measures run on a runtime of their
+//! own with as many workers ([`DEFAULT_DRIVER_THREADS`], `--driver-threads`), not on the
+//! load generator's main runtime with a worker per core. On a machine whose cores the
+//! server shares, every extra driver thread is a thread the server's workers are switched
+//! out for.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -32,6 +39,10 @@ use crate::hgrm::percentile_summary;
 use crate::openloop::{self, OpenLoopConfig, closed_loop};
 use crate::wire::{self, WireClient};
 
+/// Threads both drivers run on unless told otherwise: `redis-benchmark`'s default.
+pub const DEFAULT_DRIVER_THREADS: usize = 1;
+/// Most driver threads accepted.
+pub const MAX_DRIVER_THREADS: usize = 64;
 /// Closed-loop workers of each HTTP and MongoDB measure.
 pub const CONCURRENCY: usize = 32;
 /// Connections of `redis-benchmark`.
@@ -147,6 +158,8 @@ pub struct Baselines {
     pub open_loop: Vec<OpenLoopPoint>,
     /// CPU time the load generator's own threads spent per `/healthz` request, µs.
     pub driver_cpu_us_per_request: Option<f64>,
+    /// Threads of each driver (`redis-benchmark` and the HTTP driver).
+    pub driver_threads: usize,
 }
 
 /// What the baselines run against.
@@ -162,11 +175,54 @@ pub struct Setup {
     /// A product without the one-per-user rule and a large stock.
     pub winner_product: Uuid,
     pub buyers: Vec<Buyer>,
+    /// Threads of each driver (`redis-benchmark` and the HTTP driver), 1..=[`MAX_DRIVER_THREADS`].
+    pub driver_threads: usize,
+}
+
+/// The runtime the HTTP measures are driven from: `threads` workers of its own, so the
+/// HTTP driver has the threads `redis-benchmark` has and no more. Its connections are made
+/// on it, and every request is sent from it.
+struct Driver {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Driver {
+    fn start(threads: usize) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.clamp(1, MAX_DRIVER_THREADS))
+            .thread_name("loadgen-driver")
+            .enable_all()
+            .build()
+            .context("starting the driver's runtime")?;
+        Ok(Self { runtime: Some(runtime) })
+    }
+
+    /// Runs `work` on the driver's threads and waits for it from the caller's.
+    async fn run<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> anyhow::Result<T> {
+        let runtime = self.runtime.as_ref().context("the driver has stopped")?;
+        runtime.spawn(work).await.context("a driver task failed")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Dropped from async code, where a blocking shutdown is not allowed.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Runs every measure `repetitions` times, alternating, then the open-loop runs.
 pub async fn run(setup: &Setup, repetitions: usize, progress: impl Fn(&str)) -> anyhow::Result<Baselines> {
-    let http = Arc::new(WireClient::new(&setup.base_url).await?);
+    anyhow::ensure!(
+        (1..=MAX_DRIVER_THREADS).contains(&setup.driver_threads),
+        "driver threads must be 1 to {MAX_DRIVER_THREADS}, not {}",
+        setup.driver_threads
+    );
+    let driver = Driver::start(setup.driver_threads)?;
+    let base_url = setup.base_url.clone();
+    let http = Arc::new(driver.run(async move { WireClient::new(&base_url).await }).await??);
     let sha = load_script(&setup.admin).await?;
     let mut samples = Vec::new();
     let mut driver_cpu = Vec::new();
@@ -177,7 +233,7 @@ pub async fn run(setup: &Setup, repetitions: usize, progress: impl Fn(&str)) -> 
             let sample = match measure {
                 Measure::Evalsha => evalsha(setup, &sha, repetition).await?,
                 Measure::MongoInsert => mongo_insert(setup, repetition).await,
-                _ => http_measure(setup, &http, measure, repetition).await,
+                _ => http_measure(setup, &driver, &http, measure, repetition).await?,
             };
             if measure == Measure::Healthz {
                 if let (Some(before), Some(after)) = (before, loadgen_cpu_ticks()) {
@@ -221,7 +277,7 @@ pub async fn run(setup: &Setup, repetitions: usize, progress: impl Fn(&str)) -> 
     let mut open_loop = Vec::new();
     for fraction in OPEN_LOOP_FRACTIONS {
         progress(&format!("open loop at {:.0}% of the sold-out capacity ({capacity:.0}/s)", fraction * 100.0));
-        open_loop.push(open_loop_point(setup, &http, capacity * fraction, fraction).await);
+        open_loop.push(open_loop_point(setup, &driver, &http, capacity * fraction, fraction).await?);
     }
     Ok(Baselines {
         repetitions,
@@ -230,6 +286,7 @@ pub async fn run(setup: &Setup, repetitions: usize, progress: impl Fn(&str)) -> 
         ratios,
         open_loop,
         driver_cpu_us_per_request: Spread::of(&driver_cpu).map(|s| s.median),
+        driver_threads: setup.driver_threads,
     })
 }
 
@@ -259,10 +316,12 @@ async fn evalsha(setup: &Setup, sha: &str, repetition: usize) -> anyhow::Result<
         "-r".into(),
         "1000000000".into(),
         "--csv".into(),
-        "EVALSHA".into(),
-        sha.to_owned(),
-        "6".into(),
     ];
+    // One thread is its default; `--threads 1` would switch it to its threaded mode.
+    if setup.driver_threads > 1 {
+        args.extend(["--threads".to_owned(), setup.driver_threads.to_string()]);
+    }
+    args.extend(["EVALSHA".into(), sha.to_owned(), "6".into()]);
     args.extend(keys.script_keys().iter().map(|k| (*k).to_owned()));
     // A new order id per call (as buyers send), the same user, product and channel.
     args.extend([
@@ -301,7 +360,13 @@ pub fn parse_redis_benchmark_csv(text: &str) -> anyhow::Result<(f64, f64, f64)> 
     Ok((field("rps")?, field("p50_latency_ms")?, field("p99_latency_ms")?))
 }
 
-async fn http_measure(setup: &Setup, http: &Arc<WireClient>, measure: Measure, repetition: usize) -> Sample {
+async fn http_measure(
+    setup: &Setup,
+    driver: &Driver,
+    http: &Arc<WireClient>,
+    measure: Measure,
+    repetition: usize,
+) -> anyhow::Result<Sample> {
     let counter = Arc::new(AtomicU64::new(0));
     let run_tag = Uuid::now_v7().simple().to_string();
     let product = if measure == Measure::Winner { setup.winner_product } else { setup.sold_out_product };
@@ -310,33 +375,34 @@ async fn http_measure(setup: &Setup, http: &Arc<WireClient>, measure: Measure, r
     let replay = buy_request(http.host(), &buy_path, &setup.replay_buyer, &setup.replay_key);
     let buyers = Arc::new(setup.buyers.clone());
     let http = Arc::clone(http);
-    let result = closed_loop(CONCURRENCY, MEASURE, WARMUP, move |index| {
-        let request = match measure {
-            Measure::Healthz => healthz.clone(),
-            Measure::Replay => replay.clone(),
-            _ => {
-                let n = counter.fetch_add(1, Ordering::Relaxed);
-                let buyer = &buyers[usize::try_from(index).unwrap_or(0) % buyers.len().max(1)];
-                buy_request(http.host(), &buy_path, buyer, &format!("baseline-{run_tag}-{n}"))
-            }
-        };
-        let http = Arc::clone(&http);
-        async move {
-            match http.send(&request).await {
-                Ok(status) => {
-                    let expected = match measure {
-                        Measure::Healthz | Measure::Replay => 200..=201,
-                        Measure::Winner => 201..=202,
-                        _ => 409..=409,
-                    };
-                    if expected.contains(&status) { "ok".to_owned() } else { format!("unexpected:{status}") }
+    let result = driver
+        .run(closed_loop(CONCURRENCY, MEASURE, WARMUP, move |index| {
+            let request = match measure {
+                Measure::Healthz => healthz.clone(),
+                Measure::Replay => replay.clone(),
+                _ => {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let buyer = &buyers[usize::try_from(index).unwrap_or(0) % buyers.len().max(1)];
+                    buy_request(http.host(), &buy_path, buyer, &format!("baseline-{run_tag}-{n}"))
                 }
-                Err(_) => "unexpected:no-answer".to_owned(),
+            };
+            let http = Arc::clone(&http);
+            async move {
+                match http.send(&request).await {
+                    Ok(status) => {
+                        let expected = match measure {
+                            Measure::Healthz | Measure::Replay => 200..=201,
+                            Measure::Winner => 201..=202,
+                            _ => 409..=409,
+                        };
+                        if expected.contains(&status) { "ok".to_owned() } else { format!("unexpected:{status}") }
+                    }
+                    Err(_) => "unexpected:no-answer".to_owned(),
+                }
             }
-        }
-    })
-    .await;
-    sample_of(measure, repetition, result)
+        }))
+        .await?;
+    Ok(sample_of(measure, repetition, result))
 }
 
 /// `POST /api/v1/user/buy/{id}` as `buyer`, with `key`.
@@ -379,7 +445,13 @@ async fn mongo_insert(setup: &Setup, repetition: usize) -> Sample {
 /// Scratch collection of the raw insert measure.
 pub const BASELINE_COLLECTION: &str = "loadgen_insert_baseline";
 
-async fn open_loop_point(setup: &Setup, http: &Arc<WireClient>, rate: f64, fraction: f64) -> OpenLoopPoint {
+async fn open_loop_point(
+    setup: &Setup,
+    driver: &Driver,
+    http: &Arc<WireClient>,
+    rate: f64,
+    fraction: f64,
+) -> anyhow::Result<OpenLoopPoint> {
     let config = OpenLoopConfig {
         rate_per_s: rate,
         duration: OPEN_LOOP_RUN,
@@ -389,21 +461,25 @@ async fn open_loop_point(setup: &Setup, http: &Arc<WireClient>, rate: f64, fract
     };
     let buy_path = format!("/api/v1/user/buy/{}", setup.sold_out_product);
     let (http, buyers) = (Arc::clone(http), Arc::new(setup.buyers.clone()));
-    let result = openloop::run(&config, move |index| {
-        let buyer = &buyers[usize::try_from(index).unwrap_or(0) % buyers.len().max(1)];
-        let request = buy_request(http.host(), &buy_path, buyer, &format!("open-{index}"));
-        let http = Arc::clone(&http);
-        async move {
-            match http.send(&request).await {
-                Ok(409) => "ok".to_owned(),
-                Ok(status) => format!("unexpected:{status}"),
-                Err(_) => "unexpected:no-answer".to_owned(),
-            }
-        }
-    })
-    .await;
+    let result = driver
+        .run(async move {
+            openloop::run(&config, move |index| {
+                let buyer = &buyers[usize::try_from(index).unwrap_or(0) % buyers.len().max(1)];
+                let request = buy_request(http.host(), &buy_path, buyer, &format!("open-{index}"));
+                let http = Arc::clone(&http);
+                async move {
+                    match http.send(&request).await {
+                        Ok(409) => "ok".to_owned(),
+                        Ok(status) => format!("unexpected:{status}"),
+                        Err(_) => "unexpected:no-answer".to_owned(),
+                    }
+                }
+            })
+            .await
+        })
+        .await?;
     let summary = percentile_summary(&result.all);
-    OpenLoopPoint {
+    Ok(OpenLoopPoint {
         fraction,
         rate_per_s: rate,
         achieved_per_s: result.achieved_rate_per_s,
@@ -413,7 +489,7 @@ async fn open_loop_point(setup: &Setup, http: &Arc<WireClient>, rate: f64, fract
         max_us: summary.max,
         dropped: result.dropped,
         unexpected: result.by_outcome.iter().filter(|(k, _)| k.as_str() != "ok").map(|(_, h)| h.len()).sum(),
-    }
+    })
 }
 
 /// CPU ticks (user + system) of this process's threads that are not the in-process

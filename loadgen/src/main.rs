@@ -175,6 +175,11 @@ struct SaleArgs {
     /// purchase paths, alternating) and open-loop runs after the sale; 0 skips them.
     #[arg(long, default_value_t = 3)]
     baselines: usize,
+    /// Threads of each baseline driver: `redis-benchmark`'s client and the HTTP driver's
+    /// runtime get the same number (one is `redis-benchmark`'s default).
+    #[arg(long, default_value_t = flashsale_loadgen::baseline::DEFAULT_DRIVER_THREADS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=flashsale_loadgen::baseline::MAX_DRIVER_THREADS as i64))]
+    driver_threads: u16,
 }
 
 fn main() -> ExitCode {
@@ -206,6 +211,7 @@ async fn run_sale(args: SaleArgs) -> ExitCode {
         #[cfg(feature = "broken")]
         broken: args.broken,
         baselines: args.baselines,
+        driver_threads: usize::from(args.driver_threads),
     };
     finish(sale(&options).await)
 }

@@ -300,13 +300,16 @@ fn baselines_markdown(md: &mut String, b: &Baselines) {
          requests). The HTTP and MongoDB rates come from the load generator's own closed-loop driver, each worker \
          waiting for its answer; HTTP requests go out through its bare HTTP/1.1 driver (`wire`: requests \
          written as bytes on kept-alive connections, answers read to their Content-Length): that is the \
-         driver that measured capacity. {}\n",
+         driver that measured capacity. Both drivers ran on {} thread{}: `redis-benchmark`'s client and the \
+         HTTP driver's own runtime, so each side of a ratio gave its driver the same threads. {}\n",
         b.repetitions,
         baseline::MEASURE.as_secs(),
         baseline::CONCURRENCY,
         baseline::WARMUP.as_millis(),
         baseline::REDIS_BENCHMARK_CLIENTS,
         baseline::REDIS_BENCHMARK_REQUESTS,
+        b.driver_threads,
+        if b.driver_threads == 1 { "" } else { "s" },
         match b.driver_cpu_us_per_request {
             Some(us) => format!(
                 "Its cost: the load generator's threads spent {us:.0} µs of CPU per `/healthz` request (median), \
@@ -475,6 +478,7 @@ mod tests {
             ],
             open_loop: Vec::new(),
             driver_cpu_us_per_request: Some(7.0),
+            driver_threads: 1,
         }
     }
 

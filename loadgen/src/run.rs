@@ -34,6 +34,8 @@ pub struct SaleOptions {
     pub broken: Option<flashsale::broken::Broken>,
     /// Repetitions of the baselines after the sale (0: none).
     pub baselines: usize,
+    /// Threads of each baseline driver (`redis-benchmark` and the HTTP driver).
+    pub driver_threads: usize,
 }
 
 /// What a run produced (any scenario).
@@ -143,7 +145,7 @@ pub async fn sale(options: &SaleOptions) -> anyhow::Result<RunOutcome> {
     options.place.say(format!("load over: {} orders acknowledged; checking", acknowledged.len()));
     let check = check_sale(&target.admin, product, options.stock, options.buyers, &acknowledged).await?;
     let baselines = if options.baselines > 0 {
-        let setup = baseline_setup(&target, &admin_cookie, &sale.buyers).await?;
+        let setup = baseline_setup(&target, &admin_cookie, &sale.buyers, options.driver_threads).await?;
         Some(baseline::run(&setup, options.baselines, |line| options.place.say(line)).await?)
     } else {
         None
@@ -572,6 +574,7 @@ async fn baseline_setup(
     target: &Target,
     admin_cookie: &str,
     buyers: &[crate::buyers::Buyer],
+    driver_threads: usize,
 ) -> anyhow::Result<baseline::Setup> {
     let sold_out_product = create_product_with(&target.base_url, admin_cookie, 1, true).await?;
     let winner_product = create_product_with(&target.base_url, admin_cookie, WINNER_STOCK, false).await?;
@@ -595,6 +598,7 @@ async fn baseline_setup(
         replay_key,
         winner_product,
         buyers: buyers.to_vec(),
+        driver_threads,
     })
 }
 

@@ -29,6 +29,7 @@ fn options(root: &Path, name: &str, buyers: usize, stock: i64) -> SaleOptions {
         #[cfg(feature = "broken")]
         broken: None,
         baselines: 0,
+        driver_threads: flashsale_loadgen::baseline::DEFAULT_DRIVER_THREADS,
     }
 }
 
