@@ -81,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("FLASHSALE_LOG_FORMAT").is_ok_and(|v| v == "json");
     // Colour codes only on a terminal: files and log collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());

@@ -1,16 +1,52 @@
 //! Prometheus metrics of one server instance, rendered at `/metrics`.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use axum::extract::MatchedPath;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// One series of the HTTP metrics. Built per request without allocating: the method is a
+/// static name and the route the router's own template, shared.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
-    pub route: String,
+    pub method: &'static str,
+    pub route: RouteLabel,
     pub status: u16,
+}
+
+/// The route template a request matched (`/api/v1/user/buy/{product_id}`), or `unmatched`.
+#[derive(Debug, Clone)]
+pub struct RouteLabel(pub Option<MatchedPath>);
+
+impl RouteLabel {
+    pub fn as_str(&self) -> &str {
+        self.0.as_ref().map_or("unmatched", MatchedPath::as_str)
+    }
+}
+
+impl PartialEq for RouteLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RouteLabel {}
+
+impl Hash for RouteLabel {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,6 +145,13 @@ impl Metrics {
             reconciled_orders,
             sale_rebuilds,
         }
+    }
+
+    /// Counts and times one HTTP answer.
+    pub fn record_http(&self, method: &'static str, route: RouteLabel, status: u16, elapsed: Duration) {
+        let labels = HttpLabels { method, route, status };
+        self.http_requests.get_or_create(&labels).inc();
+        self.http_latency_seconds.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
 
     pub fn purchase_outcome(&self, outcome: &str) {

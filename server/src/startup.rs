@@ -15,13 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::clock::Ids;
 use crate::config::Config;
 use crate::db::Db;
 use crate::events::EventHub;
-use crate::http::{middleware, ops};
+use crate::http::{ApiRoutes, middleware, ops};
 use crate::metrics::Metrics;
 use crate::purchase::rebuild::RebuildFlights;
 use crate::purchase::sold_out::SoldOutCache;
@@ -89,31 +88,23 @@ pub fn install_crypto_provider() {
 
 /// The whole HTTP application.
 pub fn router(app: AppState) -> Router {
-    let api = Router::new()
-        .merge(auth::router())
-        .merge(products::router())
-        .merge(purchase::router())
+    let api = purchase::routes(products::routes(auth::routes(ApiRoutes::default())))
         .route("/events", get(events::events_stream));
-    Router::new()
-        .nest("/api/v1", api)
+    api.into_router()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .fallback(middleware::route_not_found)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::record_metrics))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::problem_for_plain_errors))
-        .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
+        // One stack applied once: each `Router::layer` call wraps every route in one more
+        // boxed service, cloned per request. Outermost first.
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(middleware::REQUEST_ID, MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-                    let request_id =
-                        request.headers().get(middleware::REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
-                    tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id)
-                }))
                 .layer(PropagateRequestIdLayer::new(middleware::REQUEST_ID))
-                .layer(CatchPanicLayer::custom(middleware::panic_to_problem)),
+                .layer(CatchPanicLayer::custom(middleware::panic_to_problem))
+                .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
+                .layer(middleware::EdgeLayer::new(app.clone())),
         )
         .with_state(app)
 }

@@ -12,14 +12,12 @@ pub mod password;
 pub mod session;
 pub mod users;
 
-use axum::Router;
 use axum::routing::{get, post};
 
-use crate::state::AppState;
+use crate::http::ApiRoutes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/register", post(handlers::register))
+pub fn routes(api: ApiRoutes) -> ApiRoutes {
+    api.route("/auth/register", post(handlers::register))
         .route("/auth/login", post(handlers::login))
         .route("/auth/otp", post(handlers::resend_otp))
         .route("/auth/verify-otp", post(handlers::verify_otp))

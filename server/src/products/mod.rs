@@ -15,16 +15,14 @@ pub mod live;
 pub mod model;
 pub mod store;
 
-use axum::Router;
 use axum::routing::{delete, get, post, put};
 
-use crate::state::AppState;
+use crate::http::ApiRoutes;
 
 /// Routes under `/api/v1`, with the seed's paths as aliases (its typos fixed in the
 /// README's mapping; the aliases keep old clients working).
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/products", get(handlers::list).post(handlers::create))
+pub fn routes(api: ApiRoutes) -> ApiRoutes {
+    api.route("/products", get(handlers::list).post(handlers::create))
         .route("/products/{id}", get(handlers::detail).put(handlers::update).delete(handlers::delete))
         .route("/products/{id}/restock", post(handlers::restock))
         .route("/product", get(handlers::list))

@@ -13,14 +13,12 @@ pub mod replays;
 pub mod sale;
 pub mod sold_out;
 
-use axum::Router;
 use axum::routing::{get, post};
 
-use crate::state::AppState;
+use crate::http::ApiRoutes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/user/buy/{product_id}", post(handlers::buy))
+pub fn routes(api: ApiRoutes) -> ApiRoutes {
+    api.route("/user/buy/{product_id}", post(handlers::buy))
         .route("/user/orders", get(handlers::list_orders))
         .route("/user/orders/{order_id}", get(handlers::get_order))
         .route("/admin/orders/{order_id}/cancel", post(cancel::cancel_order))
