@@ -59,6 +59,10 @@ load-auth *ARGS:
 load-mixed *ARGS:
     cargo run --release -p flashsale-loadgen -- mixed {{ARGS}}
 
+# What the HTTP stack and the sold-out handler cost per request, in process (no sockets).
+bench-http:
+    cargo bench -p flashsale --bench http_stack
+
 # A short `sale` report into target/ (what CI runs).
 load-sale-quick:
     cargo run -p flashsale-loadgen -- sale --buyers 2000 --stock 100 --report-dir target/flashsale-loadgen --name quick-sale

@@ -87,11 +87,12 @@ where
                 let status = response.status();
                 let elapsed = started.elapsed();
                 app.metrics.record_http(method, route, status.as_u16(), elapsed);
+                // The message tower-http's TraceLayer wrote, which log queries already use.
                 let latency_ms = elapsed.as_secs_f64() * 1000.0;
                 if status.is_server_error() {
-                    tracing::error!(status = status.as_u16(), latency_ms, "request failed");
+                    tracing::error!(status = status.as_u16(), latency_ms, "finished processing request");
                 } else {
-                    tracing::debug!(status = status.as_u16(), latency_ms, "request answered");
+                    tracing::debug!(status = status.as_u16(), latency_ms, "finished processing request");
                 }
                 Ok(response)
             }
