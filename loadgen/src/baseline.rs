@@ -17,10 +17,10 @@
 //!
 //! Each side of a ratio gives its driver the same threads: `redis-benchmark` drives Redis
 //! from one thread unless told `--threads`, so the HTTP measures run on a runtime of their
-//! own with as many workers ([`DEFAULT_DRIVER_THREADS`], `--driver-threads`), not on the
-//! load generator's main runtime with a worker per core. On a machine whose cores the
-//! server shares, every extra driver thread is a thread the server's workers are switched
-//! out for.
+//! own with as many workers ([`DEFAULT_DRIVER_THREADS`], `--driver-threads`). One is also
+//! the setting that favours the raw side here: `redis-benchmark --threads 2` was slower
+//! than its default on two cores, which would flatter every ratio. The open-loop runs,
+//! compared with no other driver, get a worker per core.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -160,6 +160,8 @@ pub struct Baselines {
     pub driver_cpu_us_per_request: Option<f64>,
     /// Threads of each driver (`redis-benchmark` and the HTTP driver).
     pub driver_threads: usize,
+    /// Threads of the open-loop driver.
+    pub open_loop_threads: usize,
 }
 
 /// What the baselines run against.
@@ -274,6 +276,14 @@ pub async fn run(setup: &Setup, repetitions: usize, progress: impl Fn(&str)) -> 
     .flatten()
     .collect();
     let capacity = rates.get(&Measure::SoldOut).map_or(0.0, |s| s.median);
+    // Latency is compared with no other driver: the open loop gets a worker per core, so
+    // that the scheduler switching one driver thread out does not stall every lane at once.
+    drop(http);
+    drop(driver);
+    let open_loop_threads = open_loop_driver_threads();
+    let driver = Driver::start(open_loop_threads)?;
+    let base_url = setup.base_url.clone();
+    let http = Arc::new(driver.run(async move { WireClient::new(&base_url).await }).await??);
     let mut open_loop = Vec::new();
     for fraction in OPEN_LOOP_FRACTIONS {
         progress(&format!("open loop at {:.0}% of the sold-out capacity ({capacity:.0}/s)", fraction * 100.0));
@@ -287,7 +297,13 @@ pub async fn run(setup: &Setup, repetitions: usize, progress: impl Fn(&str)) -> 
         open_loop,
         driver_cpu_us_per_request: Spread::of(&driver_cpu).map(|s| s.median),
         driver_threads: setup.driver_threads,
+        open_loop_threads,
     })
+}
+
+/// Threads of the open-loop driver: one per core the process may use.
+fn open_loop_driver_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from).min(MAX_DRIVER_THREADS)
 }
 
 async fn load_script(app: &App) -> anyhow::Result<String> {

@@ -362,9 +362,13 @@ fn baselines_markdown(md: &mut String, b: &Baselines) {
         md,
         "The sold-out path (the flood of a sale) at fractions of its median closed-loop rate, {} s each after a \
          {} ms warmup, every request timed from its planned send time (coordinated omission cannot hide a \
-         stall).\n",
+         stall), dealt to {} lanes driven from {} thread{} (a worker per core: latency is compared with no \
+         other driver).\n",
         baseline::OPEN_LOOP_RUN.as_secs(),
-        baseline::OPEN_LOOP_WARMUP.as_millis()
+        baseline::OPEN_LOOP_WARMUP.as_millis(),
+        baseline::OPEN_LOOP_LANES,
+        b.open_loop_threads,
+        if b.open_loop_threads == 1 { "" } else { "s" },
     );
     let _ = writeln!(
         md,
@@ -479,6 +483,7 @@ mod tests {
             open_loop: Vec::new(),
             driver_cpu_us_per_request: Some(7.0),
             driver_threads: 1,
+            open_loop_threads: 2,
         }
     }
 
