@@ -26,6 +26,33 @@ async fn metrics_count_requests_per_route_template() {
 }
 
 #[tokio::test]
+async fn metrics_label_api_routes_by_template_and_odd_methods_as_other() {
+    let app = TestApp::spawn().await;
+    let product = uuid::Uuid::now_v7();
+    let odd = reqwest::Method::from_bytes(b"BREW").expect("a method token");
+    let brewed = app.client().request(odd, app.url("/healthz")).send().await.expect("brew");
+    assert_eq!(brewed.status(), 405);
+    assert_eq!(brewed.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/problem+json"));
+    let detail = app.client().get(app.url(&format!("/api/v1/products/{product}"))).send().await.expect("detail");
+    assert_eq!(detail.status(), 404);
+    let text = app.client().get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let series = |method: &str, route: &str, status: u16| {
+        text.lines().any(|line| {
+            line.starts_with("flashsale_http_requests_total{")
+                && line.contains(&format!("method=\"{method}\""))
+                && line.contains(&format!("route=\"{route}\""))
+                && line.contains(&format!("status=\"{status}\""))
+        })
+    };
+    // A method any client may invent is one series, not one per token.
+    assert!(series("other", "/healthz", 405), "{text}");
+    assert!(!text.contains("BREW"), "{text}");
+    // The template of the API route, with its prefix, never the product's id.
+    assert!(series("GET", "/api/v1/products/{id}", 404), "{text}");
+    assert!(!text.contains(&product.to_string()), "{text}");
+}
+
+#[tokio::test]
 async fn the_openapi_description_is_served_and_names_the_purchase_route() {
     let app = TestApp::spawn().await;
     let spec: serde_json::Value =
