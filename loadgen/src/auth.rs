@@ -123,7 +123,7 @@ impl Auth {
                 detail: format!("{wrong} of {profiles} profile reads answered otherwise or named someone else"),
             });
         }
-        Ok(CheckReport { checks, orders: 0, drained_ms: None })
+        Ok(CheckReport { checks, sale: None })
     }
 }
 

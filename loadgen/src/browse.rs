@@ -86,7 +86,7 @@ impl Browse {
                 detail: format!("{wrong_lists} of {lists} list pages held no product list"),
             },
         ];
-        CheckReport { checks, orders: 0, drained_ms: None }
+        CheckReport { checks, sale: None }
     }
 }
 

@@ -30,6 +30,13 @@ pub struct Check {
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
     pub checks: Vec<Check>,
+    /// What the sale's check counted, in the runs that had a sale (`sale`, `mixed`).
+    pub sale: Option<SaleCount>,
+}
+
+/// What the check of a sale counted after the load.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SaleCount {
     /// Confirmed orders in MongoDB.
     pub orders: usize,
     /// Time until the pending set was empty, ms (None: it never was).
@@ -138,7 +145,7 @@ pub async fn check_sale(
             remaining.map_or_else(|| "no sale state:".to_owned(), |r| r.to_string())
         ),
     ));
-    Ok(CheckReport { checks, orders: confirmed.len(), drained_ms })
+    Ok(CheckReport { checks, sale: Some(SaleCount { orders: confirmed.len(), drained_ms }) })
 }
 
 /// Waits until the product's pending set is empty; the time it took, or None.

@@ -443,7 +443,7 @@ pub async fn mixed(options: &MixedOptions) -> anyhow::Result<RunOutcome> {
     let mut checks = sale_check.checks;
     checks.extend(state.browse.check().checks);
     checks.extend(state.auth.check().await?.checks);
-    let check = CheckReport { checks, orders: sale_check.orders, drained_ms: sale_check.drained_ms };
+    let check = CheckReport { checks, sale: sale_check.sale };
     target.stop_server();
 
     let parts = ReportParts {
