@@ -46,15 +46,15 @@ impl SessionUser {
         let Some(session_id) = session::id_from_headers(headers) else {
             return Err(ApiError::Unauthenticated);
         };
-        let Some(live) = session::load(state, &session_id).await.map_err(redis_unavailable)? else {
-            state.known_sessions.forget(&session_id);
+        let Some(live) = session::load(state, session_id).await.map_err(redis_unavailable)? else {
+            state.known_sessions.forget(session_id);
             return Err(ApiError::Unauthenticated);
         };
         if live.otp_verified {
-            state.known_sessions.remember(&session_id, live.user_id);
+            state.known_sessions.remember(session_id, live.user_id);
         }
         Ok(SessionUser {
-            session_id,
+            session_id: session_id.to_owned(),
             user_id: live.user_id,
             email: live.email,
             role: live.role,

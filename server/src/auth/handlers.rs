@@ -104,7 +104,7 @@ pub async fn login(
     let role = promote_configured_admin(&app, &user).await?;
     // Rotation: whatever session the client held before is gone after a login.
     if let Some(old) = session::id_from_headers(&headers) {
-        session::delete(&app, &old).await.map_err(redis_unavailable)?;
+        session::delete(&app, old).await.map_err(redis_unavailable)?;
     }
     let now_ms = app.ids.now_ms();
     let fresh = session::Session {
@@ -182,7 +182,7 @@ pub async fn verify_otp(
 /// `POST /auth/logout`: the session is deleted server-side and the cookie cleared.
 pub async fn logout(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     if let Some(id) = session::id_from_headers(&headers) {
-        session::delete(&app, &id).await.map_err(redis_unavailable)?;
+        session::delete(&app, id).await.map_err(redis_unavailable)?;
     }
     let clear = session::clear_cookie(&app.config);
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())

@@ -54,7 +54,7 @@ pub async fn buy(
     let headers = request.headers();
     // After a sell-out the flood is answered here, before any Redis round trip: a
     // session this instance has seen verified gives its user, hence the order id.
-    let known = session::id_from_headers(headers).and_then(|id| app.known_sessions.user(&id));
+    let known = session::id_from_headers(headers).and_then(|id| app.known_sessions.user(id));
     let shortcut_passed = match known {
         Some(user_id) => {
             let key = idempotency::key_from_headers(headers)?;
