@@ -312,7 +312,7 @@ fn baselines_markdown(md: &mut String, b: &Baselines) {
         if b.driver_threads == 1 { "" } else { "s" },
         match b.driver_cpu_us_per_request {
             Some(us) => format!(
-                "Its cost: the load generator's threads spent {us:.0} µs of CPU per `/healthz` request (median), \
+                "The HTTP driver's cost: the load generator's threads spent {us:.0} µs of CPU per `/healthz` request (median), \
                  CPU the server did not have on this machine."
             ),
             None => "Its CPU cost per request could not be read from /proc.".to_owned(),
