@@ -199,6 +199,15 @@ impl Driver {
         Ok(Self { runtime: Some(runtime) })
     }
 
+    /// A driver of `threads` workers and its client of the server at `base_url`, whose
+    /// connections are made on the driver's runtime.
+    async fn connect(threads: usize, base_url: &str) -> anyhow::Result<(Self, Arc<WireClient>)> {
+        let driver = Self::start(threads)?;
+        let base_url = base_url.to_owned();
+        let http = driver.run(async move { WireClient::new(&base_url).await }).await??;
+        Ok((driver, Arc::new(http)))
+    }
+
     /// Runs `work` on the driver's threads and waits for it from the caller's.
     async fn run<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> anyhow::Result<T> {
         let runtime = self.runtime.as_ref().context("the driver has stopped")?;
@@ -222,9 +231,7 @@ pub async fn run(setup: &Setup, repetitions: usize, progress: impl Fn(&str)) -> 
         "driver threads must be 1 to {MAX_DRIVER_THREADS}, not {}",
         setup.driver_threads
     );
-    let driver = Driver::start(setup.driver_threads)?;
-    let base_url = setup.base_url.clone();
-    let http = Arc::new(driver.run(async move { WireClient::new(&base_url).await }).await??);
+    let (driver, http) = Driver::connect(setup.driver_threads, &setup.base_url).await?;
     let sha = load_script(&setup.admin).await?;
     let mut samples = Vec::new();
     let mut driver_cpu = Vec::new();
@@ -281,9 +288,7 @@ pub async fn run(setup: &Setup, repetitions: usize, progress: impl Fn(&str)) -> 
     drop(http);
     drop(driver);
     let open_loop_threads = open_loop_driver_threads();
-    let driver = Driver::start(open_loop_threads)?;
-    let base_url = setup.base_url.clone();
-    let http = Arc::new(driver.run(async move { WireClient::new(&base_url).await }).await??);
+    let (driver, http) = Driver::connect(open_loop_threads, &setup.base_url).await?;
     let mut open_loop = Vec::new();
     for fraction in OPEN_LOOP_FRACTIONS {
         progress(&format!("open loop at {:.0}% of the sold-out capacity ({capacity:.0}/s)", fraction * 100.0));
