@@ -438,8 +438,25 @@ fn sample_of(measure: Measure, repetition: usize, result: openloop::ClosedLoopRe
     Sample { measure, repetition, rate_per_s: result.rate_per_s, p50_us: summary.p50, p99_us: summary.p99, unexpected }
 }
 
+/// The raw single-document insert, on a MongoDB client of the load generator's own (the
+/// server reaches MongoDB only through its store seam, which has no raw collection).
 async fn mongo_insert(setup: &Setup, repetition: usize) -> Sample {
-    let collection = setup.admin.db.collection::<mongodb::bson::Document>(BASELINE_COLLECTION);
+    let config = &setup.admin.config;
+    let client = match mongodb::Client::with_uri_str(&config.mongo_url).await {
+        Ok(client) => client,
+        // A URL the server itself connected with: only a parse error can land here.
+        Err(_) => {
+            return Sample {
+                measure: Measure::MongoInsert,
+                repetition,
+                rate_per_s: 0.0,
+                p50_us: 0,
+                p99_us: 0,
+                unexpected: 1,
+            };
+        }
+    };
+    let collection = client.database(&config.mongo_database).collection::<mongodb::bson::Document>(BASELINE_COLLECTION);
     let product = setup.winner_product.to_string();
     let result = closed_loop(CONCURRENCY, MEASURE, WARMUP, move |index| {
         let (collection, product) = (collection.clone(), product.clone());

@@ -5,8 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use flashsale::purchase::orders::{self, OrderStatus};
-use flashsale::purchase::sale;
+use flashsale::sale::orders::{self, OrderStatus};
+use flashsale::sale;
 use flashsale::state::App;
 use serde::Serialize;
 use uuid::Uuid;
@@ -41,6 +41,24 @@ pub struct SaleCount {
     pub orders: usize,
     /// Time until the pending set was empty, ms (None: it never was).
     pub drained_ms: Option<u64>,
+    /// The replays of the acknowledged keys.
+    pub replays: ReplayCount,
+}
+
+/// What the replays of the acknowledged keys showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReplayCount {
+    /// Keys a buyer was told an order for.
+    pub acknowledged_keys: usize,
+    /// Of those, keys replayed at least once (a replay that got an answer).
+    pub replayed_keys: usize,
+    /// Of those, keys never replayed: the check says nothing about them.
+    pub not_replayed_keys: usize,
+    /// Keys with a replay (or a later acknowledgement) that named another order or unit,
+    /// or a replay that named no order.
+    pub differing_keys: usize,
+    /// Replays in all.
+    pub replays: u64,
 }
 
 impl CheckReport {
@@ -102,18 +120,8 @@ pub async fn check_sale(
     }
     let twice = per_user.values().filter(|count| **count > 1).count();
     checks.push(check("nobody bought twice", twice == 0, format!("{twice} buyers hold more than one order")));
-    let inconsistent: Vec<&Acknowledged> = acknowledged.iter().filter(|a| !a.inconsistent_replays.is_empty()).collect();
-    let replays: u32 = acknowledged.iter().map(|a| a.replays).sum();
-    checks.push(check(
-        "replays returned the same order",
-        inconsistent.is_empty() && (acknowledged.is_empty() || replays > 0),
-        match inconsistent.first() {
-            Some(first) => format!("{} keys replayed another order, e.g. {first:?}", inconsistent.len()),
-            None => {
-                format!("{replays} replays of {} acknowledged keys, all the same order and unit", acknowledged.len())
-            }
-        },
-    ));
+    let (replay_check, replays) = check_replays(acknowledged);
+    checks.push(replay_check);
     let stored: HashMap<String, (&str, Option<i64>)> =
         confirmed.iter().map(|o| (o.id.clone(), (o.user_id.as_str(), o.unit_number()))).collect();
     let missing: Vec<&Acknowledged> = acknowledged
@@ -145,7 +153,48 @@ pub async fn check_sale(
             remaining.map_or_else(|| "no sale state:".to_owned(), |r| r.to_string())
         ),
     ));
-    Ok(CheckReport { checks, sale: Some(SaleCount { orders: confirmed.len(), drained_ms }) })
+    Ok(CheckReport { checks, sale: Some(SaleCount { orders: confirmed.len(), drained_ms, replays }) })
+}
+
+/// "replays returned the same order": every replay of every acknowledged key that was
+/// replayed named the order and unit of the key's acknowledgement. Keys never replayed
+/// are counted, and said, not judged; a run with acknowledged keys and no replay at all
+/// fails (nothing was checked).
+pub fn check_replays(acknowledged: &[Acknowledged]) -> (Check, ReplayCount) {
+    let replayed: Vec<&Acknowledged> = acknowledged.iter().filter(|a| a.replays > 0).collect();
+    // A key told two orders is inconsistent whether or not it was replayed.
+    let differing: Vec<&Acknowledged> = acknowledged.iter().filter(|a| !a.inconsistent_replays.is_empty()).collect();
+    let count = ReplayCount {
+        acknowledged_keys: acknowledged.len(),
+        replayed_keys: replayed.len(),
+        not_replayed_keys: acknowledged.len() - replayed.len(),
+        differing_keys: differing.len(),
+        replays: replayed.iter().map(|a| u64::from(a.replays)).sum(),
+    };
+    let not_replayed = format!(
+        "{} of {} acknowledged keys were not replayed",
+        count.not_replayed_keys, count.acknowledged_keys
+    );
+    let detail = match differing.first() {
+        Some(first) => format!(
+            "{} of {} acknowledged keys were answered with another order or unit, or none, e.g. key {} of user \
+             {}: {}; {not_replayed}",
+            count.differing_keys,
+            count.acknowledged_keys,
+            first.key,
+            first.user_id,
+            first.inconsistent_replays.join("; ")
+        ),
+        None if count.replayed_keys == 0 && count.acknowledged_keys > 0 => {
+            format!("no acknowledged key was replayed: nothing was checked; {not_replayed}")
+        }
+        None => format!(
+            "{} replays of {} replayed keys, each naming the acknowledged order and unit; {not_replayed}",
+            count.replays, count.replayed_keys
+        ),
+    };
+    let passed = count.differing_keys == 0 && (count.acknowledged_keys == 0 || count.replayed_keys > 0);
+    (check("replays returned the same order", passed, detail), count)
 }
 
 /// Waits until the product's pending set is empty; the time it took, or None.

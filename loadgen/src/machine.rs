@@ -55,7 +55,7 @@ impl Machine {
 }
 
 fn first_line(program: &str, args: &[&str]) -> String {
-    let bin = flashsale::stack::tools_dir().join(program);
+    let bin = flashsale_stack::tools_dir().join(program);
     let program = if bin.exists() { bin.into_os_string() } else { program.into() };
     Command::new(program)
         .args(args)

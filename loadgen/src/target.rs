@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use flashsale::clock::Ids;
 use flashsale::config::Config;
-use flashsale::stack::{BackendKind, Backends, RedisPersistence, start_backends};
+use flashsale_stack::{BackendKind, Backends, RedisPersistence, start_backends};
 use flashsale::startup::{RunningServer, build_state};
 use flashsale::state::AppState;
 use tokio_util::sync::CancellationToken;

@@ -12,7 +12,7 @@
 
 use uuid::Uuid;
 
-use crate::purchase::orders::OrderDoc;
+use crate::sale::orders::OrderDoc;
 use crate::state::App;
 
 /// One deliberately broken behaviour of a server instance.

@@ -1,11 +1,13 @@
 //! Injected time and randomness: every clock read and every random id in logic the
 //! simulator must replay goes through [`Clock`] and [`Entropy`], never through
-//! `SystemTime::now()` or a thread-local RNG directly.
+//! `SystemTime::now()` or a thread-local RNG directly. The simulator gives every server
+//! instance a [`SeededEntropy`] derived from its plan's seed (`sim/src/world.rs`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rand::TryRngCore;
+use rand::{RngCore, SeedableRng, TryRngCore};
+use rand_chacha::ChaCha8Rng;
 use uuid::Uuid;
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -39,6 +41,24 @@ impl Entropy for OsEntropy {
         // The OS RNG failing is not a recoverable condition for a server that hands out
         // session ids: refusing to continue is the only safe answer.
         rand::rngs::OsRng.try_fill_bytes(buf).expect("the operating system's random number generator failed");
+    }
+}
+
+/// A ChaCha stream from a seed: the same seed draws the same session ids, codes and
+/// record ids. For the simulator, which replays a run from its seed; never in production
+/// (the ids it draws are as predictable as the seed).
+#[derive(Debug)]
+pub struct SeededEntropy(Mutex<ChaCha8Rng>);
+
+impl SeededEntropy {
+    pub fn new(seed: u64) -> Self {
+        Self(Mutex::new(ChaCha8Rng::seed_from_u64(seed)))
+    }
+}
+
+impl Entropy for SeededEntropy {
+    fn fill(&self, buf: &mut [u8]) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).fill_bytes(buf);
     }
 }
 
@@ -132,6 +152,16 @@ mod tests {
             assert_eq!(code.len(), 6);
             assert!(code.bytes().all(|b| b.is_ascii_digit()));
         }
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_ids_and_another_seed_others() {
+        let draw = |seed| {
+            let ids = Ids::new(Arc::new(SystemClock), Arc::new(SeededEntropy::new(seed)));
+            (ids.token_128(), ids.decimal_code(6), ids.token_128())
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::db::DbError;
 use crate::ratelimit::RateLimitHeaders;
 
 /// Media type of problem details (RFC 9457).
@@ -67,7 +68,7 @@ pub enum ApiError {
     #[error("a backing service is unavailable")]
     Unavailable { retry_after_s: u64 },
     #[error("internal error")]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
 }
 
 /// The problem document (RFC 9457 members plus a few extensions).
@@ -177,6 +178,33 @@ impl IntoResponse for ApiError {
         self.extra_headers(response.headers_mut());
         response
     }
+}
+
+/// Everything unexpected is a logged 500, except a store outage: a [`DbError::Unavailable`]
+/// anywhere in the chain (a domain function's `anyhow` result) is a 503, as everywhere.
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        let outage = err.chain().any(|cause| cause.downcast_ref::<DbError>().is_some_and(DbError::is_unavailable));
+        if outage {
+            return store_unavailable(&err);
+        }
+        Self::Internal(err)
+    }
+}
+
+/// A MongoDB outage is a 503 with Retry-After on every path; anything else a logged 500.
+impl From<DbError> for ApiError {
+    fn from(err: DbError) -> Self {
+        if err.is_unavailable() {
+            return store_unavailable(&err);
+        }
+        Self::Internal(err.into())
+    }
+}
+
+fn store_unavailable(err: &dyn std::fmt::Debug) -> ApiError {
+    tracing::warn!(error = ?err, "mongodb unavailable");
+    ApiError::Unavailable { retry_after_s: 1 }
 }
 
 /// A backend failure on a path that must fail closed (auth, purchase): 503, never open.

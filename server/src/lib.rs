@@ -9,15 +9,21 @@
 //! - [`startup`]: build the state, the router, and serve on a given listener.
 //! - [`config`]: every setting and limit. [`error`]: the problem+json boundary.
 //! - [`clock`]: injected time and entropy (the simulator replays through them).
-//! - [`redis`]: connection, key names ([`redis::keys`]), typed scripts ([`redis::scripts`]).
-//! - [`db`]: MongoDB collections and the unique indexes behind every guarantee.
+//! - The store seam: [`redis`] (`RedisConn`, key names in [`redis::keys`], typed scripts
+//!   in [`redis::scripts`]) and [`db`] (`Db`: one method per MongoDB query, typed errors,
+//!   the unique indexes behind every guarantee). With the `memory` feature both have an
+//!   in-process emulation (`memory://` URLs). Nothing else names a store's types.
+//! - [`sale`]: the live sale, the layer below `products` and `purchase`: sale state,
+//!   orders, rebuild, reconciler, sold-out shortcut, product records and their cache.
 //! - [`auth`]: register, login, OTP, sessions, logout, profile.
 //! - [`products`]: catalogue with cache-aside, admin writes, sale windows.
-//! - [`purchase`]: the purchase protocol, orders, idempotency, reconciler, rebuild.
+//! - [`purchase`]: the purchase protocol: buy, order reads, admin cancel, idempotency.
 //! - [`ratelimit`], [`events`] (pub/sub and SSE), [`http`] (extractors, ops endpoints).
-//! - [`stack`]: local redis-server and FerretDB processes for tests and `dev`.
 //! - `broken` (only with the `broken` feature): deliberately broken variants of the
 //!   purchase protocol, for the simulator's checker.
+//!
+//! Local backend processes for tests and `flashsale dev` live in the `flashsale-stack`
+//! crate (`server/stack/`), not in this library.
 
 pub mod auth;
 #[cfg(feature = "broken")]
@@ -33,6 +39,6 @@ pub mod products;
 pub mod purchase;
 pub mod ratelimit;
 pub mod redis;
-pub mod stack;
+pub mod sale;
 pub mod startup;
 pub mod state;

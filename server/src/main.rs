@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flashsale::clock::Ids;
 use flashsale::config::{Config, OtpDelivery};
-use flashsale::stack::{BackendKind, RedisPersistence, start_backends};
+use flashsale_stack::{BackendKind, RedisPersistence, start_backends};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -68,9 +68,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Admin(AdminCommand::Rebuild { product, config }) => {
             let app = flashsale::startup::build_state(config, Ids::system()).await?;
             match product {
-                Some(id) => println!("{id}: {:?}", flashsale::purchase::rebuild::rebuild_product(&app, id).await?),
+                Some(id) => println!("{id}: {:?}", flashsale::sale::rebuild::rebuild_product(&app, id).await?),
                 None => {
-                    let (rebuilt, in_progress) = flashsale::purchase::rebuild::rebuild_all(&app).await?;
+                    let (rebuilt, in_progress) = flashsale::sale::rebuild::rebuild_all(&app).await?;
                     println!("rebuilt {rebuilt} products ({} being rebuilt by another holder)", in_progress.len());
                 }
             }

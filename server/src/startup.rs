@@ -22,11 +22,11 @@ use crate::db::Db;
 use crate::events::EventHub;
 use crate::http::{ApiRoutes, middleware, ops};
 use crate::metrics::Metrics;
-use crate::purchase::rebuild::RebuildFlights;
-use crate::purchase::sold_out::SoldOutCache;
 use crate::redis::{Keys, RedisConn};
+use crate::sale::rebuild::RebuildFlights;
+use crate::sale::sold_out::SoldOutCache;
 use crate::state::{App, AppState};
-use crate::{auth, events, products, purchase};
+use crate::{auth, events, products, purchase, sale};
 
 /// Eviction policies under which Redis never drops a key to make room.
 const SAFE_EVICTION_POLICIES: &[&str] = &["noeviction"];
@@ -132,8 +132,8 @@ pub async fn serve(listener: TcpListener, app: AppState, shutdown: CancellationT
 fn spawn_background(app: &AppState, shutdown: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = vec![tokio::spawn(events::run_subscriber(app.clone(), shutdown.clone()))];
     if app.config.background_tasks {
-        tasks.push(tokio::spawn(purchase::reconciler::run(app.clone(), shutdown.clone())));
-        tasks.push(tokio::spawn(purchase::rebuild::watch_redis_restarts(app.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(sale::reconciler::run(app.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(sale::rebuild::watch_redis_restarts(app.clone(), shutdown.clone())));
     }
     tasks
 }

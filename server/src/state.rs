@@ -10,9 +10,9 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
-use crate::purchase::rebuild::RebuildFlights;
-use crate::purchase::sold_out::SoldOutCache;
 use crate::redis::{Keys, RedisConn};
+use crate::sale::rebuild::RebuildFlights;
+use crate::sale::sold_out::SoldOutCache;
 
 pub type AppState = Arc<App>;
 

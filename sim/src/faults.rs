@@ -141,11 +141,11 @@ fn local_op(local: &mut LocalBackends, backend: Backend, op: ProcessOp) -> anyho
 
 #[cfg(feature = "containers")]
 async fn container_op(
-    stack: &flashsale::stack::ContainerStack,
+    stack: &flashsale_stack::ContainerStack,
     backend: Backend,
     op: ProcessOp,
 ) -> anyhow::Result<String> {
-    use flashsale::stack::ContainerRole;
+    use flashsale_stack::ContainerRole;
     let role = match backend {
         Backend::Redis => ContainerRole::Redis,
         Backend::Mongo => ContainerRole::Mongo,

@@ -18,8 +18,8 @@ use flashsale::auth::extract::Role;
 use flashsale::auth::session::COOKIE_NAME;
 use flashsale::auth::users;
 use flashsale::config::Config;
-use flashsale::purchase::orders::{OrderStatus, UnitField};
 use flashsale::redis::scripts;
+use flashsale::sale::orders::{OrderStatus, UnitField};
 use flashsale::state::AppState;
 use futures::StreamExt;
 use serde::Serialize;
@@ -38,6 +38,16 @@ const SIM_PASSWORD: &str = "simulated buyer password";
 const SETUP_CONCURRENCY: usize = 64;
 /// HTTP login flows run at once (each hashes a password twice).
 const HTTP_LOGIN_CONCURRENCY: usize = 8;
+/// Attempts of one buyer's HTTP register → login → OTP flow before the setup gives up.
+/// A login at the production Argon2 cost on a busy 2-core machine can outlast one
+/// request's timeout (seed 7 ended its run so, twice): an unknown outcome is retried,
+/// never the end of the run. The flow is safe to repeat (register answers 202 whether
+/// or not the account exists; a new login sends a new code, and the newest is used).
+const HTTP_LOGIN_ATTEMPTS: u32 = 6;
+/// Bound on one request of that flow: the password hash queues behind the others'.
+const HTTP_LOGIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause before the next attempt (times the attempt number).
+const HTTP_LOGIN_BACKOFF: Duration = Duration::from_millis(250);
 /// Time between the end of the setup and the opening of the first sale.
 const OPENING_LEAD: Duration = Duration::from_millis(1_500);
 /// Bound on the reconciler draining every pending set after the faults healed.
@@ -157,8 +167,8 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<RunOutcome> {
     let mut admin_config =
         Config::for_local(&backends.direct_redis_url(), &backends.direct_mongo_url(), DATABASE, KEY_PREFIX);
     admin_config.background_tasks = false;
-    let admin = admin_app(admin_config).await?;
-    let instances = Instances::start(vec![instance_config; plan.options.instances]).await?;
+    let admin = admin_app(admin_config, plan.options.seed).await?;
+    let instances = Instances::start(vec![instance_config; plan.options.instances], plan.options.seed).await?;
     let backends = Arc::new(Mutex::new(backends));
 
     let result = play(&settings, &plan, &admin, &instances, &backends, started).await;
@@ -306,8 +316,30 @@ async fn create_buyers(
     all.into_iter().map(|s| s.context("a buyer without a session")).collect()
 }
 
-/// The full HTTP flow: register → login (a code goes to the outbox) → verify the code.
+/// The full HTTP flow, attempted up to [`HTTP_LOGIN_ATTEMPTS`] times: a timeout, a
+/// reset or a 5xx/429 answer is an unknown outcome to retry, not a setup failure.
 async fn http_login(
+    admin: &AppState,
+    instances: &Arc<Instances>,
+    http: &reqwest::Client,
+    email: &str,
+    index: usize,
+) -> anyhow::Result<(Uuid, String)> {
+    let mut attempt = 1;
+    loop {
+        match http_login_once(admin, instances, http, email, index).await {
+            Ok(made) => return Ok(made),
+            Err(_) if attempt < HTTP_LOGIN_ATTEMPTS => {
+                tokio::time::sleep(HTTP_LOGIN_BACKOFF * attempt).await;
+                attempt += 1;
+            }
+            Err(err) => return Err(err.context(format!("HTTP login flow of {email}, {attempt} attempts"))),
+        }
+    }
+}
+
+/// The full HTTP flow once: register → login (a code goes to the outbox) → verify the code.
+async fn http_login_once(
     admin: &AppState,
     instances: &Arc<Instances>,
     http: &reqwest::Client,
@@ -319,18 +351,25 @@ async fn http_login(
     let credentials = serde_json::json!({ "email": email, "password": SIM_PASSWORD });
     let registered = http
         .post(format!("{base}/api/v1/auth/register"))
+        .timeout(HTTP_LOGIN_REQUEST_TIMEOUT)
         .header("x-forwarded-for", &ip)
         .json(&credentials)
         .send()
         .await?;
     anyhow::ensure!(registered.status().as_u16() == 202, "register answered {}", registered.status());
-    let login =
-        http.post(format!("{base}/api/v1/auth/login")).header("x-forwarded-for", &ip).json(&credentials).send().await?;
+    let login = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .timeout(HTTP_LOGIN_REQUEST_TIMEOUT)
+        .header("x-forwarded-for", &ip)
+        .json(&credentials)
+        .send()
+        .await?;
     anyhow::ensure!(login.status().as_u16() == 200, "login answered {}", login.status());
     let pre_otp = session_cookie(&login).context("login set no session cookie")?;
     let code = latest_code(admin, email).await?.context("no code in the outbox")?;
     let verified = http
         .post(format!("{base}/api/v1/auth/verify-otp"))
+        .timeout(HTTP_LOGIN_REQUEST_TIMEOUT)
         .header("x-forwarded-for", &ip)
         .header("cookie", format!("{COOKIE_NAME}={pre_otp}"))
         .json(&serde_json::json!({ "code": code }))
@@ -439,7 +478,7 @@ async fn read_final_state(
 ) -> anyhow::Result<FinalState> {
     let mut products = Vec::new();
     for id in product_ids {
-        let orders = flashsale::purchase::orders::orders_of_product(admin, *id)
+        let orders = flashsale::sale::orders::orders_of_product(admin, *id)
             .await?
             .into_iter()
             .map(|doc| StoredOrder {

@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use flashsale::clock::Ids;
+use flashsale::clock::{Ids, SeededEntropy, SystemClock};
 use flashsale::config::Config;
-use flashsale::stack::{FerretDb, RedisCluster, RedisClusterOptions, RedisPersistence, RedisServer, free_port};
 use flashsale::startup::{RunningServer, build_state};
 use flashsale::state::AppState;
+use flashsale_stack::{FerretDb, RedisCluster, RedisClusterOptions, RedisPersistence, RedisServer, free_port};
 use tokio::runtime::Runtime;
 
 use crate::plan::{Backend, Topology};
@@ -88,7 +88,7 @@ pub struct Backends {
     /// Local processes (None when the backends are containers).
     pub local: Option<LocalBackends>,
     #[cfg(feature = "containers")]
-    pub containers: Option<Arc<flashsale::stack::ContainerStack>>,
+    pub containers: Option<Arc<flashsale_stack::ContainerStack>>,
     /// One proxy per Redis node, in node order.
     pub redis_proxies: Vec<FaultProxy>,
     pub mongo_proxy: FaultProxy,
@@ -106,7 +106,7 @@ impl Backends {
 
     #[cfg(feature = "containers")]
     async fn start_containers(topology: Topology) -> anyhow::Result<Self> {
-        use flashsale::stack::{ContainerRole, ContainerStack};
+        use flashsale_stack::{ContainerRole, ContainerStack};
         anyhow::ensure!(topology == Topology::Single, "the Redis Cluster topology runs on local processes only");
         let stack = ContainerStack::start(RedisPersistence::AppendOnly).await?;
         let redis_proxy = FaultProxy::start(stack.addr(ContainerRole::Redis), None).await.context("a Redis proxy")?;
@@ -217,15 +217,21 @@ struct Instance {
 /// The server instances, and the base URL of each one that is up.
 pub struct Instances {
     configs: Vec<Config>,
+    /// The plan's seed: instance `i` draws its ids from `SeededEntropy` of a seed derived
+    /// from it and `i` (a fresh stream each time the instance starts again).
+    seed: u64,
+    starts: std::sync::atomic::AtomicU64,
     running: Mutex<Vec<Option<Instance>>>,
     urls: RwLock<Vec<Option<String>>>,
 }
 
 impl Instances {
-    pub async fn start(configs: Vec<Config>) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(configs: Vec<Config>, seed: u64) -> anyhow::Result<Arc<Self>> {
         let count = configs.len();
         let instances = Arc::new(Self {
             configs,
+            seed,
+            starts: std::sync::atomic::AtomicU64::new(0),
             running: Mutex::new((0..count).map(|_| None).collect()),
             urls: RwLock::new(vec![None; count]),
         });
@@ -248,6 +254,8 @@ impl Instances {
     pub async fn start_one(self: &Arc<Self>, index: usize) -> anyhow::Result<()> {
         let mut config = self.configs.get(index).cloned().context("no such instance")?;
         config.listen_addr = loopback(0);
+        let start = self.starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ids = seeded_ids(self.seed, start);
         let instance = tokio::task::spawn_blocking(move || -> anyhow::Result<Instance> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(INSTANCE_WORKERS)
@@ -255,7 +263,7 @@ impl Instances {
                 .enable_all()
                 .build()
                 .context("building an instance runtime")?;
-            let server = runtime.block_on(RunningServer::start(config, Ids::system()))?;
+            let server = runtime.block_on(RunningServer::start(config, ids))?;
             Ok(Instance { runtime, server })
         })
         .await??;
@@ -312,6 +320,14 @@ impl Instances {
 
 /// The simulator's own handle on the backends, direct (no proxy), with no background
 /// tasks: it makes users and sessions with the server's code and reads the final state.
-pub async fn admin_app(config: Config) -> anyhow::Result<AppState> {
-    build_state(config, Ids::system()).await.context("connecting the simulator to the backends")
+/// Its ids (user ids, session ids) are drawn from the plan's seed.
+pub async fn admin_app(config: Config, seed: u64) -> anyhow::Result<AppState> {
+    build_state(config, seeded_ids(seed, u64::MAX)).await.context("connecting the simulator to the backends")
+}
+
+/// Ids for one start of one server instance (or the simulator's own handle, `u64::MAX`):
+/// the system clock, and a ChaCha stream seeded from the plan's seed and the start.
+fn seeded_ids(seed: u64, start: u64) -> Ids {
+    let stream = seed ^ start.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    Ids::new(Arc::new(SystemClock), Arc::new(SeededEntropy::new(stream)))
 }

@@ -10,19 +10,13 @@
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{session, users};
 use crate::error::{ApiError, redis_unavailable};
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Buyer,
-    Admin,
-}
+pub use crate::db::records::Role;
 
 /// The user behind a live session.
 #[derive(Debug, Clone)]
@@ -95,7 +89,7 @@ impl FromRequestParts<AppState> for AdminUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let VerifiedUser(mut user) = VerifiedUser::from_request_parts(parts, state).await?;
-        let record = users::find_by_id(state, user.user_id).await.map_err(users::db_error)?;
+        let record = users::find_by_id(state, user.user_id).await?;
         user.role = record.map_or(Role::Buyer, |record| record.role);
         if user.role != Role::Admin {
             return Err(ApiError::Forbidden);

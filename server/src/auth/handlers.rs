@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::extract::{Role, SessionUser, VerifiedUser};
-use super::users::{self, db_error};
+use super::users;
 use super::{otp, password, session};
 use crate::error::{ApiError, ApiResult, redis_unavailable};
 use crate::http::extract::{ApiJson, ClientIp};
@@ -78,7 +78,7 @@ pub async fn register(
     users::validate_password(&body.password)?;
     let hash = password::hash_password(&app, body.password).await?;
     let role = users::configured_role(&app, &email);
-    if users::insert_user(&app, &email, &hash, role).await.map_err(db_error)?.is_some() {
+    if users::insert_user(&app, &email, &hash, role).await?.is_some() {
         tracing::info!("user registered");
     }
     let accepted =
@@ -124,7 +124,7 @@ pub async fn login(
 /// The user if the password is right. An unknown email verifies the dummy hash, and both
 /// failures give the same error, so neither the answer nor its timing tells them apart.
 async fn authenticate(app: &App, email: &str, password: String) -> ApiResult<users::UserDoc> {
-    let user = users::find_by_email(app, email).await.map_err(db_error)?;
+    let user = users::find_by_email(app, email).await?;
     let stored = user.as_ref().map_or_else(|| app.dummy_password_hash.clone(), |u| u.password_hash.clone());
     let too_long = password.chars().count() > users::MAX_PASSWORD_CHARS;
     let matches = password::verify_password(app, password, stored).await?;
@@ -190,7 +190,7 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap) -> ApiResul
 
 /// `GET|POST /user/profile`: the signed-in user's record.
 pub async fn profile(State(app): State<AppState>, VerifiedUser(user): VerifiedUser) -> ApiResult<axum::Json<Profile>> {
-    let Some(record) = users::find_by_id(&app, user.user_id).await.map_err(db_error)? else {
+    let Some(record) = users::find_by_id(&app, user.user_id).await? else {
         return Err(ApiError::Unauthenticated);
     };
     Ok(axum::Json(Profile {

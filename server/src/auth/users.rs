@@ -1,11 +1,11 @@
-//! User records in MongoDB (`users`): email rules, creation, lookup and roles.
+//! User records (`users`): email rules, creation, lookup and roles. The record and the
+//! role live in `db::records`, with every other stored document.
 
-use mongodb::bson::doc;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::extract::Role;
-use crate::db::{USERS, is_duplicate_key};
+use crate::db::records::Role;
+pub use crate::db::records::UserDoc;
+use crate::db::{DbError, DuplicateIndex};
 use crate::error::ApiError;
 use crate::redis::keys::sha256_hex;
 use crate::state::App;
@@ -18,24 +18,6 @@ pub const MAX_EMAIL_LOCAL_CHARS: usize = 64;
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest accepted password: long passphrases are welcome, unbounded hashing input is not.
 pub const MAX_PASSWORD_CHARS: usize = 128;
-
-/// One user as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserDoc {
-    #[serde(rename = "_id")]
-    pub id: String,
-    pub email: String,
-    pub password_hash: String,
-    pub role: Role,
-    pub created_at_ms: i64,
-}
-
-impl UserDoc {
-    /// The id as a UUID; a record with a malformed id is corrupt, not input.
-    pub fn uuid(&self) -> anyhow::Result<Uuid> {
-        Uuid::parse_str(&self.id).map_err(|err| anyhow::anyhow!("user {:?} has a malformed id: {err}", self.id))
-    }
-}
 
 /// The form every email is stored and compared in: trimmed and lowercased.
 pub fn normalise_email(email: &str) -> String {
@@ -91,12 +73,7 @@ pub fn configured_role(app: &App, normalised_email: &str) -> Role {
 }
 
 /// Inserts a user; `Ok(None)` when the email is already taken (unique index).
-pub async fn insert_user(
-    app: &App,
-    email: &str,
-    password_hash: &str,
-    role: Role,
-) -> Result<Option<Uuid>, mongodb::error::Error> {
+pub async fn insert_user(app: &App, email: &str, password_hash: &str, role: Role) -> Result<Option<Uuid>, DbError> {
     let id = app.ids.new_record_id();
     let user = UserDoc {
         id: id.to_string(),
@@ -105,9 +82,16 @@ pub async fn insert_user(
         role,
         created_at_ms: app.ids.now_ms(),
     };
-    match app.db.bounded(app.db.collection::<UserDoc>(USERS).insert_one(&user)).await {
-        Ok(_) => Ok(Some(id)),
-        Err(err) if is_duplicate_key(&err) => Ok(None),
+    match app.db.insert_user(&user).await {
+        Ok(()) => Ok(Some(id)),
+        Err(DbError::DuplicateKey { index: DuplicateIndex::UserEmail }) => Ok(None),
+        // The store did not name the index (FerretDB does not): read whether the email is taken.
+        Err(err @ DbError::DuplicateKey { index: DuplicateIndex::Unknown }) => {
+            match app.db.find_user_by_email(&user.email).await? {
+                Some(_) => Ok(None),
+                None => Err(err),
+            }
+        }
         Err(err) => Err(err),
     }
 }
@@ -142,42 +126,26 @@ pub async fn create_users_with_hash(
         })
         .collect();
     for batch in users.chunks(USER_BATCH) {
-        app.db.bounded(app.db.collection::<UserDoc>(USERS).insert_many(batch)).await?;
+        app.db.insert_users(batch).await?;
     }
     Ok(users)
 }
 
-pub async fn find_by_email(app: &App, normalised_email: &str) -> Result<Option<UserDoc>, mongodb::error::Error> {
-    app.db.bounded(app.db.collection::<UserDoc>(USERS).find_one(doc! { "email": normalised_email })).await
+pub async fn find_by_email(app: &App, normalised_email: &str) -> Result<Option<UserDoc>, DbError> {
+    app.db.find_user_by_email(normalised_email).await
 }
 
-pub async fn find_by_id(app: &App, id: Uuid) -> Result<Option<UserDoc>, mongodb::error::Error> {
-    app.db.bounded(app.db.collection::<UserDoc>(USERS).find_one(doc! { "_id": id.to_string() })).await
+pub async fn find_by_id(app: &App, id: Uuid) -> Result<Option<UserDoc>, DbError> {
+    app.db.find_user(&id.to_string()).await
 }
 
 /// Sets the role of the user with this email (`flashsale admin promote`).
 pub async fn set_role(app: &App, email: &str, role: Role) -> anyhow::Result<()> {
     let email = normalise_email(email);
-    let role_value = mongodb::bson::to_bson(&role)?;
-    let users = app.db.collection::<UserDoc>(USERS);
-    let result =
-        app.db.bounded(users.update_one(doc! { "email": &email }, doc! { "$set": { "role": role_value } })).await?;
-    if result.matched_count == 0 {
+    if !app.db.set_user_role(&email, role).await? {
         anyhow::bail!("no user has the email {email:?}");
     }
     Ok(())
-}
-
-/// A MongoDB failure on the auth path: unreachable is a 503, anything else a logged 500.
-pub fn db_error(err: mongodb::error::Error) -> ApiError {
-    use mongodb::error::ErrorKind;
-    match err.kind.as_ref() {
-        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
-            tracing::warn!(error = %err, "mongodb unavailable");
-            ApiError::Unavailable { retry_after_s: 1 }
-        }
-        _ => ApiError::Internal(err.into()),
-    }
 }
 
 #[cfg(test)]

@@ -114,38 +114,28 @@ pub async fn publish(app: &crate::state::App, event: &SaleEvent) {
 /// Receives events from Redis until `shutdown`, reconnecting when Redis goes away.
 pub async fn run_subscriber(app: AppState, shutdown: CancellationToken) {
     let channel = app.keys.events_channel();
-    // On Redis Cluster a PUBLISH reaches every node, so any seed will do: try them in
-    // turn, so that events keep flowing while one node is down.
-    let urls: Vec<String> =
-        app.config.redis_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
-    let mut attempt = 0usize;
     while !shutdown.is_cancelled() {
-        let url = urls.get(attempt % urls.len().max(1)).cloned().unwrap_or_default();
-        attempt = attempt.wrapping_add(1);
-        let subscribed = async {
-            let client = redis::Client::open(url.as_str())?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = tokio::select! {
+        // On Redis Cluster each attempt subscribes through the next seed (a PUBLISH
+        // reaches every node), so that events keep flowing while one node is down.
+        let subscription = tokio::select! {
+            biased;
             () = shutdown.cancelled() => return,
-            result = subscribed => result,
+            result = app.redis.subscribe(&channel) => result,
         };
-        match pubsub {
-            Ok(mut pubsub) => {
+        match subscription {
+            Ok(mut payloads) => {
                 // Anything missed while disconnected may have changed stock.
                 app.sold_out.clear();
                 app.events.set_subscribed(true);
-                let mut messages = pubsub.on_message();
                 loop {
-                    let message = tokio::select! {
+                    let payload = tokio::select! {
+                        biased;
                         () = shutdown.cancelled() => return,
-                        message = messages.next() => message,
+                        payload = payloads.next() => payload,
                     };
-                    let Some(message) = message else { break };
-                    let Ok(payload) = message.get_payload::<String>() else { continue };
-                    match serde_json::from_str::<SaleEvent>(&payload) {
+                    let Some(payload) = payload else { break };
+                    let Ok(payload) = std::str::from_utf8(&payload) else { continue };
+                    match serde_json::from_str::<SaleEvent>(payload) {
                         Ok(event) => {
                             app.sold_out.observe(&event);
                             app.events.deliver(event);
@@ -159,6 +149,7 @@ pub async fn run_subscriber(app: AppState, shutdown: CancellationToken) {
             Err(err) => tracing::debug!(error = %err, "event subscriber cannot reach Redis"),
         }
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
         }

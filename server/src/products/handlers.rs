@@ -7,17 +7,18 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
-use super::cache::{self, CachedPage};
+use super::live;
 use super::model::{
     CreateProduct, ListQuery, MAX_STOCK, Product, ProductPage, ProductView, RestockRequest, UpdateProduct,
     validate_quantity,
 };
-use super::{live, store};
 use crate::auth::extract::AdminUser;
 use crate::error::{ApiError, ApiResult, redis_unavailable};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, ClientIp};
-use crate::purchase::{rebuild, reconciler, sale};
 use crate::ratelimit::{self, Action, RateLimitHeaders, Scope};
+use crate::sale::product_cache::{self as cache, CachedPage};
+use crate::sale::product_store as store;
+use crate::sale::{self, rebuild, reconciler};
 use crate::state::{App, AppState};
 
 /// Attempts of an update whose record changed under it before giving up (503).
@@ -66,24 +67,9 @@ pub async fn detail(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Response> {
     let limits = read_limit(&app, ip).await?;
-    let product = load_product(&app, id).await?;
+    let product = cache::load_product(&app, id).await?;
     let view = live::view(&app, product).await;
     Ok(with_limits(Json(view).into_response(), &limits))
-}
-
-/// The live product, from the cache or else MongoDB (then cached). The purchase path
-/// reads it here too, so a winning purchase costs no extra MongoDB round trip.
-pub(crate) async fn load_product(app: &App, id: Uuid) -> ApiResult<Product> {
-    if let Some(product) = cache::get_product(app, id).await {
-        return live_or_not_found(Some(product));
-    }
-    let product = live_or_not_found(store::find_product(app, id).await?)?;
-    cache::fill_product(app, &product).await;
-    Ok(product)
-}
-
-fn live_or_not_found(product: Option<Product>) -> ApiResult<Product> {
-    product.filter(|product| !product.deleted).ok_or(ApiError::NotFound("product"))
 }
 
 async fn read_limit(app: &AppState, ip: std::net::IpAddr) -> ApiResult<RateLimitHeaders> {
@@ -137,7 +123,7 @@ pub async fn update(
 /// Read, check, write if unchanged; again if another write came first.
 async fn apply_update(app: &App, id: Uuid, body: &UpdateProduct) -> ApiResult<Product> {
     for _ in 0..MAX_UPDATE_ATTEMPTS {
-        let current = live_or_not_found(store::find_product(app, id).await?)?;
+        let current = cache::live_or_not_found(store::find_product(app, id).await?)?;
         let updated = body.apply(&current, app.ids.now_ms()).map_err(ApiError::InvalidBody)?;
         if let Some(stored) = store::replace_fields(app, &current, &updated).await? {
             return Ok(stored);
@@ -157,7 +143,7 @@ pub async fn restock(
 ) -> ApiResult<Json<ProductView>> {
     validate_quantity("quantity", body.quantity).map_err(ApiError::InvalidBody)?;
     let Some(product) = store::add_stock(&app, id, body.quantity, app.ids.now_ms()).await? else {
-        live_or_not_found(store::find_product(&app, id).await?)?;
+        cache::live_or_not_found(store::find_product(&app, id).await?)?;
         return Err(ApiError::InvalidBody(format!("restock would take the stock past {MAX_STOCK}")));
     };
     cache::after_write(&app, &product).await;

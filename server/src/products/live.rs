@@ -5,9 +5,9 @@ use futures::StreamExt;
 use uuid::Uuid;
 
 use super::model::{LiveStock, Product, ProductView};
-use crate::purchase::rebuild::{self, Rebuilt};
-use crate::purchase::sale;
 use crate::redis::scripts::StockState;
+use crate::sale;
+use crate::sale::rebuild::{self, Rebuilt};
 use crate::state::App;
 
 /// Live stock reads in flight at once for one list page.

@@ -6,14 +6,12 @@
 //! - [`live`]: live stock from the sale state, on every response, never cached.
 //! - [`handlers`]: the routes below.
 //!
-//! **Invariant:** stock shown to clients comes from `purchase::sale`, never from the
-//! cache; product writes change the sale state only through `purchase::sale`.
+//! **Invariant:** stock shown to clients comes from `sale`, never from the
+//! cache; product writes change the sale state only through `sale`.
 
-pub mod cache;
 pub mod handlers;
 pub mod live;
 pub mod model;
-pub mod store;
 
 use axum::routing::{delete, get, post, put};
 

@@ -1,70 +1,11 @@
-//! The product record (MongoDB `products`), its API shapes and their validation.
+//! The product API shapes and their validation; the record itself is `db::records::Product`.
 
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
-/// Largest stock one product may have (bounds the sale state a rebuild loads at once).
-pub const MAX_STOCK: i64 = 1_000_000;
-/// Longest product name, in characters.
-pub const MAX_NAME_CHARS: usize = 200;
-/// Longest product description, in characters.
-pub const MAX_DESCRIPTION_CHARS: usize = 5_000;
-/// Highest price, in cents (one million of the currency unit).
-pub const MAX_PRICE_CENTS: i64 = 100_000_000;
-/// Latest accepted sale window bound: 9999-12-31T23:59:59.999Z.
-pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
-
-/// A product as MongoDB stores it. `stock_total` is the number of units ever made
-/// available (creation plus restocks); live stock is read from the sale state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Product {
-    #[serde(rename = "_id")]
-    pub id: String,
-    pub name: String,
-    pub description: String,
-    pub price_cents: i64,
-    pub stock_total: i64,
-    pub one_per_user: bool,
-    /// Sale opens at this instant (ms since the epoch); `None` = open now.
-    pub sale_starts_at_ms: Option<i64>,
-    /// Sale closes at this instant; `None` = never.
-    pub sale_ends_at_ms: Option<i64>,
-    #[serde(default)]
-    pub deleted: bool,
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
-}
-
-impl Product {
-    pub fn uuid(&self) -> Option<Uuid> {
-        Uuid::parse_str(&self.id).ok()
-    }
-
-    /// Where the sale stands at `now_ms`, given the live remaining stock (if known).
-    pub fn sale_state(&self, now_ms: i64, remaining: Option<i64>) -> SaleState {
-        if self.sale_starts_at_ms.is_some_and(|starts| now_ms < starts) {
-            return SaleState::NotStarted;
-        }
-        if self.sale_ends_at_ms.is_some_and(|ends| now_ms >= ends) {
-            return SaleState::Ended;
-        }
-        if remaining.is_some_and(|units| units <= 0) {
-            return SaleState::SoldOut;
-        }
-        SaleState::Open
-    }
-}
-
-/// The state of a product's sale as the API reports it. The window rules match
-/// `lua/purchase.lua`: not started while `now < starts`, ended once `now >= ends`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SaleState {
-    NotStarted,
-    Open,
-    Ended,
-    SoldOut,
-}
+pub use crate::db::records::{
+    MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_PRICE_CENTS, MAX_STOCK, MAX_TIMESTAMP_MS, Product, SaleState,
+};
 
 /// A product as the API shows it: the catalogue record (possibly from the cache) plus
 /// the live stock, read from the sale state on every request.

@@ -5,16 +5,14 @@
 //! Both steps are idempotent: a retry after a failure finishes the job.
 
 use axum::extract::State;
-use mongodb::bson::doc;
 use uuid::Uuid;
 
 use super::handlers::OrderView;
-use super::orders::{self, OrderDoc, OrderStatus};
 use crate::auth::extract::AdminUser;
-use crate::db::ORDERS;
 use crate::error::{ApiError, ApiResult, redis_unavailable};
 use crate::http::extract::ApiPath;
 use crate::redis::scripts;
+use crate::sale::orders::{self, OrderDoc, OrderStatus};
 use crate::state::{App, AppState};
 
 pub async fn cancel_order(
@@ -39,15 +37,7 @@ pub async fn cancel_order(
 
 /// Turns a confirmed order into a tombstone (only if it is still confirmed).
 async fn tombstone_in_mongo(app: &App, order: &OrderDoc) -> ApiResult<OrderDoc> {
-    let marker = format!("released:{}", order.id);
-    let collection = app.db.collection::<OrderDoc>(ORDERS);
-    app.db
-        .bounded(collection.update_one(
-            doc! { "_id": &order.id, "status": "confirmed" },
-            doc! { "$set": { "status": "released", "unit": &marker, "buyer_slot": &marker } },
-        ))
-        .await
-        .map_err(anyhow::Error::from)?;
-    let current = app.db.bounded(collection.find_one(doc! { "_id": &order.id })).await.map_err(anyhow::Error::from)?;
+    app.db.release_order(&order.id).await?;
+    let current = app.db.find_order(&order.id).await?;
     current.ok_or(ApiError::NotFound("order"))
 }

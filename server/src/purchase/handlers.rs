@@ -10,19 +10,19 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::idempotency::{self, Begin};
-use super::orders::{self, Conflict, OrderDoc, OrderStatus, Persisted, Reservation};
-use super::rebuild::{self, Rebuilt};
-use super::reconciler::publish_completed;
 use super::replays::Replay;
-use super::sold_out::Shortcut;
 use crate::auth::extract::VerifiedUser;
 use crate::auth::session;
 use crate::clock::derive_order_id;
 use crate::error::{ApiError, ApiResult, redis_unavailable};
 use crate::http::extract::{ApiPath, ClientIp};
-use crate::products::store::find_product;
 use crate::ratelimit::{self, Action, Scope};
 use crate::redis::scripts::{self, PurchaseArgs, PurchaseOutcome};
+use crate::sale::orders::{self, Conflict, OrderDoc, OrderStatus, Persisted, Reservation};
+use crate::sale::product_store::find_product;
+use crate::sale::rebuild::{self, Rebuilt};
+use crate::sale::reconciler::publish_completed;
+use crate::sale::sold_out::Shortcut;
 use crate::state::{App, AppState};
 
 /// Largest number of order ids remembered per sold-out product by the shortcut.
@@ -243,7 +243,7 @@ async fn pending_if_still_held(app: &App, reservation: &Reservation) -> ApiResul
         .await
         .map_err(redis_unavailable)?;
     let held = record
-        .and_then(|record| super::sale::parse_reservation(order_id, product_id, &record))
+        .and_then(|record| crate::sale::parse_reservation(order_id, product_id, &record))
         .is_some_and(|(held, _)| held.user_id == user_id && held.unit == unit);
     if held {
         Ok(Bought::Pending(response(order_id, product_id, unit, "pending")))
@@ -262,7 +262,7 @@ async fn reservation_time(app: &App, product_id: Uuid, order_id: Uuid) -> Option
         .query_async(&mut conn)
         .await
         .ok()?;
-    super::sale::parse_reservation(order_id, product_id, &record?).map(|(r, _)| r.reserved_at_ms)
+    crate::sale::parse_reservation(order_id, product_id, &record?).map(|(r, _)| r.reserved_at_ms)
 }
 
 fn response(order_id: Uuid, product_id: Uuid, unit: i64, status: &'static str) -> OrderResponse {
@@ -275,7 +275,7 @@ async fn persist(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
     // The product (for its one-per-user rule) comes from the cache on the hot path; the
     // lookup and the insert share the write timeout.
     let write = async {
-        let product = crate::products::handlers::load_product(app, product_id)
+        let product = crate::sale::product_cache::load_product(app, product_id)
             .await
             .map_err(|err| anyhow::anyhow!("product lookup: {err}"))?;
         let order = OrderDoc::confirmed(reservation, product.one_per_user);

@@ -6,12 +6,8 @@
 pub mod cancel;
 pub mod handlers;
 pub mod idempotency;
-pub mod orders;
-pub mod rebuild;
-pub mod reconciler;
+
 pub mod replays;
-pub mod sale;
-pub mod sold_out;
 
 use axum::routing::{get, post};
 

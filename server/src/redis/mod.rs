@@ -2,13 +2,16 @@
 //! scripts. Handlers never build key names or send script bodies themselves.
 
 pub mod keys;
+#[cfg(feature = "memory")]
+pub mod memory;
 pub mod scripts;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -32,9 +35,23 @@ pub const CLUSTER_RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 /// A Redis connection that is cheap to clone and reconnects by itself.
 #[derive(Clone)]
 pub enum RedisConn {
-    Single(ConnectionManager),
+    Single(SingleHandle),
     Cluster(ClusterHandle),
+    /// The in-process emulation (`memory://NAME`).
+    #[cfg(feature = "memory")]
+    Memory(memory::MemoryRedis),
 }
+
+/// A single-node connection, and the client that subscriptions connect with.
+#[derive(Clone)]
+pub struct SingleHandle {
+    manager: ConnectionManager,
+    client: redis::Client,
+}
+
+/// The payloads published on a channel, in order. The stream ends when the
+/// subscription is lost (connection closed, server restarted).
+pub type Payloads = futures::stream::BoxStream<'static, Vec<u8>>;
 
 /// A Redis Cluster connection that is replaced when it keeps failing. The cluster
 /// client does not always notice a node connection closed under it (a proxy or load
@@ -51,6 +68,9 @@ struct ClusterState {
     failures: AtomicU32,
     reconnecting: AtomicBool,
     last_reconnect: Mutex<Instant>,
+    /// The seed URLs, and the one the next subscription connects to.
+    seeds: Vec<String>,
+    next_seed: AtomicUsize,
 }
 
 impl ClusterHandle {
@@ -106,15 +126,29 @@ impl std::fmt::Debug for RedisConn {
         match self {
             Self::Single(_) => f.write_str("RedisConn::Single"),
             Self::Cluster(_) => f.write_str("RedisConn::Cluster"),
+            #[cfg(feature = "memory")]
+            Self::Memory(_) => f.write_str("RedisConn::Memory"),
         }
     }
 }
 
 impl RedisConn {
-    /// Connects to `url`; a comma-separated list of URLs means Redis Cluster seeds.
+    /// Connects to `url`; a comma-separated list of URLs means Redis Cluster seeds, and
+    /// `memory://NAME` (with the `memory` feature) the in-process Redis of that name.
     pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        #[cfg(feature = "memory")]
+        if let Some(name) = memory::MemoryRedis::name_in_url(url) {
+            anyhow::ensure!(!name.is_empty(), "a memory:// Redis URL needs a name");
+            let redis = memory::MemoryRedis::named(name);
+            anyhow::ensure!(
+                !redis.refuses(),
+                "connecting to Redis: connection refused (in-process Redis {name} is down)"
+            );
+            return Ok(Self::Memory(redis.with_response_timeout(Some(timeout))));
+        }
         let urls: Vec<&str> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
         if urls.len() > 1 {
+            let seeds = urls.iter().map(|url| (*url).to_owned()).collect();
             let client = redis::cluster::ClusterClientBuilder::new(urls)
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
@@ -128,6 +162,8 @@ impl RedisConn {
                 failures: AtomicU32::new(0),
                 reconnecting: AtomicBool::new(false),
                 last_reconnect: Mutex::new(Instant::now()),
+                seeds,
+                next_seed: AtomicUsize::new(0),
             }))));
         }
         let client = redis::Client::open(url).context("parsing the Redis URL")?;
@@ -136,25 +172,50 @@ impl RedisConn {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_max_delay(Duration::from_millis(200));
-        let manager = ConnectionManager::new_with_config(client, config).await.context("connecting to Redis")?;
-        Ok(Self::Single(manager))
+        let manager =
+            ConnectionManager::new_with_config(client.clone(), config).await.context("connecting to Redis")?;
+        Ok(Self::Single(SingleHandle { manager, client }))
     }
 
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
+
+    /// Subscribes to `channel` on a connection of its own. On a cluster, each call
+    /// tries the next seed (a PUBLISH reaches every node, so any will do).
+    pub async fn subscribe(&self, channel: &str) -> RedisResult<Payloads> {
+        match self {
+            Self::Single(single) => subscribe_with(&single.client, channel).await,
+            Self::Cluster(handle) => {
+                let seeds = &handle.0.seeds;
+                let index = handle.0.next_seed.fetch_add(1, Ordering::Relaxed) % seeds.len().max(1);
+                let client = redis::Client::open(seeds.get(index).map(String::as_str).unwrap_or_default())?;
+                subscribe_with(&client, channel).await
+            }
+            #[cfg(feature = "memory")]
+            Self::Memory(memory) => Ok(memory.subscribe(channel.as_bytes()).await?.boxed()),
+        }
+    }
+}
+
+async fn subscribe_with(client: &redis::Client, channel: &str) -> RedisResult<Payloads> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub.into_on_message().map(|message| message.get_payload_bytes().to_vec()).boxed())
 }
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Single(single) => single.manager.req_packed_command(cmd),
             Self::Cluster(handle) => Box::pin(async move {
                 let mut conn = handle.current();
                 let result = conn.req_packed_command(cmd).await;
                 handle.observe(&result);
                 result
             }),
+            #[cfg(feature = "memory")]
+            Self::Memory(memory) => Box::pin(memory.query(cmd)),
         }
     }
 
@@ -165,20 +226,24 @@ impl ConnectionLike for RedisConn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Single(single) => single.manager.req_packed_commands(cmd, offset, count),
             Self::Cluster(handle) => Box::pin(async move {
                 let mut conn = handle.current();
                 let result = conn.req_packed_commands(cmd, offset, count).await;
                 handle.observe(&result);
                 result
             }),
+            #[cfg(feature = "memory")]
+            Self::Memory(memory) => Box::pin(memory.query_pipeline(cmd, offset, count)),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Self::Single(conn) => conn.get_db(),
+            Self::Single(single) => single.manager.get_db(),
             Self::Cluster(handle) => handle.current().get_db(),
+            #[cfg(feature = "memory")]
+            Self::Memory(_) => 0,
         }
     }
 }
@@ -195,10 +260,6 @@ pub async fn eviction_policies(conn: &mut RedisConn) -> anyhow::Result<Vec<Strin
     cmd.arg("GET").arg("maxmemory-policy");
     let mut policies = Vec::new();
     match conn {
-        RedisConn::Single(_) => {
-            let reply: Value = cmd.query_async(conn).await.context("CONFIG GET maxmemory-policy")?;
-            collect_policy_values(&reply, &mut policies);
-        }
         RedisConn::Cluster(cluster) => {
             let reply = cluster.route_command(cmd, all_masters()).await.context("CONFIG GET maxmemory-policy")?;
             let Value::Map(per_node) = reply else { anyhow::bail!("CONFIG GET on every master: {reply:?}") };
@@ -209,6 +270,10 @@ pub async fn eviction_policies(conn: &mut RedisConn) -> anyhow::Result<Vec<Strin
                     anyhow::bail!("no maxmemory-policy from cluster node {node:?}: {reply:?}");
                 }
             }
+        }
+        _ => {
+            let reply: Value = cmd.query_async(conn).await.context("CONFIG GET maxmemory-policy")?;
+            collect_policy_values(&reply, &mut policies);
         }
     }
     Ok(policies)

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::PasswordHash;
 use flashsale::auth::extract::Role;
 use flashsale::auth::session::COOKIE_NAME;
-use flashsale::stack::RedisPersistence;
-use mongodb::bson::{Document, doc};
+use flashsale_stack::RedisPersistence;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -107,9 +106,8 @@ async fn verify(app: &TestApp, session: &str, code: &str) -> Answer {
     post(app, "/api/v1/auth/verify-otp", Some(json!({"code": code})), Some(session), &[]).await
 }
 
-async fn redis(app: &TestApp) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(app.config.redis_url.as_str()).expect("redis url");
-    client.get_multiplexed_async_connection().await.expect("redis connection")
+async fn redis(app: &TestApp) -> flashsale::redis::RedisConn {
+    app.redis()
 }
 
 /// Every code sent to `email`, newest first, read from the outbox stream.
@@ -176,9 +174,8 @@ async fn a_registered_users_stored_hash_is_argon2id_at_owasp_strength() {
     let app = TestApp::spawn().await;
     let email = fresh_email();
     assert_eq!(register(&app, &email, PASSWORD).await.status, 202);
-    let users = app.app().db.collection::<Document>(flashsale::db::USERS);
-    let user = users.find_one(doc! { "email": &email }).await.expect("query").expect("user stored");
-    let stored = user.get_str("password_hash").expect("password_hash");
+    let user = app.app().db.find_user_by_email(&email).await.expect("query").expect("user stored");
+    let stored = user.password_hash.as_str();
     assert!(!stored.contains(PASSWORD));
     let hash = PasswordHash::new(stored).expect("a PHC string");
     assert_eq!(hash.algorithm.as_str(), "argon2id");

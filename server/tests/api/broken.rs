@@ -9,8 +9,8 @@ use std::time::Duration;
 use flashsale::auth::extract::Role;
 use flashsale::broken::Broken;
 use flashsale::clock::derive_order_id;
-use flashsale::purchase::{orders, reconciler};
-use flashsale::stack::RedisPersistence;
+use flashsale::sale::{orders, reconciler};
+use flashsale_stack::RedisPersistence;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -35,7 +35,7 @@ async fn stored_orders(app: &TestApp, product: Uuid) -> Vec<orders::OrderDoc> {
 }
 
 async fn remaining(app: &TestApp, product: Uuid) -> i64 {
-    flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded").remaining()
+    flashsale::sale::stock(app.app(), product).await.expect("redis").expect("loaded").remaining()
 }
 
 #[test]

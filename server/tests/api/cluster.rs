@@ -9,8 +9,8 @@ use flashsale::auth::extract::Role;
 use flashsale::auth::session::COOKIE_NAME;
 use flashsale::clock::Ids;
 use flashsale::config::Config;
-use flashsale::purchase::orders;
-use flashsale::stack::{FerretDb, RedisCluster, RedisClusterOptions};
+use flashsale::sale::orders;
+use flashsale_stack::{FerretDb, RedisCluster, RedisClusterOptions};
 use flashsale::startup::RunningServer;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -205,7 +205,7 @@ async fn relogin(app: &TestApp, user: Uuid) -> String {
 }
 
 async fn remaining(app: &TestApp, product: Uuid) -> i64 {
-    flashsale::purchase::sale::stock(app.app(), product).await.expect("stock script").expect("sale loaded").remaining()
+    flashsale::sale::stock(app.app(), product).await.expect("stock script").expect("sale loaded").remaining()
 }
 
 /// Sells `product` (one unit per buyer) to `buyers` fresh buyers at once: the 201

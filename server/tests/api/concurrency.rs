@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use flashsale::purchase::orders;
+use flashsale::sale::orders;
 use futures::StreamExt;
 use uuid::Uuid;
 
@@ -90,7 +90,7 @@ async fn two_thousand_concurrent_attempts_sell_exactly_the_stock_once_each() {
     let stored_ids: HashSet<&str> = stored.iter().map(|o| o.id.as_str()).collect();
     assert_eq!(confirmed_orders, stored_ids, "every 201 is in MongoDB, and nothing else is");
 
-    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    let stock = flashsale::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 0);
     let seen = remaining_seen.await.expect("watcher");
     assert!(seen.iter().all(|left| *left >= 0), "stock went below zero: {seen:?}");
@@ -100,16 +100,12 @@ async fn two_thousand_concurrent_attempts_sell_exactly_the_stock_once_each() {
 /// Collects every `remaining` published for the test's key prefix until the product
 /// sells out (bounded by a timeout).
 async fn watch_remaining(app: &TestApp) -> tokio::task::JoinHandle<Vec<i64>> {
-    let client = redis::Client::open(app.config.redis_url.as_str()).expect("redis client");
-    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
-    pubsub.subscribe(app.app().keys.events_channel()).await.expect("subscribe");
+    let mut messages = app.redis().subscribe(&app.app().keys.events_channel()).await.expect("subscribe");
     tokio::spawn(async move {
         let mut seen = Vec::new();
-        let mut messages = pubsub.on_message();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
-        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, messages.next()).await {
-            let payload: String = message.get_payload().unwrap_or_default();
-            let event: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+        while let Ok(Some(payload)) = tokio::time::timeout_at(deadline, messages.next()).await {
+            let event: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
             if let Some(left) = event["remaining"].as_i64() {
                 seen.push(left);
                 if left == 0 {

@@ -3,10 +3,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use flashsale::purchase::orders;
-use flashsale::purchase::rebuild::{self, Rebuilt};
 use flashsale::redis::scripts::{self, LoadMode};
-use flashsale::stack::RedisPersistence;
+use flashsale::sale::orders;
+use flashsale::sale::rebuild::{self, Rebuilt};
+use flashsale_stack::RedisPersistence;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, json_body};
@@ -96,7 +96,7 @@ async fn a_redis_restart_without_persistence_mid_sale_is_rebuilt_from_mongodb() 
     assert_eq!(units.len(), 30, "no unit twice");
     let users: HashSet<&str> = stored.iter().map(|o| o.user_id.as_str()).collect();
     assert_eq!(users.len(), 30, "no user twice");
-    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    let stock = flashsale::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 0);
 }
 
@@ -153,7 +153,7 @@ async fn purchases_while_ferretdb_is_down_are_pending_and_reconciled_exactly_onc
     let (status, body) = buy_with_cookie(&app, &client, &buyers[0].1, product, "p0").await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["order_id"], pending[0].as_str());
-    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    let stock = flashsale::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 2);
 }
 
@@ -209,7 +209,7 @@ async fn a_flushall_mid_sale_is_rebuilt_from_mongodb_without_a_second_order() {
     assert_eq!(body["type"], "/problems/already-purchased");
     let stored = orders::orders_of_product(app.app(), product).await.expect("orders");
     assert_eq!(stored.len(), 1);
-    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    let stock = flashsale::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 2);
 }
 
@@ -219,7 +219,7 @@ async fn a_rebuild_lock_restored_by_a_redis_restart_is_taken_over_and_its_holder
     let product = app.create_product(5, true).await;
     let keys = app.app().keys.sale(product);
     let mut conn = app.app().redis.clone();
-    let lease = flashsale::purchase::rebuild::REBUILD_LEASE_MS;
+    let lease = flashsale::sale::rebuild::REBUILD_LEASE_MS;
     let before = scripts::lock(&mut conn, &keys.rebuild_lock, "before", lease).await.expect("lock").expect("free");
     assert_eq!(scripts::lock(&mut conn, &keys.rebuild_lock, "other", lease).await.expect("lock"), None, "held");
 
@@ -235,8 +235,8 @@ async fn a_rebuild_lock_restored_by_a_redis_restart_is_taken_over_and_its_holder
     assert_eq!(scripts::lock(&mut conn, &keys.rebuild_lock, "third", lease).await.expect("lock"), None);
     // The earlier holder, still running, can neither pause, nor load, nor unlock.
     assert!(scripts::pause(&mut conn, &keys, &before).await.is_err());
-    let snapshot = flashsale::purchase::sale::fresh_snapshot(
-        &flashsale::products::store::find_product(app.app(), product).await.expect("mongo").expect("product"),
+    let snapshot = flashsale::sale::fresh_snapshot(
+        &flashsale::sale::product_store::find_product(app.app(), product).await.expect("mongo").expect("product"),
     );
     let stale = scripts::load_sale(&mut conn, &keys, LoadMode::Rebuild { fence: &before }, &snapshot).await;
     assert!(stale.is_err(), "a fenced-off holder does not overwrite the sale state");
@@ -324,8 +324,7 @@ async fn operations_given_up_in_a_burst_leave_the_mongodb_pool_serving() {
     let db = flashsale::db::Db::connect(&shared.mongo_url(), &name, Duration::from_secs(2), op_timeout, POOL)
         .await
         .expect("connect");
-    let users = db.collection::<mongodb::bson::Document>(flashsale::db::USERS);
-    let find = || db.bounded(users.find_one(mongodb::bson::doc! { "email": "nobody@example.test" }));
+    let find = || db.find_user_by_email("nobody@example.test");
     find().await.expect("a warm pool answers");
 
     let burst = futures::future::join_all((0..BURST).map(|_| find())).await;

@@ -1,17 +1,20 @@
 //! Test support: one Redis and one MongoDB-compatible backend per test binary (started
 //! on first use), and per test a server on port 0 with its own key prefix and database,
 //! so tests run in parallel without sharing state. The shared backends are local
-//! `redis-server` and FerretDB processes on free ports, or with `FLASHSALE_BACKEND=containers`
-//! (and `--features containers`) `redis:7` and `mongo:7` Docker containers. Tests that
-//! break a backend start their own local processes with [`TestApp::spawn_with_own_backends`].
+//! `redis-server` and FerretDB processes on free ports; with `FLASHSALE_BACKEND=memory`
+//! the server's own emulated stores in this process (`memory://` URLs: nothing is
+//! started); with `FLASHSALE_BACKEND=containers` (and `--features containers`) `redis:7`
+//! and `mongo:7` Docker containers. Tests that break a backend start their own local
+//! processes with [`TestApp::spawn_with_own_backends`], whatever the setting: the memory
+//! lane of `scripts/test` skips them by name (`MEMORY_SKIPS` there says which and why).
 
 use std::sync::{Arc, Mutex, OnceLock};
 
 use flashsale::auth::extract::Role;
 use flashsale::clock::Ids;
 use flashsale::config::Config;
-use flashsale::stack::{BackendKind, Backends, FerretDb, LocalStack, RedisPersistence, RedisServer};
 use flashsale::startup::RunningServer;
+use flashsale_stack::{BackendKind, Backends, FerretDb, LocalStack, RedisPersistence, RedisServer};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -26,6 +29,8 @@ pub struct SharedBackends {
 
 #[derive(Debug)]
 enum Owner {
+    /// The server's emulated stores, in this process (`FLASHSALE_BACKEND=memory`).
+    Memory,
     /// Child processes: they die with the test binary.
     Processes { _backends: Backends },
     /// Containers, with a runtime of their own: they outlive the per-test runtimes (a
@@ -44,6 +49,15 @@ impl SharedBackends {
     }
 
     fn start() -> anyhow::Result<Self> {
+        if std::env::var(BackendKind::ENV).is_ok_and(|kind| kind.trim() == MEMORY_BACKEND) {
+            // One keyspace and one model for the binary, as one shared redis-server and
+            // one FerretDB are: each test still has its own key prefix and database name.
+            return Ok(Self {
+                redis_url: "memory://shared-redis".to_owned(),
+                mongo_url: "memory://shared-mongo".to_owned(),
+                owner: Owner::Memory,
+            });
+        }
         match BackendKind::from_env()? {
             BackendKind::Local => {
                 let backends = Backends::Local(LocalStack::start(RedisPersistence::None)?);
@@ -60,7 +74,7 @@ impl SharedBackends {
                     .enable_all()
                     .build()?;
                 let backends = runtime
-                    .block_on(flashsale::stack::start_backends(BackendKind::Containers, RedisPersistence::None))?;
+                    .block_on(flashsale_stack::start_backends(BackendKind::Containers, RedisPersistence::None))?;
                 Ok(Self {
                     redis_url: backends.redis_url(),
                     mongo_url: backends.mongo_url(),
@@ -72,6 +86,9 @@ impl SharedBackends {
 }
 
 static SHARED: OnceLock<SharedBackends> = OnceLock::new();
+
+/// `FLASHSALE_BACKEND` value that selects the emulated stores.
+pub const MEMORY_BACKEND: &str = "memory";
 
 /// The shared backends, started on first use. Blocking: call it from a blocking thread
 /// (`spawn_blocking`) or outside async code. Kind from `FLASHSALE_BACKEND` (`local` by
@@ -178,6 +195,12 @@ impl TestApp {
 
     pub fn app(&self) -> &flashsale::state::App {
         &self.server.app
+    }
+
+    /// A connection to this test's Redis, through the server's own handle (so it works
+    /// on every backend, the emulated one included).
+    pub fn redis(&self) -> flashsale::redis::RedisConn {
+        self.server.app.redis.clone()
     }
 
     /// A client with its own cookie jar.

@@ -120,7 +120,7 @@ async fn an_over_long_or_malformed_idempotency_key_is_a_400_problem() {
         let body = assert_problem(response, 400).await;
         assert_eq!(body["type"], "/problems/idempotency-key-invalid");
     }
-    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    let stock = flashsale::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 1, "refused requests take nothing");
 }
 

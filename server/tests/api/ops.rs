@@ -2,7 +2,7 @@
 //! refusal to start on a Redis that may evict keys.
 
 use flashsale::clock::Ids;
-use flashsale::stack::{FerretDb, RedisPersistence, RedisServer};
+use flashsale_stack::{FerretDb, RedisPersistence, RedisServer};
 
 use crate::helpers::{TestApp, test_config};
 
@@ -104,7 +104,7 @@ async fn the_server_refuses_to_start_without_mongodb() {
     let redis = tokio::task::spawn_blocking(|| RedisServer::start(RedisPersistence::None).expect("redis"))
         .await
         .expect("backend");
-    let closed_port = flashsale::stack::free_port().expect("port");
+    let closed_port = flashsale_stack::free_port().expect("port");
     let mut config = test_config(&redis.url(), &format!("mongodb://127.0.0.1:{closed_port}/"));
     config.mongo_select_timeout_ms = 300;
 

@@ -270,8 +270,7 @@ async fn verify(app: &TestApp, session: &str, code: &str) -> Answer {
 }
 
 async fn outbox_entries(app: &TestApp) -> Vec<(String, HashMap<String, String>)> {
-    let client = redis::Client::open(app.config.redis_url.as_str()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("redis connection");
+    let mut conn = app.redis();
     redis::cmd("XREVRANGE")
         .arg(app.app().keys.otp_outbox())
         .arg("+")

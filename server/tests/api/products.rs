@@ -3,8 +3,8 @@
 
 use flashsale::auth::extract::Role;
 use flashsale::products::model::MAX_STOCK;
-use flashsale::products::store::find_product;
-use flashsale::stack::RedisPersistence;
+use flashsale::sale::product_store::find_product;
+use flashsale_stack::RedisPersistence;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -229,16 +229,16 @@ async fn a_restock_that_missed_redis_is_applied_by_the_next_read() {
     let app = TestApp::spawn().await;
     let product = app.create_product(2, true).await;
     // MongoDB and the cache took a restock whose sale-state step failed.
-    let restocked = flashsale::products::store::add_stock(app.app(), product, 3, app.app().ids.now_ms())
+    let restocked = flashsale::sale::product_store::add_stock(app.app(), product, 3, app.app().ids.now_ms())
         .await
         .expect("mongo")
         .expect("restocked");
-    flashsale::products::cache::after_write(app.app(), &restocked).await;
+    flashsale::sale::product_cache::after_write(app.app(), &restocked).await;
 
     let (_, detail) = get_json(&app, &product_path(product)).await;
 
     assert_eq!(detail["remaining"], 5);
-    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    let stock = flashsale::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
     assert_eq!(stock.stock_total, 5);
 }
 

@@ -1,7 +1,7 @@
 //! The purchase path over HTTP: orders, replays, one per user, keys, sell-out.
 
 use flashsale::auth::extract::Role;
-use flashsale::purchase::orders;
+use flashsale::sale::orders;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, json_body};
@@ -39,7 +39,7 @@ async fn a_retry_with_the_same_key_replays_the_first_answer_byte_for_byte() {
     assert_eq!(second_status, 201);
     assert_eq!(first_body, second_body);
     assert_eq!(headers.get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
-    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    let stock = flashsale::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 4, "a replay must not take a second unit");
 }
 
@@ -116,7 +116,7 @@ async fn a_key_reused_for_another_product_never_buys() {
 
     assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json_body(&body)["type"], "/problems/idempotency-key-reused");
-    let stock = flashsale::purchase::sale::stock(app.app(), second).await.expect("redis").expect("loaded");
+    let stock = flashsale::sale::stock(app.app(), second).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 5);
 }
 
@@ -135,7 +135,7 @@ async fn a_key_reused_after_its_idempotency_record_is_lost_is_still_refused_by_m
     let (status, _, body) = app.buy(&buyer, second, "reused").await;
 
     assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
-    let stock = flashsale::purchase::sale::stock(app.app(), second).await.expect("redis").expect("loaded");
+    let stock = flashsale::sale::stock(app.app(), second).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 5, "the unit taken for the refused order is given back");
 }
 
@@ -265,7 +265,7 @@ async fn a_cancelled_order_gives_its_unit_and_buyer_slot_back_and_stays_burnt() 
     let again = admin.post(app.url(&format!("/api/v1/admin/orders/{order_id}/cancel"))).send().await.expect("cancel");
     assert_eq!(again.status(), 200, "cancelling twice is harmless");
 
-    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    let stock = flashsale::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 1, "the unit is back");
     let stored = orders::find_order(app.app(), Uuid::parse_str(&order_id).expect("uuid")).await.expect("mongo");
     assert_eq!(stored.map(|o| o.status), Some(orders::OrderStatus::Released));
@@ -317,7 +317,7 @@ async fn a_restock_after_sell_out_reopens_the_sale_on_every_instance() {
         async move { client.post(url).header("idempotency-key", key).send().await.expect("buy").status().as_u16() }
     };
     assert_eq!(second_buy(other.clone(), "o").await, 409);
-    assert!(app.app().sold_out.check(product, Uuid::new_v4()) == flashsale::purchase::sold_out::Shortcut::SoldOut);
+    assert!(app.app().sold_out.check(product, Uuid::new_v4()) == flashsale::sale::sold_out::Shortcut::SoldOut);
 
     let (admin, _) = app.verified_buyer(Role::Admin).await;
     let mut second_events = second.app.events.subscribe();
@@ -364,7 +364,7 @@ async fn a_request_whose_key_is_still_in_flight_gets_409_naming_its_order() {
     let body = json_body(&body);
     assert_eq!(body["type"], "/problems/idempotency-in-flight");
     assert_eq!(body["order_id"], order_id.to_string().as_str());
-    let stock = flashsale::purchase::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    let stock = flashsale::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 5);
 }
 

@@ -14,16 +14,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use futures::{FutureExt, TryStreamExt};
-use mongodb::bson::{Document, doc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{reconciler, sale};
-use crate::db::PRODUCTS;
-use crate::products::store::find_product;
+use super::reconciler;
 use crate::redis::scripts::{self, LoadMode};
+use crate::sale;
+use crate::sale::product_store::find_product;
 use crate::state::{App, AppState};
 
 /// Lease of a product's rebuild lock: a holder that dies (its instance killed midway)
@@ -214,16 +213,10 @@ pub async fn ensure_loaded(app: &App, product_id: Uuid) -> anyhow::Result<Rebuil
     rebuild_and_wait(app, product_id).await.context("loading the sale state")
 }
 
-/// Ids of every product that is not deleted.
+/// Ids of every product that is not deleted, in id order.
 pub async fn live_product_ids(app: &App) -> anyhow::Result<Vec<Uuid>> {
-    let products = app.db.collection::<Document>(PRODUCTS);
-    let docs: Vec<Document> = app
-        .db
-        .bounded(async {
-            products.find(doc! { "deleted": { "$ne": true } }).projection(doc! { "_id": 1 }).await?.try_collect().await
-        })
-        .await?;
-    Ok(docs.iter().filter_map(|d| d.get_str("_id").ok()).filter_map(|id| Uuid::parse_str(id).ok()).collect())
+    let ids = app.db.live_product_ids().await?;
+    Ok(ids.iter().filter_map(|id| Uuid::parse_str(id).ok()).collect())
 }
 
 /// Rebuilds every product (after Redis restarted and may hold a stale or empty state).

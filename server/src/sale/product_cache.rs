@@ -17,7 +17,8 @@ use redis::{ExistenceCheck, SetExpiry};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::model::Product;
+use crate::db::records::Product;
+use crate::error::{ApiError, ApiResult};
 use crate::state::App;
 
 /// The cached first page of the catalogue (records only, no live stock).
@@ -113,4 +114,19 @@ async fn delete(app: &App, key: &str) {
         // The TTL bounds how long the stale entry can be served.
         tracing::warn!(error = %err, key, "invalidating the product cache failed");
     }
+}
+
+/// The live product, from the cache or else MongoDB (then cached). The purchase path
+/// reads it through here too, so a winning purchase costs no extra MongoDB round trip.
+pub async fn load_product(app: &App, id: Uuid) -> ApiResult<Product> {
+    if let Some(product) = get_product(app, id).await {
+        return live_or_not_found(Some(product));
+    }
+    let product = live_or_not_found(super::product_store::find_product(app, id).await?)?;
+    fill_product(app, &product).await;
+    Ok(product)
+}
+
+pub fn live_or_not_found(product: Option<Product>) -> ApiResult<Product> {
+    product.filter(|product| !product.deleted).ok_or(ApiError::NotFound("product"))
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 use super::orders::{self, OrderStatus, Reservation};
-use crate::products::model::Product;
+use crate::db::records::Product;
 use crate::redis::scripts::{self, LoadMode, SaleSnapshot, StockState};
 use crate::state::App;
 

@@ -4,43 +4,14 @@
 //! stays as a tombstone that holds neither a unit nor a buyer slot, so that a late
 //! insert of the same order fails instead of taking a unit that was handed on.
 
-use futures::TryStreamExt;
-use mongodb::bson::doc;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::db::{ORDERS, is_duplicate_key};
+use crate::db::DbError;
+pub use crate::db::records::{OrderDoc, OrderStatus, UnitField};
 use crate::state::App;
 
 /// Orders returned by one listing.
-pub const MAX_ORDERS_LISTED: i64 = 100;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderStatus {
-    Confirmed,
-    Released,
-}
-
-/// The unit an order holds, or the marker of a tombstone (unique per order).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum UnitField {
-    Unit(i64),
-    Released(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderDoc {
-    #[serde(rename = "_id")]
-    pub id: String,
-    pub product_id: String,
-    pub user_id: String,
-    pub unit: UnitField,
-    pub buyer_slot: String,
-    pub status: OrderStatus,
-    pub created_at_ms: i64,
-}
+pub const MAX_ORDERS_LISTED: u32 = 100;
 
 impl OrderDoc {
     /// The document of a confirmed order. Built the same way by the purchase path and
@@ -55,13 +26,6 @@ impl OrderDoc {
             buyer_slot,
             status: OrderStatus::Confirmed,
             created_at_ms: reservation.reserved_at_ms,
-        }
-    }
-
-    pub fn unit_number(&self) -> Option<i64> {
-        match self.unit {
-            UnitField::Unit(unit) => Some(unit),
-            UnitField::Released(_) => None,
         }
     }
 }
@@ -97,15 +61,15 @@ pub enum Persisted {
 }
 
 /// Inserts a confirmed order; a duplicate key is resolved by reading MongoDB, never by
-/// guessing which index fired.
+/// trusting which index the error names (FerretDB names none). A store failure is a
+/// [`DbError`] inside the `anyhow::Error`.
 pub async fn persist(app: &App, order: &OrderDoc) -> anyhow::Result<Persisted> {
-    let orders = app.db.collection::<OrderDoc>(ORDERS);
-    match app.db.bounded(orders.insert_one(order)).await {
-        Ok(_) => return Ok(Persisted::Inserted),
-        Err(err) if is_duplicate_key(&err) => {}
+    match app.db.insert_order(order).await {
+        Ok(()) => return Ok(Persisted::Inserted),
+        Err(DbError::DuplicateKey { index: _ }) => {}
         Err(err) => return Err(err.into()),
     }
-    if let Some(existing) = app.db.bounded(orders.find_one(doc! { "_id": &order.id })).await? {
+    if let Some(existing) = app.db.find_order(&order.id).await? {
         let same = existing.product_id == order.product_id
             && existing.user_id == order.user_id
             && existing.status == OrderStatus::Confirmed;
@@ -116,36 +80,23 @@ pub async fn persist(app: &App, order: &OrderDoc) -> anyhow::Result<Persisted> {
         });
     }
     if let UnitField::Unit(unit) = order.unit {
-        let holder = app.db.bounded(orders.find_one(doc! { "product_id": &order.product_id, "unit": unit })).await?;
-        if holder.is_some() {
+        if app.db.find_order_by_unit(&order.product_id, unit).await?.is_some() {
             return Ok(Persisted::Conflict(Conflict::UnitTaken));
         }
     }
     Ok(Persisted::Conflict(Conflict::BuyerHasOrder))
 }
 
-pub async fn find_order(app: &App, order_id: Uuid) -> anyhow::Result<Option<OrderDoc>> {
-    Ok(app.db.bounded(app.db.collection::<OrderDoc>(ORDERS).find_one(doc! { "_id": order_id.to_string() })).await?)
+pub async fn find_order(app: &App, order_id: Uuid) -> Result<Option<OrderDoc>, DbError> {
+    app.db.find_order(&order_id.to_string()).await
 }
 
 /// A user's confirmed orders, newest first.
-pub async fn orders_of_user(app: &App, user_id: Uuid) -> anyhow::Result<Vec<OrderDoc>> {
-    let orders = app.db.collection::<OrderDoc>(ORDERS);
-    let read = async {
-        orders
-            .find(doc! { "user_id": user_id.to_string(), "status": "confirmed" })
-            .sort(doc! { "created_at_ms": -1 })
-            .limit(MAX_ORDERS_LISTED)
-            .await?
-            .try_collect()
-            .await
-    };
-    Ok(app.db.bounded(read).await?)
+pub async fn orders_of_user(app: &App, user_id: Uuid) -> Result<Vec<OrderDoc>, DbError> {
+    app.db.confirmed_orders_of_user(&user_id.to_string(), MAX_ORDERS_LISTED).await
 }
 
 /// Every order document of a product (confirmed and tombstones), for a rebuild.
-pub async fn orders_of_product(app: &App, product_id: Uuid) -> anyhow::Result<Vec<OrderDoc>> {
-    let orders = app.db.collection::<OrderDoc>(ORDERS);
-    let read = async { orders.find(doc! { "product_id": product_id.to_string() }).await?.try_collect().await };
-    Ok(app.db.bounded(read).await?)
+pub async fn orders_of_product(app: &App, product_id: Uuid) -> Result<Vec<OrderDoc>, DbError> {
+    app.db.orders_of_product(&product_id.to_string()).await
 }

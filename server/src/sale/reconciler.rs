@@ -9,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::orders::{self, Conflict, OrderDoc, OrderStatus, Persisted, Reservation};
-use super::{rebuild, sale};
+use super::rebuild;
+use crate::db::records::Product;
 use crate::events::{self, EventType, SaleEvent};
-use crate::products::model::Product;
-use crate::products::store::find_product;
 use crate::redis::scripts;
+use crate::sale;
+use crate::sale::product_store::find_product;
 use crate::state::{App, AppState};
 
 /// Runs passes until `shutdown`.

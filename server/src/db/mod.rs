@@ -1,0 +1,285 @@
+//! The system of record behind one seam: every MongoDB query the server makes is a
+//! domain-level method of [`Db`], an enum over the real handle ([`mongo::MongoDb`]) and,
+//! with the `memory` feature, an in-process model ([`memory::MemoryDb`]) for the
+//! deterministic simulator and the differential test. Nothing outside this module names
+//! the driver: callers see the [`records`] and typed errors ([`DbError`]).
+//!
+//! MongoDB, the system of record: the collections and the unique indexes every
+//! uniqueness guarantee rests on. No multi-document transactions are used anywhere
+//! (FerretDB has none, and the design does not need them).
+
+#[cfg(feature = "memory")]
+pub mod memory;
+pub mod mongo;
+pub mod records;
+
+use std::time::Duration;
+
+use records::{OrderDoc, Product, Role, UserDoc};
+
+pub use mongo::MongoDb;
+
+pub const USERS: &str = "users";
+pub const PRODUCTS: &str = "products";
+pub const ORDERS: &str = "orders";
+
+/// Names of the unique indexes ([`Db::ensure_indexes`]).
+pub const EMAIL_INDEX: &str = "email_unique";
+pub const PRODUCT_UNIT_INDEX: &str = "product_unit_unique";
+pub const PRODUCT_BUYER_SLOT_INDEX: &str = "product_buyer_slot_unique";
+/// MongoDB's name of every collection's `_id` index.
+pub const ID_INDEX: &str = "_id_";
+
+/// The URL scheme of the in-process model: `memory://NAME`.
+pub const MEMORY_SCHEME: &str = "memory://";
+
+/// The unique index a duplicate key violated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DuplicateIndex {
+    /// `_id`, in any collection.
+    Id,
+    /// `users.email`.
+    UserEmail,
+    /// `orders (product_id, unit)`.
+    ProductUnit,
+    /// `orders (product_id, buyer_slot)`.
+    ProductBuyerSlot,
+    /// The store did not say which (FerretDB's message names no index): callers that
+    /// need to know resolve it by reading, as `sale::orders::persist` does.
+    Unknown,
+}
+
+impl DuplicateIndex {
+    /// The index of this name, as [`Db::ensure_indexes`] names them.
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            ID_INDEX => Self::Id,
+            EMAIL_INDEX => Self::UserEmail,
+            PRODUCT_UNIT_INDEX => Self::ProductUnit,
+            PRODUCT_BUYER_SLOT_INDEX => Self::ProductBuyerSlot,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Whether two reports of a duplicate can be the same: equal, or one side cannot tell.
+    pub fn compatible(self, other: Self) -> bool {
+        self == other || self == Self::Unknown || other == Self::Unknown
+    }
+}
+
+impl std::fmt::Display for DuplicateIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Id => ID_INDEX,
+            Self::UserEmail => EMAIL_INDEX,
+            Self::ProductUnit => PRODUCT_UNIT_INDEX,
+            Self::ProductBuyerSlot => PRODUCT_BUYER_SLOT_INDEX,
+            Self::Unknown => "an unnamed unique index",
+        })
+    }
+}
+
+/// The cause of an [`DbError::Unavailable`] or [`DbError::Other`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A write would break a unique index; nothing was written by it.
+    #[error("duplicate key in {index}")]
+    DuplicateKey { index: DuplicateIndex },
+    /// The store did not answer: server selection failed, I/O failed or timed out
+    /// (including the operation gate's bound), the pool was cleared, the server is
+    /// shutting down. The operation may or may not have been applied.
+    #[error("MongoDB unavailable")]
+    Unavailable(#[source] Cause),
+    /// Anything else (a malformed document, a refused command).
+    #[error("MongoDB operation failed")]
+    Other(#[source] Cause),
+}
+
+impl DbError {
+    pub fn is_duplicate_key(&self) -> bool {
+        matches!(self, Self::DuplicateKey { .. })
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+pub type DbResult<T> = Result<T, DbError>;
+
+/// Every document of every collection, each collection in `_id` order: what the
+/// differential test compares and a checker can read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreDump {
+    pub users: Vec<UserDoc>,
+    pub products: Vec<Product>,
+    pub orders: Vec<OrderDoc>,
+}
+
+/// The store: MongoDB, or with the `memory` feature the in-process model.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Mongo(MongoDb),
+    #[cfg(feature = "memory")]
+    Memory(memory::MemoryDb),
+}
+
+/// One match per method: the real path pays nothing else for the seam.
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Db::Mongo(db) => db.$method($($arg),*).await,
+            #[cfg(feature = "memory")]
+            Db::Memory(db) => db.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Db {
+    /// A handle on `database`; `pool_size` bounds both the driver's connection pool and
+    /// the operations in flight. `memory://NAME` (feature `memory`) is the in-process
+    /// model registered under NAME, shared by every caller naming it.
+    pub async fn connect(
+        url: &str,
+        database: &str,
+        select_timeout: Duration,
+        op_timeout: Duration,
+        pool_size: u32,
+    ) -> anyhow::Result<Self> {
+        if let Some(name) = url.strip_prefix(MEMORY_SCHEME) {
+            #[cfg(feature = "memory")]
+            return Ok(Self::Memory(memory::MemoryDb::named(name, database, op_timeout)));
+            #[cfg(not(feature = "memory"))]
+            anyhow::bail!("{MEMORY_SCHEME}{name}: the in-process store needs the `memory` feature");
+        }
+        Ok(Self::Mongo(MongoDb::connect(url, database, select_timeout, op_timeout, pool_size).await?))
+    }
+
+    /// Bound of one operation.
+    pub fn op_timeout(&self) -> Duration {
+        match self {
+            Self::Mongo(db) => db.op_timeout,
+            #[cfg(feature = "memory")]
+            Self::Memory(db) => db.op_timeout(),
+        }
+    }
+
+    pub async fn ping(&self) -> DbResult<()> {
+        dispatch!(self.ping())
+    }
+
+    /// Creates every index the guarantees rely on (idempotent).
+    pub async fn ensure_indexes(&self) -> DbResult<()> {
+        dispatch!(self.ensure_indexes())
+    }
+
+    /// Inserts a user; `DuplicateKey` if the id or the email is taken.
+    pub async fn insert_user(&self, user: &UserDoc) -> DbResult<()> {
+        dispatch!(self.insert_user(user))
+    }
+
+    /// Inserts users in order (MongoDB's default ordered insert): the first duplicate
+    /// stops it, the users before it stay inserted.
+    pub async fn insert_users(&self, users: &[UserDoc]) -> DbResult<()> {
+        dispatch!(self.insert_users(users))
+    }
+
+    /// The user with this (normalised) email.
+    pub async fn find_user_by_email(&self, email: &str) -> DbResult<Option<UserDoc>> {
+        dispatch!(self.find_user_by_email(email))
+    }
+
+    pub async fn find_user(&self, id: &str) -> DbResult<Option<UserDoc>> {
+        dispatch!(self.find_user(id))
+    }
+
+    /// Sets the role of the user with this (normalised) email; whether one matched.
+    pub async fn set_user_role(&self, email: &str, role: Role) -> DbResult<bool> {
+        dispatch!(self.set_user_role(email, role))
+    }
+
+    /// The product with this id, deleted or not.
+    pub async fn find_product(&self, id: &str) -> DbResult<Option<Product>> {
+        dispatch!(self.find_product(id))
+    }
+
+    pub async fn insert_product(&self, product: &Product) -> DbResult<()> {
+        dispatch!(self.insert_product(product))
+    }
+
+    /// Up to `limit` products that are not deleted, in `_id` order, after `after`. A
+    /// `limit` of 0 is MongoDB's: no limit.
+    pub async fn list_live_products(&self, after: Option<&str>, limit: u32) -> DbResult<Vec<Product>> {
+        dispatch!(self.list_live_products(after, limit))
+    }
+
+    /// Writes `updated`'s editable fields (name, description, price, one per user, sale
+    /// window, `updated_at_ms`) to the product `id` if it is still the version
+    /// `current_updated_at_ms` and not deleted: the record after, or `None`.
+    pub async fn replace_product_fields(
+        &self,
+        id: &str,
+        current_updated_at_ms: i64,
+        updated: &Product,
+    ) -> DbResult<Option<Product>> {
+        dispatch!(self.replace_product_fields(id, current_updated_at_ms, updated))
+    }
+
+    /// Adds `quantity` to `stock_total` (and raises `updated_at_ms` to `now_ms`) unless
+    /// the product is deleted or the total would pass
+    /// [`records::MAX_STOCK`]: the record after, or `None` when refused or unknown.
+    pub async fn add_stock(&self, id: &str, quantity: i64, now_ms: i64) -> DbResult<Option<Product>> {
+        dispatch!(self.add_stock(id, quantity, now_ms))
+    }
+
+    /// Marks a product deleted (and raises `updated_at_ms` to `now_ms`): the record
+    /// after, or `None` if unknown.
+    pub async fn mark_product_deleted(&self, id: &str, now_ms: i64) -> DbResult<Option<Product>> {
+        dispatch!(self.mark_product_deleted(id, now_ms))
+    }
+
+    /// Ids of every product that is not deleted, in `_id` order.
+    pub async fn live_product_ids(&self) -> DbResult<Vec<String>> {
+        dispatch!(self.live_product_ids())
+    }
+
+    /// Inserts an order; `DuplicateKey` if its id, its unit or its buyer slot is taken.
+    pub async fn insert_order(&self, order: &OrderDoc) -> DbResult<()> {
+        dispatch!(self.insert_order(order))
+    }
+
+    pub async fn find_order(&self, id: &str) -> DbResult<Option<OrderDoc>> {
+        dispatch!(self.find_order(id))
+    }
+
+    /// The order holding this unit of this product (tombstones hold none).
+    pub async fn find_order_by_unit(&self, product_id: &str, unit: i64) -> DbResult<Option<OrderDoc>> {
+        dispatch!(self.find_order_by_unit(product_id, unit))
+    }
+
+    /// A user's confirmed orders, newest first (ties by `_id`, descending), at most
+    /// `limit` (0: no limit).
+    pub async fn confirmed_orders_of_user(&self, user_id: &str, limit: u32) -> DbResult<Vec<OrderDoc>> {
+        dispatch!(self.confirmed_orders_of_user(user_id, limit))
+    }
+
+    /// Every order document of a product, confirmed and tombstones, in no particular
+    /// order (MongoDB's natural order; the model's is `_id` order).
+    pub async fn orders_of_product(&self, product_id: &str) -> DbResult<Vec<OrderDoc>> {
+        dispatch!(self.orders_of_product(product_id))
+    }
+
+    /// Turns a confirmed order into a tombstone: status released, unit and buyer slot
+    /// replaced by [`records::released_marker`]. Whether it was still confirmed.
+    pub async fn release_order(&self, id: &str) -> DbResult<bool> {
+        dispatch!(self.release_order(id))
+    }
+
+    /// Every document of every collection (tests, checkers; not for the request path).
+    pub async fn dump(&self) -> DbResult<StoreDump> {
+        dispatch!(self.dump())
+    }
+}

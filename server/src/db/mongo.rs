@@ -1,0 +1,446 @@
+//! The real store: MongoDB (or FerretDB) through the driver, every operation bounded by
+//! [`MongoDb::bounded`], every driver error classified into a [`DbError`].
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+use tokio::sync::Semaphore;
+
+use super::records::{MAX_STOCK, OrderDoc, OrderStatus, Product, Role, UserDoc, released_marker};
+use super::{
+    DbError, DbResult, DuplicateIndex, EMAIL_INDEX, ORDERS, PRODUCT_BUYER_SLOT_INDEX, PRODUCT_UNIT_INDEX, PRODUCTS,
+    StoreDump, USERS,
+};
+
+/// Driver connections allowed per permit of the operation gate: connections being
+/// closed or made in the background after their operation was given up still count
+/// against the driver's pool for a moment.
+const POOL_HEADROOM: u32 = 2;
+
+/// MongoDB's duplicate-key error code.
+pub const DUPLICATE_KEY: i32 = 11000;
+
+/// Server error codes that mean "not now" rather than "never": the node is stepping
+/// down, shutting down or not primary, or the operation ran out of time on the server.
+const UNAVAILABLE_CODES: &[i32] = &[
+    50,    // MaxTimeMSExpired
+    89,    // NetworkTimeout
+    91,    // ShutdownInProgress
+    189,   // PrimarySteppedDown
+    262,   // ExceededTimeLimit
+    6,     // HostUnreachable
+    7,     // HostNotFound
+    9001,  // SocketException
+    10107, // NotWritablePrimary
+    11600, // InterruptedAtShutdown
+    11602, // InterruptedDueToReplStateChange
+    13435, // NotPrimaryNoSecondaryOk
+    13436, // NotPrimaryOrSecondary
+];
+
+#[derive(Debug, Clone)]
+pub struct MongoDb {
+    pub database: Database,
+    /// Bound of one operation ([`MongoDb::bounded`]).
+    pub op_timeout: Duration,
+    /// One permit per pooled connection: operations wait here, not in the driver's
+    /// wait queue ([`MongoDb::bounded`]).
+    gate: Arc<Semaphore>,
+}
+
+impl MongoDb {
+    /// A handle on `database`; `pool_size` bounds both the driver's connection pool and
+    /// the operations in flight.
+    pub async fn connect(
+        url: &str,
+        database: &str,
+        select_timeout: Duration,
+        op_timeout: Duration,
+        pool_size: u32,
+    ) -> anyhow::Result<Self> {
+        let pool_size = pool_size.max(1);
+        let mut options = ClientOptions::parse(url).await.context("parsing the MongoDB URL")?;
+        options.server_selection_timeout = Some(select_timeout);
+        options.connect_timeout = Some(select_timeout);
+        // The gate, not the driver's pool, is what bounds the operations in flight: with
+        // room to spare in the pool, an operation holding a permit finds a connection or
+        // starts making one, and does not wait in the driver's queue ([`MongoDb::bounded`]).
+        options.max_pool_size = Some(pool_size.saturating_mul(POOL_HEADROOM));
+        options.app_name = Some("flashsale".into());
+        let client = Client::with_options(options).context("creating the MongoDB client")?;
+        let permits = usize::try_from(pool_size).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        Ok(Self { database: client.database(database), op_timeout, gate: Arc::new(Semaphore::new(permits)) })
+    }
+
+    /// Runs one MongoDB operation: it waits at most [`MongoDb::op_timeout`] for a turn (one
+    /// operation per permit of the gate, as many as `mongo_pool_size`), then at most
+    /// [`MongoDb::op_timeout`] again for its answer.
+    ///
+    /// The bound: the driver has no socket timeout, so an operation on a connection that
+    /// stopped answering (a peer gone without a reset) would wait forever and keep its
+    /// pooled connection; once every pooled connection is held so, every later operation
+    /// waits too. Dropped at the bound, the operation's connection is discarded and the
+    /// caller gets a timed-out I/O error.
+    ///
+    /// The gate: an operation given up while queued in the driver for a connection
+    /// stays in the driver's wait queue, and the driver's pool worker serves that queue
+    /// one request per event (a check-in, a new request, or its 500 ms maintenance tick);
+    /// with abandoned requests at its head, a connection handed to one is put back and
+    /// the live request behind waits for the next event. Thousands of operations given
+    /// up in a storm starved the live ones for minutes, which timed out in turn (seed 1
+    /// of the simulator). Given up on the semaphore instead, an operation leaves nothing
+    /// behind; with a permit it has a full bound of its own (a permit handed over near a
+    /// caller's deadline would otherwise start an operation only to abandon it in the
+    /// driver's queue), and the driver's pool has room for every permit, so it finds a
+    /// connection or starts making one instead of queueing.
+    pub async fn bounded<T>(
+        &self,
+        operation: impl IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> mongodb::error::Result<T> {
+        let timed_out = |waited_for: &str| -> mongodb::error::Error {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("MongoDB did not answer within {:?} ({waited_for})", self.op_timeout),
+            )
+            .into()
+        };
+        let Ok(permit) = tokio::time::timeout(self.op_timeout, self.gate.acquire()).await else {
+            return Err(timed_out("waiting for a connection"));
+        };
+        let _permit = permit.map_err(|_| std::io::Error::other("the MongoDB operation gate is closed"))?;
+        tokio::time::timeout(self.op_timeout, operation.into_future()).await.map_err(|_| timed_out("the operation"))?
+    }
+
+    /// [`MongoDb::bounded`], its error classified.
+    async fn run<T>(&self, operation: impl IntoFuture<Output = mongodb::error::Result<T>>) -> DbResult<T> {
+        self.bounded(operation).await.map_err(classify)
+    }
+
+    pub fn collection<T: Send + Sync>(&self, name: &str) -> Collection<T> {
+        self.database.collection(name)
+    }
+
+    pub async fn ping(&self) -> DbResult<()> {
+        self.run(self.database.run_command(doc! { "ping": 1 })).await?;
+        Ok(())
+    }
+
+    /// Creates every index the guarantees rely on (idempotent).
+    pub async fn ensure_indexes(&self) -> DbResult<()> {
+        let unique = |keys: Document, name: &str| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().unique(true).name(name.to_owned()).build())
+                .build()
+        };
+        let plain = |keys: Document, name: &str| {
+            IndexModel::builder().keys(keys).options(IndexOptions::builder().name(name.to_owned()).build()).build()
+        };
+        self.collection::<Document>(USERS)
+            .create_index(unique(doc! { "email": 1 }, EMAIL_INDEX))
+            .await
+            .map_err(classify)?;
+        let orders = self.collection::<Document>(ORDERS);
+        // No oversell even if Redis hands out a unit twice.
+        orders.create_index(unique(doc! { "product_id": 1, "unit": 1 }, PRODUCT_UNIT_INDEX)).await.map_err(classify)?;
+        // One per user: buyer_slot is the user id for one-per-user products, else the order id.
+        orders
+            .create_index(unique(doc! { "product_id": 1, "buyer_slot": 1 }, PRODUCT_BUYER_SLOT_INDEX))
+            .await
+            .map_err(classify)?;
+        orders
+            .create_index(plain(doc! { "user_id": 1, "created_at_ms": -1 }, "user_orders"))
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    fn users(&self) -> Collection<UserDoc> {
+        self.collection(USERS)
+    }
+
+    fn products(&self) -> Collection<Product> {
+        self.collection(PRODUCTS)
+    }
+
+    fn orders(&self) -> Collection<OrderDoc> {
+        self.collection(ORDERS)
+    }
+
+    pub async fn insert_user(&self, user: &UserDoc) -> DbResult<()> {
+        self.run(self.users().insert_one(user)).await?;
+        Ok(())
+    }
+
+    pub async fn insert_users(&self, users: &[UserDoc]) -> DbResult<()> {
+        if users.is_empty() {
+            // The driver refuses an empty insert_many; MongoDB's answer to none is none.
+            return Ok(());
+        }
+        self.run(self.users().insert_many(users)).await?;
+        Ok(())
+    }
+
+    pub async fn find_user_by_email(&self, email: &str) -> DbResult<Option<UserDoc>> {
+        self.run(self.users().find_one(doc! { "email": email })).await
+    }
+
+    pub async fn find_user(&self, id: &str) -> DbResult<Option<UserDoc>> {
+        self.run(self.users().find_one(doc! { "_id": id })).await
+    }
+
+    pub async fn set_user_role(&self, email: &str, role: Role) -> DbResult<bool> {
+        let role = mongodb::bson::to_bson(&role).map_err(|err| DbError::Other(err.into()))?;
+        let result =
+            self.run(self.users().update_one(doc! { "email": email }, doc! { "$set": { "role": role } })).await?;
+        Ok(result.matched_count > 0)
+    }
+
+    pub async fn find_product(&self, id: &str) -> DbResult<Option<Product>> {
+        self.run(self.products().find_one(doc! { "_id": id })).await
+    }
+
+    pub async fn insert_product(&self, product: &Product) -> DbResult<()> {
+        self.run(self.products().insert_one(product)).await?;
+        Ok(())
+    }
+
+    pub async fn list_live_products(&self, after: Option<&str>, limit: u32) -> DbResult<Vec<Product>> {
+        let mut filter = doc! { "deleted": { "$ne": true } };
+        if let Some(after) = after {
+            filter.insert("_id", doc! { "$gt": after });
+        }
+        let products = self.products();
+        let read =
+            async { products.find(filter).sort(doc! { "_id": 1 }).limit(i64::from(limit)).await?.try_collect().await };
+        self.run(read).await
+    }
+
+    pub async fn replace_product_fields(
+        &self,
+        id: &str,
+        current_updated_at_ms: i64,
+        updated: &Product,
+    ) -> DbResult<Option<Product>> {
+        let filter = doc! {
+            "_id": id,
+            "updated_at_ms": current_updated_at_ms,
+            "deleted": { "$ne": true },
+        };
+        let set = doc! {
+            "name": &updated.name,
+            "description": &updated.description,
+            "price_cents": updated.price_cents,
+            "one_per_user": updated.one_per_user,
+            "sale_starts_at_ms": optional(updated.sale_starts_at_ms),
+            "sale_ends_at_ms": optional(updated.sale_ends_at_ms),
+            "updated_at_ms": updated.updated_at_ms,
+        };
+        self.find_and_update(filter, doc! { "$set": set }).await
+    }
+
+    pub async fn add_stock(&self, id: &str, quantity: i64, now_ms: i64) -> DbResult<Option<Product>> {
+        let filter = doc! {
+            "_id": id,
+            "deleted": { "$ne": true },
+            "stock_total": { "$lte": MAX_STOCK.saturating_sub(quantity) },
+        };
+        let update = doc! {
+            "$inc": { "stock_total": quantity },
+            "$max": { "updated_at_ms": now_ms },
+        };
+        self.find_and_update(filter, update).await
+    }
+
+    pub async fn mark_product_deleted(&self, id: &str, now_ms: i64) -> DbResult<Option<Product>> {
+        let update = doc! { "$set": { "deleted": true }, "$max": { "updated_at_ms": now_ms } };
+        self.find_and_update(doc! { "_id": id }, update).await
+    }
+
+    async fn find_and_update(&self, filter: Document, update: Document) -> DbResult<Option<Product>> {
+        let products = self.products();
+        self.run(products.find_one_and_update(filter, update).return_document(ReturnDocument::After)).await
+    }
+
+    pub async fn live_product_ids(&self) -> DbResult<Vec<String>> {
+        let products = self.collection::<Document>(PRODUCTS);
+        let docs: Vec<Document> = self
+            .run(async {
+                products
+                    .find(doc! { "deleted": { "$ne": true } })
+                    .projection(doc! { "_id": 1 })
+                    .sort(doc! { "_id": 1 })
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        Ok(docs.iter().filter_map(|d| d.get_str("_id").ok()).map(str::to_owned).collect())
+    }
+
+    pub async fn insert_order(&self, order: &OrderDoc) -> DbResult<()> {
+        self.run(self.orders().insert_one(order)).await?;
+        Ok(())
+    }
+
+    pub async fn find_order(&self, id: &str) -> DbResult<Option<OrderDoc>> {
+        self.run(self.orders().find_one(doc! { "_id": id })).await
+    }
+
+    pub async fn find_order_by_unit(&self, product_id: &str, unit: i64) -> DbResult<Option<OrderDoc>> {
+        self.run(self.orders().find_one(doc! { "product_id": product_id, "unit": unit })).await
+    }
+
+    pub async fn confirmed_orders_of_user(&self, user_id: &str, limit: u32) -> DbResult<Vec<OrderDoc>> {
+        let orders = self.orders();
+        let read = async {
+            orders
+                .find(doc! { "user_id": user_id, "status": status_name(OrderStatus::Confirmed) })
+                // `_id` breaks ties, so that equal timestamps list the same way everywhere.
+                .sort(doc! { "created_at_ms": -1, "_id": -1 })
+                .limit(i64::from(limit))
+                .await?
+                .try_collect()
+                .await
+        };
+        self.run(read).await
+    }
+
+    pub async fn orders_of_product(&self, product_id: &str) -> DbResult<Vec<OrderDoc>> {
+        let orders = self.orders();
+        let read = async { orders.find(doc! { "product_id": product_id }).await?.try_collect().await };
+        self.run(read).await
+    }
+
+    pub async fn release_order(&self, id: &str) -> DbResult<bool> {
+        let marker = released_marker(id);
+        let result = self
+            .run(self.orders().update_one(
+                doc! { "_id": id, "status": status_name(OrderStatus::Confirmed) },
+                doc! { "$set": {
+                    "status": status_name(OrderStatus::Released),
+                    "unit": &marker,
+                    "buyer_slot": &marker,
+                } },
+            ))
+            .await?;
+        Ok(result.matched_count > 0)
+    }
+
+    /// Drops this handle's whole database (tests that make one database per case).
+    pub async fn drop_database(&self) -> DbResult<()> {
+        self.run(self.database.drop()).await
+    }
+
+    pub async fn dump(&self) -> DbResult<StoreDump> {
+        let (users, products, orders) = (self.users(), self.products(), self.orders());
+        let by_id = || doc! { "_id": 1 };
+        Ok(StoreDump {
+            users: self.run(async { users.find(doc! {}).sort(by_id()).await?.try_collect().await }).await?,
+            products: self.run(async { products.find(doc! {}).sort(by_id()).await?.try_collect().await }).await?,
+            orders: self.run(async { orders.find(doc! {}).sort(by_id()).await?.try_collect().await }).await?,
+        })
+    }
+}
+
+/// How an order status is stored (its serde name).
+fn status_name(status: OrderStatus) -> &'static str {
+    match status {
+        OrderStatus::Confirmed => "confirmed",
+        OrderStatus::Released => "released",
+    }
+}
+
+fn optional(value: Option<i64>) -> Bson {
+    value.map_or(Bson::Null, Bson::Int64)
+}
+
+/// Whether a MongoDB error is a duplicate-key violation (code 11000).
+pub fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    duplicate_key_message(err).is_some()
+}
+
+/// The message of a duplicate-key violation (code 11000), if this is one.
+fn duplicate_key_message(err: &mongodb::error::Error) -> Option<&str> {
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(write)) if write.code == DUPLICATE_KEY => Some(&write.message),
+        ErrorKind::InsertMany(insert) => insert
+            .write_errors
+            .as_ref()
+            .and_then(|errors| errors.iter().find(|e| e.code == DUPLICATE_KEY))
+            .map(|e| e.message.as_str()),
+        ErrorKind::Command(command) if command.code == DUPLICATE_KEY => Some(&command.message),
+        _ => None,
+    }
+}
+
+/// The index a duplicate-key message names, read as a hint: MongoDB writes
+/// `E11000 duplicate key error collection: db.orders index: product_unit_unique dup key:
+/// { ... }`; FerretDB 1.x writes no index name, so its duplicates are
+/// [`DuplicateIndex::Unknown`].
+pub fn index_in_message(message: &str) -> DuplicateIndex {
+    message
+        .split_once(" index: ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .map_or(DuplicateIndex::Unknown, DuplicateIndex::from_name)
+}
+
+/// The class of a driver error: duplicate key, unavailable, or other.
+pub fn classify(err: mongodb::error::Error) -> DbError {
+    if let Some(message) = duplicate_key_message(&err) {
+        return DbError::DuplicateKey { index: index_in_message(message) };
+    }
+    let unavailable = match err.kind.as_ref() {
+        ErrorKind::ServerSelection { .. }
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::DnsResolve { .. }
+        | ErrorKind::Shutdown => true,
+        ErrorKind::Command(command) => UNAVAILABLE_CODES.contains(&command.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => UNAVAILABLE_CODES.contains(&concern.code),
+        _ => false,
+    };
+    if unavailable { DbError::Unavailable(Box::new(err)) } else { DbError::Other(Box::new(err)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_operation_that_never_answers_fails_at_the_bound() {
+        // The client connects lazily: nothing listens on the discard port, and nothing needs to.
+        let db = MongoDb::connect(
+            "mongodb://127.0.0.1:9",
+            "bounded",
+            Duration::from_millis(100),
+            Duration::from_millis(20),
+            4,
+        )
+        .await
+        .expect("client");
+        let never = std::future::pending::<mongodb::error::Result<()>>();
+        let err = db.bounded(never).await.expect_err("the bound ends it");
+        let timed_out =
+            matches!(err.kind.as_ref(), mongodb::error::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::TimedOut);
+        assert!(timed_out, "{err}");
+        assert!(classify(err).is_unavailable(), "a timed-out operation is an outage");
+        assert_eq!(db.bounded(async { Ok(7) }).await.expect("an answer within the bound"), 7);
+    }
+
+    #[test]
+    fn the_index_is_read_from_mongodbs_message_and_unknown_from_ferretdbs() {
+        let mongo = "E11000 duplicate key error collection: t.orders index: product_buyer_slot_unique dup key: { }";
+        assert_eq!(index_in_message(mongo), DuplicateIndex::ProductBuyerSlot);
+        let id = "E11000 duplicate key error collection: t.users index: _id_ dup key: { _id: \"a\" }";
+        assert_eq!(index_in_message(id), DuplicateIndex::Id);
+        assert_eq!(index_in_message("E11000 duplicate key error collection: t.orders"), DuplicateIndex::Unknown);
+    }
+}

@@ -1,0 +1,155 @@
+//! The Lua 5.1 interpreter of one emulated Redis (mlua, vendored Lua 5.1.5): the
+//! sandbox Redis 7.0 sets up, the script cache by SHA1, and running a script with
+//! `KEYS`/`ARGV` while it holds the keyspace.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use mlua::chunk::ChunkMode;
+use mlua::{Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value as LuaValue};
+use redis::Value;
+use sha1::{Digest, Sha1};
+
+use super::core::Core;
+use super::error::{CommandError, error_value};
+use super::{cjson, lua_api, lua_convert, lua_libs};
+
+/// Calls a script function under `xpcall` with the error handler: `ok, result`.
+const RUNNER: &str = "local xpcall, handler = ...\nreturn function(f) return xpcall(f, handler) end";
+
+/// Globals Redis 7.0 does not offer scripts.
+const REMOVED: [&str; 10] =
+    ["dofile", "loadfile", "print", "loadstring", "module", "require", "package", "os", "io", "debug"];
+
+pub(crate) fn sha1_hex(body: &[u8]) -> String {
+    hex::encode(Sha1::digest(body))
+}
+
+pub(crate) struct LuaEngine {
+    lua: Lua,
+    globals: Table,
+    redis: Table,
+    /// The protected environment every script runs in.
+    env: Table,
+    runner: Function,
+    scripts: BTreeMap<String, Function>,
+}
+
+impl LuaEngine {
+    /// A fresh interpreter; `rand48` is the state behind `math.random`.
+    pub(crate) fn new(rand48: Arc<AtomicU64>) -> mlua::Result<Self> {
+        let lua = Lua::new_with(StdLib::TABLE | StdLib::STRING | StdLib::MATH, LuaOptions::default())?;
+        let globals = lua.globals();
+        for name in REMOVED {
+            globals.raw_set(name, LuaValue::Nil)?;
+        }
+        let redis = lua_api::redis_table(&lua)?;
+        globals.raw_set("redis", redis.clone())?;
+        globals.raw_set("cjson", cjson::module(&lua)?)?;
+        globals.raw_set("bit", lua_libs::bit_module(&lua)?)?;
+        lua_libs::install_random(&lua, &globals, rand48)?;
+        lua_api::install_pcall(&lua, &globals)?;
+        let tostring: Function = globals.raw_get("tostring")?;
+        let handler = lua.create_function(move |lua, error: LuaValue| lua_api::error_handler(lua, error, &tostring))?;
+        let xpcall: Function = globals.raw_get("xpcall")?;
+        let runner: Function = lua.load(RUNNER).set_name("=runner").call((xpcall, handler))?;
+        let env = lua_api::protect(&lua, &globals)?;
+        Ok(Self { lua, globals, redis, env, runner, scripts: BTreeMap::new() })
+    }
+
+    pub(crate) fn contains(&self, sha: &str) -> bool {
+        self.scripts.contains_key(sha)
+    }
+
+    /// Compiles and caches a script; its SHA1. A script that does not compile is not
+    /// cached.
+    pub(crate) fn load(&mut self, body: &[u8]) -> Result<String, CommandError> {
+        let sha = sha1_hex(body);
+        if self.scripts.contains_key(&sha) {
+            return Ok(sha);
+        }
+        let source = strip_shebang(body)?;
+        let function = self
+            .lua
+            .load(source)
+            .set_name("@user_script")
+            .set_mode(ChunkMode::Text)
+            .set_environment(self.env.clone())
+            .into_function()
+            .map_err(|error| {
+                let message = match &error {
+                    mlua::Error::SyntaxError { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                CommandError::other(format!("ERR Error compiling script (new function): {message}"))
+            })?;
+        self.scripts.insert(sha.clone(), function);
+        Ok(sha)
+    }
+
+    /// Runs a cached script against `core`; the reply (an error reply if it failed).
+    pub(crate) fn run(&self, core: &mut Core, sha: &str, keys: &[&[u8]], argv: &[&[u8]]) -> Value {
+        let Some(function) = self.scripts.get(sha) else { return CommandError::NoScript.to_value() };
+        match self.call(core, function, sha, keys, argv) {
+            Ok(reply) => reply,
+            Err(error) => error_value(&format!("ERR Error running script {sha}: {error}")),
+        }
+    }
+
+    fn call(
+        &self,
+        core: &mut Core,
+        function: &Function,
+        sha: &str,
+        keys: &[&[u8]],
+        argv: &[&[u8]],
+    ) -> mlua::Result<Value> {
+        self.globals.raw_set("KEYS", self.strings(keys)?)?;
+        self.globals.raw_set("ARGV", self.strings(argv)?)?;
+        let core = RefCell::new(core);
+        self.lua.scope(|scope| {
+            let call = scope.create_function(|lua, args: MultiValue| lua_api::redis_call(lua, &core, args, true))?;
+            let pcall = scope.create_function(|lua, args: MultiValue| lua_api::redis_call(lua, &core, args, false))?;
+            self.redis.raw_set("call", call)?;
+            self.redis.raw_set("pcall", pcall)?;
+            let (ok, result): (bool, LuaValue) = self.runner.call(function)?;
+            Ok(if ok { lua_convert::reply(&result) } else { lua_convert::failure(&result, sha) })
+        })
+    }
+
+    fn strings(&self, items: &[&[u8]]) -> mlua::Result<Table> {
+        let table = self.lua.create_table_with_capacity(items.len(), 0)?;
+        for (index, item) in items.iter().enumerate() {
+            table.raw_set(index + 1, self.lua.create_string(item)?)?;
+        }
+        Ok(table)
+    }
+}
+
+/// Redis 7.0's shebang line (`#!lua flags=...`): checked, then left out of the source
+/// (its newline stays, so line numbers do not move).
+fn strip_shebang(body: &[u8]) -> Result<&[u8], CommandError> {
+    if !body.starts_with(b"#!") {
+        return Ok(body);
+    }
+    let end = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
+    let line = String::from_utf8_lossy(&body[..end]);
+    let mut parts = line.split(' ').filter(|part| !part.is_empty());
+    let engine = parts.next().unwrap_or_default();
+    if engine != "#!lua" {
+        return Err(CommandError::other(format!("ERR Unexpected engine in script shebang: {engine}")));
+    }
+    for part in parts {
+        let Some(flags) = part.strip_prefix("flags=") else {
+            return Err(CommandError::other(format!("ERR Unknown lua shebang option: {part}")));
+        };
+        for flag in flags.split(',').filter(|flag| !flag.is_empty()) {
+            if !["no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys"].contains(&flag) {
+                return Err(CommandError::other(format!("ERR Unexpected flag in script shebang: {flag}")));
+            }
+        }
+    }
+    Ok(&body[end..])
+}

@@ -1,0 +1,459 @@
+//! The MongoDB differential property: random sequences of `flashsale::db::Db` calls run
+//! on FerretDB (a fresh database per sequence) and on a fresh `memory://` model must
+//! give the same result at every step (the value, or the error's class: duplicate key
+//! naming a compatible index, unavailable, other; never the message) and leave the same
+//! documents in every collection after every step.
+//!
+//! Arguments come from small pools (three users and emails, three products, four order
+//! ids, three units, four buyer slots, a few timestamps), so that duplicates, tombstones,
+//! ties and version conflicts happen in most sequences.
+//!
+//! FerretDB 1.24 (SQLite) is the real side here, not MongoDB. Where they are known to
+//! differ, nothing here depends on it:
+//! - FerretDB's `findAndModify` applies `$inc` in a separate step from its read (FerretDB
+//!   issue 3040): concurrent restocks lose increments there, MongoDB's do not. The steps
+//!   here run one at a time, so it does not show.
+//! - FerretDB's duplicate-key message names no index: its side reports
+//!   `DuplicateIndex::Unknown`, which agrees with any index the model names.
+//! - `orders_of_product` is in natural order on FerretDB and the model, in the
+//!   `(product_id, unit)` index's order on MongoDB: it is compared as a set.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use flashsale::db::memory::MemoryDb;
+use flashsale::db::records::{MAX_STOCK, OrderDoc, OrderStatus, Product, Role, UnitField, UserDoc, released_marker};
+use flashsale::db::{Db, DbError, DuplicateIndex, MEMORY_SCHEME, StoreDump};
+use flashsale_stack::FerretDb;
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::select;
+
+use crate::compare::{self, Mismatch, Persistence};
+
+/// Sequences per property; three properties, so 2,100 sequences per run.
+pub const CASES: u32 = 700;
+fn cases() -> u32 {
+    std::env::var("DIFF_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(CASES)
+}
+
+/// Where shrunk counterexamples are kept, and run first on the next run.
+#[cfg(not(feature = "memory-broken"))]
+pub const REGRESSIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/differential/mongo.proptest-regressions");
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+const USER_IDS: &[&str] = &["u1", "u2", "u3"];
+const EMAILS: &[&str] = &["a@x.io", "b@x.io", "c@x.io"];
+const PRODUCT_IDS: &[&str] = &["p1", "p2", "p3"];
+/// Bounds of `list_live_products` cursors: before, between and after the products.
+const CURSORS: &[&str] = &["p0", "p1", "p2", "p3"];
+const ORDER_IDS: &[&str] = &["o1", "o2", "o3", "o4"];
+/// Orders name fewer products than the catalogue, so that their indexes collide.
+const ORDER_PRODUCTS: &[&str] = &["p1", "p2"];
+/// A buyer slot is a user id (one per user) or the order's own id.
+const BUYER_SLOTS: &[&str] = &["u1", "u2", "o1", "o2"];
+const STOCKS: &[i64] = &[0, 1, 5, MAX_STOCK - 1, MAX_STOCK];
+const QUANTITIES: &[i64] = &[-2, 0, 1, 3, MAX_STOCK];
+
+/// The one FerretDB of this binary, started on first use (blocking: it waits for the port).
+fn ferretdb() -> &'static FerretDb {
+    static FERRETDB: OnceLock<FerretDb> = OnceLock::new();
+    FERRETDB.get_or_init(|| {
+        FerretDb::start().unwrap_or_else(|error| panic!("starting ferretdb for the differential test: {error:#}"))
+    })
+}
+
+/// One call of the store, with its arguments.
+#[derive(Debug, Clone)]
+pub enum Step {
+    EnsureIndexes,
+    Ping,
+    InsertUser(UserDoc),
+    InsertUsers(Vec<UserDoc>),
+    FindUserByEmail(String),
+    FindUser(String),
+    SetUserRole(String, Role),
+    InsertProduct(Product),
+    FindProduct(String),
+    ListLiveProducts(Option<String>, u32),
+    ReplaceProductFields(String, i64, Product),
+    AddStock(String, i64, i64),
+    MarkProductDeleted(String, i64),
+    LiveProductIds,
+    InsertOrder(OrderDoc),
+    FindOrder(String),
+    FindOrderByUnit(String, i64),
+    ConfirmedOrdersOfUser(String, u32),
+    OrdersOfProduct(String),
+    ReleaseOrder(String),
+}
+
+/// The class of an error, all that is compared of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    DuplicateKey(DuplicateIndex),
+    Unavailable,
+    Other,
+}
+
+impl From<&DbError> for ErrorClass {
+    fn from(error: &DbError) -> Self {
+        match error {
+            DbError::DuplicateKey { index } => Self::DuplicateKey(*index),
+            DbError::Unavailable(_) => Self::Unavailable,
+            DbError::Other(_) => Self::Other,
+        }
+    }
+}
+
+/// What one step answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Matched(bool),
+    User(Option<UserDoc>),
+    Product(Option<Product>),
+    Products(Vec<Product>),
+    Ids(Vec<String>),
+    Order(Option<OrderDoc>),
+    Orders(Vec<OrderDoc>),
+    Failed(ErrorClass),
+}
+
+impl Outcome {
+    fn of<T>(result: Result<T, DbError>, wrap: impl FnOnce(T) -> Self) -> Self {
+        match result {
+            Ok(value) => wrap(value),
+            Err(error) => {
+                if std::env::var_os("DIFF_TRACE").is_some() {
+                    eprintln!("TRACE error: {error:?}");
+                }
+                Self::Failed(ErrorClass::from(&error))
+            }
+        }
+    }
+
+    /// Equal, except that a duplicate's index is compared only where both sides name one.
+    pub fn agrees_with(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Failed(ErrorClass::DuplicateKey(a)), Self::Failed(ErrorClass::DuplicateKey(b))) => a.compatible(*b),
+            _ => self == other,
+        }
+    }
+}
+
+impl Step {
+    /// Whether FerretDB's and the model's results of this step agree.
+    ///
+    /// A known difference: a unique index that existing documents violate is refused by
+    /// MongoDB with a duplicate key (11000), which the model reproduces, and by FerretDB
+    /// 1.24 with an `InternalError` (code 1, "UNIQUE constraint failed"). Both refuse it
+    /// and keep the indexes created before it, which the collections compared next show.
+    pub fn agrees(&self, real: &Outcome, model: &Outcome) -> bool {
+        let ferretdb_refused_the_index = matches!(self, Self::EnsureIndexes)
+            && matches!(
+                (real, model),
+                (Outcome::Failed(ErrorClass::Other), Outcome::Failed(ErrorClass::DuplicateKey(_)))
+            );
+        ferretdb_refused_the_index || real.agrees_with(model)
+    }
+
+    /// Runs this step on `db`.
+    pub async fn run(&self, db: &Db) -> Outcome {
+        use Outcome as O;
+        match self {
+            Self::EnsureIndexes => O::of(db.ensure_indexes().await, |()| O::Done),
+            Self::Ping => O::of(db.ping().await, |()| O::Done),
+            Self::InsertUser(user) => O::of(db.insert_user(user).await, |()| O::Done),
+            Self::InsertUsers(users) => O::of(db.insert_users(users).await, |()| O::Done),
+            Self::FindUserByEmail(email) => O::of(db.find_user_by_email(email).await, O::User),
+            Self::FindUser(id) => O::of(db.find_user(id).await, O::User),
+            Self::SetUserRole(email, role) => O::of(db.set_user_role(email, *role).await, O::Matched),
+            Self::InsertProduct(product) => O::of(db.insert_product(product).await, |()| O::Done),
+            Self::FindProduct(id) => O::of(db.find_product(id).await, O::Product),
+            Self::ListLiveProducts(after, limit) => {
+                O::of(db.list_live_products(after.as_deref(), *limit).await, O::Products)
+            }
+            Self::ReplaceProductFields(id, current, updated) => {
+                O::of(db.replace_product_fields(id, *current, updated).await, O::Product)
+            }
+            Self::AddStock(id, quantity, now_ms) => O::of(db.add_stock(id, *quantity, *now_ms).await, O::Product),
+            Self::MarkProductDeleted(id, now_ms) => O::of(db.mark_product_deleted(id, *now_ms).await, O::Product),
+            Self::LiveProductIds => O::of(db.live_product_ids().await, O::Ids),
+            Self::InsertOrder(order) => O::of(db.insert_order(order).await, |()| O::Done),
+            Self::FindOrder(id) => O::of(db.find_order(id).await, O::Order),
+            Self::FindOrderByUnit(product_id, unit) => O::of(db.find_order_by_unit(product_id, *unit).await, O::Order),
+            Self::ConfirmedOrdersOfUser(user_id, limit) => {
+                O::of(db.confirmed_orders_of_user(user_id, *limit).await, O::Orders)
+            }
+            // In no particular order (see the module's notes): compared in `_id` order.
+            Self::OrdersOfProduct(product_id) => O::of(db.orders_of_product(product_id).await, |mut orders| {
+                orders.sort_by(|a, b| a.id.cmp(&b.id));
+                O::Orders(orders)
+            }),
+            Self::ReleaseOrder(id) => O::of(db.release_order(id).await, O::Matched),
+        }
+    }
+}
+
+/// Every collection, or the class of the error that prevented reading them.
+async fn dump(db: &Db) -> Result<StoreDump, ErrorClass> {
+    db.dump().await.map_err(|error| ErrorClass::from(&error))
+}
+
+fn pick(pool: &'static [&'static str]) -> impl Strategy<Value = String> {
+    select(pool).prop_map(str::to_owned)
+}
+
+fn user() -> impl Strategy<Value = UserDoc> {
+    (pick(USER_IDS), pick(EMAILS), pick(&["h1", "h2"]), role(), 1..=3i64).prop_map(
+        |(id, email, password_hash, role, created_at_ms)| UserDoc { id, email, password_hash, role, created_at_ms },
+    )
+}
+
+fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![Just(Role::Buyer), Just(Role::Admin)]
+}
+
+fn product() -> impl Strategy<Value = Product> {
+    let text = (pick(PRODUCT_IDS), pick(&["n", "é ✓"]), pick(&["", "d"]), 0..=2i64, select(STOCKS), any::<bool>());
+    let window = (proptest::option::of(1..=2i64), proptest::option::of(2..=3i64));
+    let versions = (prop::bool::weighted(0.2), 1..=2i64, 1..=3i64);
+    (text, window, versions).prop_map(
+        |(
+            (id, name, description, price_cents, stock_total, one_per_user),
+            (sale_starts_at_ms, sale_ends_at_ms),
+            (deleted, created_at_ms, updated_at_ms),
+        )| Product {
+            id,
+            name,
+            description,
+            price_cents,
+            stock_total,
+            one_per_user,
+            sale_starts_at_ms,
+            sale_ends_at_ms,
+            deleted,
+            created_at_ms,
+            updated_at_ms,
+        },
+    )
+}
+
+fn order() -> impl Strategy<Value = OrderDoc> {
+    let unit = prop_oneof![
+        6 => (1..=3i64).prop_map(UnitField::Unit),
+        // A tombstone's marker, to collide with the ones `release_order` writes.
+        1 => pick(ORDER_IDS).prop_map(|id| UnitField::Released(released_marker(&id))),
+    ];
+    let status = prop_oneof![6 => Just(OrderStatus::Confirmed), 1 => Just(OrderStatus::Released)];
+    (pick(ORDER_IDS), pick(ORDER_PRODUCTS), pick(USER_IDS), unit, pick(BUYER_SLOTS), status, 1..=3i64).prop_map(
+        |(id, product_id, user_id, unit, buyer_slot, status, created_at_ms)| OrderDoc {
+            id,
+            product_id,
+            user_id,
+            unit,
+            buyer_slot,
+            status,
+            created_at_ms,
+        },
+    )
+}
+
+fn limit() -> impl Strategy<Value = u32> {
+    0..=3u32
+}
+
+fn user_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        1 => Just(Step::EnsureIndexes),
+        1 => Just(Step::Ping),
+        5 => user().prop_map(Step::InsertUser),
+        2 => vec(user(), 0..=4).prop_map(Step::InsertUsers),
+        3 => pick(EMAILS).prop_map(Step::FindUserByEmail),
+        2 => pick(USER_IDS).prop_map(Step::FindUser),
+        2 => (pick(EMAILS), role()).prop_map(|(email, role)| Step::SetUserRole(email, role)),
+    ]
+}
+
+fn product_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        1 => Just(Step::EnsureIndexes),
+        4 => product().prop_map(Step::InsertProduct),
+        2 => pick(PRODUCT_IDS).prop_map(Step::FindProduct),
+        2 => (proptest::option::of(pick(CURSORS)), limit()).prop_map(|(after, limit)| Step::ListLiveProducts(after, limit)),
+        3 => (pick(PRODUCT_IDS), 1..=3i64, product())
+            .prop_map(|(id, current, updated)| Step::ReplaceProductFields(id, current, updated)),
+        3 => (pick(PRODUCT_IDS), select(QUANTITIES), 1..=4i64)
+            .prop_map(|(id, quantity, now_ms)| Step::AddStock(id, quantity, now_ms)),
+        2 => (pick(PRODUCT_IDS), 1..=4i64).prop_map(|(id, now_ms)| Step::MarkProductDeleted(id, now_ms)),
+        1 => Just(Step::LiveProductIds),
+    ]
+}
+
+fn order_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        1 => Just(Step::EnsureIndexes),
+        8 => order().prop_map(Step::InsertOrder),
+        2 => pick(ORDER_IDS).prop_map(Step::FindOrder),
+        2 => (pick(ORDER_PRODUCTS), 1..=3i64).prop_map(|(product_id, unit)| Step::FindOrderByUnit(product_id, unit)),
+        2 => (pick(USER_IDS), limit()).prop_map(|(user_id, limit)| Step::ConfirmedOrdersOfUser(user_id, limit)),
+        2 => pick(ORDER_PRODUCTS).prop_map(Step::OrdersOfProduct),
+        3 => pick(ORDER_IDS).prop_map(Step::ReleaseOrder),
+    ]
+}
+
+/// Most sequences create the indexes first, as the server does at startup; the others
+/// show the store without them (and `EnsureIndexes` later, over duplicates).
+fn sequences(step: impl Strategy<Value = Step>) -> impl Strategy<Value = Vec<Step>> {
+    (prop::bool::weighted(0.85), vec(step, 1..=14)).prop_map(|(indexes_first, mut steps)| {
+        if indexes_first {
+            steps.insert(0, Step::EnsureIndexes);
+        }
+        steps
+    })
+}
+
+/// The two sides of one sequence: a fresh FerretDB database, a fresh model.
+pub struct Pair {
+    pub real: Db,
+    pub model: Db,
+    model_name: String,
+}
+
+impl Pair {
+    pub async fn open(real_url: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let database = format!("differential_{}_{n}", std::process::id());
+        let model_name = format!("differential-mongo-{}-{n}", std::process::id());
+        let connect = |url: String| {
+            let database = database.clone();
+            async move {
+                Db::connect(&url, &database, TIMEOUT, TIMEOUT, 4)
+                    .await
+                    .unwrap_or_else(|error| panic!("connecting {url}: {error:#}"))
+            }
+        };
+        let real = connect(real_url.to_owned()).await;
+        let model = connect(format!("{MEMORY_SCHEME}{model_name}")).await;
+        Self { real, model, model_name }
+    }
+
+    /// Drops the real database and forgets the model.
+    pub async fn close(self) {
+        if let Db::Mongo(real) = &self.real {
+            real.drop_database().await.unwrap_or_else(|error| panic!("dropping a differential database: {error:?}"));
+        }
+        MemoryDb::forget(&self.model_name);
+    }
+
+    /// Runs `steps` on both sides, comparing each result and every collection after it.
+    pub async fn run_steps(&self, steps: &[Step]) -> Result<(), Mismatch> {
+        for (index, step) in steps.iter().enumerate() {
+            let real = step.run(&self.real).await;
+            let model = step.run(&self.model).await;
+            compare::agree(index, step, "result", &real, &model, |real, model| step.agrees(real, model))?;
+            let (real, model) = (dump(&self.real).await, dump(&self.model).await);
+            compare::agree(index, step, "collections", &real, &model, |a, b| a == b)?;
+        }
+        Ok(())
+    }
+}
+
+/// The property over `cases` sequences of `step`: the shrunk counterexample if one
+/// disagrees. Blocking: it runs its own current-thread runtime.
+pub fn check<S: Strategy<Value = Step>>(cases: u32, persistence: Persistence, step: S) -> Result<(), String> {
+    let url = ferretdb().url();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    compare::run_property(cases, persistence, &sequences(step), |steps| {
+        runtime.block_on(async {
+            let t0 = std::time::Instant::now();
+            let pair = Pair::open(&url).await;
+            let t1 = std::time::Instant::now();
+            let outcome = pair.run_steps(&steps).await;
+            let t2 = std::time::Instant::now();
+            pair.close().await;
+            let t3 = std::time::Instant::now();
+            if std::env::var_os("DIFF_TIMING").is_some() {
+                eprintln!("TIMING open {:?} steps {} {:?} close {:?}", t1 - t0, steps.len(), t2 - t1, t3 - t2);
+            }
+            outcome
+        })
+    })
+}
+
+#[cfg(not(feature = "memory-broken"))]
+fn assert_agrees<S: Strategy<Value = Step>>(what: &str, step: S) {
+    let started = std::time::Instant::now();
+    if let Err(failure) = check(cases(), Persistence::File(REGRESSIONS), step) {
+        panic!("the model and FerretDB disagree on {what}:\n{failure}");
+    }
+    eprintln!("{CASES} sequences of {what} agreed in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[cfg(not(feature = "memory-broken"))]
+#[test]
+fn random_sequences_of_user_calls_agree_with_ferretdb() {
+    assert_agrees("user calls", user_step());
+}
+
+#[cfg(not(feature = "memory-broken"))]
+#[test]
+fn random_sequences_of_product_calls_agree_with_ferretdb() {
+    assert_agrees("product calls", product_step());
+}
+
+#[cfg(not(feature = "memory-broken"))]
+#[test]
+fn random_sequences_of_order_calls_agree_with_ferretdb() {
+    assert_agrees("order calls", order_step());
+}
+
+/// Two confirmed orders of one buyer for one product: the second breaks the
+/// `(product_id, buyer_slot)` unique index.
+fn second_order_of_one_buyer() -> Vec<Step> {
+    let order = |id: &str, unit: i64| OrderDoc {
+        id: id.to_owned(),
+        product_id: "p1".to_owned(),
+        user_id: "u1".to_owned(),
+        unit: UnitField::Unit(unit),
+        buyer_slot: "u1".to_owned(),
+        status: OrderStatus::Confirmed,
+        created_at_ms: 1,
+    };
+    vec![Step::EnsureIndexes, Step::InsertOrder(order("o1", 1)), Step::InsertOrder(order("o2", 2))]
+}
+
+#[cfg(not(feature = "memory-broken"))]
+#[tokio::test]
+async fn a_second_order_of_one_buyer_is_refused_by_both_sides() {
+    let url = tokio::task::spawn_blocking(|| ferretdb().url()).await.expect("ferretdb");
+    let pair = Pair::open(&url).await;
+    let outcome = pair.run_steps(&second_order_of_one_buyer()).await;
+    let kept = pair.model.dump().await.map(|dump| dump.orders.len());
+    pair.close().await;
+    outcome.unwrap_or_else(|mismatch| panic!("{mismatch}"));
+    assert_eq!(kept.expect("the model's collections"), 1, "the buyer's second order is refused");
+}
+
+#[cfg(feature = "memory-broken")]
+#[tokio::test]
+async fn the_fixed_sequence_catches_the_model_without_the_buyer_slot_index() {
+    let steps = second_order_of_one_buyer();
+    let url = tokio::task::spawn_blocking(|| ferretdb().url()).await.expect("ferretdb");
+    let pair = Pair::open(&url).await;
+    let outcome = pair.run_steps(&steps).await;
+    pair.close().await;
+    let mismatch = outcome.expect_err("the broken model let a buyer hold two orders and nobody noticed");
+    assert_eq!((mismatch.step, mismatch.what), (2, "result"), "{mismatch}");
+}
+
+#[cfg(feature = "memory-broken")]
+#[test]
+fn random_order_sequences_catch_the_model_without_the_buyer_slot_index() {
+    let failure = check(CASES, Persistence::Off, order_step()).expect_err("700 sequences did not notice");
+    eprintln!("the property caught it:\n{failure}");
+}
