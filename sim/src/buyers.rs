@@ -1,5 +1,6 @@
-//! Virtual buyers: each one a task that plays its planned behaviour over real HTTP
-//! against the server instances, and records every request in the history.
+//! Virtual buyers: each one a task that plays its planned behaviour against the server
+//! instances (over real HTTP, or into their routers in process: [`crate::transport`]),
+//! and records every request in the history.
 //!
 //! A buyer's keys are named from the plan (`b<buyer>-k<n>`), and its jitter comes from
 //! a ChaCha stream seeded by the run's seed and its index, so what each buyer *tries*
@@ -12,13 +13,12 @@ use flashsale::auth::session::COOKIE_NAME;
 use flashsale::state::AppState;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use reqwest::StatusCode;
 use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::history::{OpKind, Outcome, Recorder};
 use crate::plan::{Behaviour, BuyerPlan};
-use crate::world::Instances;
+use crate::transport::{Answer, Lost, Method, SimRequest, Transport};
 
 /// Timeout of one request: past it the outcome is unknown (`info`).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -39,8 +39,7 @@ const READ_FIRST_PERCENT: u32 = 30;
 
 /// What every buyer shares.
 pub struct Shared {
-    pub http: reqwest::Client,
-    pub instances: Arc<Instances>,
+    pub transport: Transport,
     pub recorder: Arc<Recorder>,
     pub product_ids: Vec<Uuid>,
     /// The simulator's own app, to log a buyer in again through the server's code when
@@ -220,16 +219,10 @@ impl Ctx<'_> {
 
     /// The instance to talk to: the planned one while it is up, else the next one up
     /// (what a load balancer does).
-    fn base_url(&mut self) -> Option<(usize, String)> {
-        let count = self.shared.instances.count();
-        for step in 0..count {
-            let index = (self.instance + step) % count;
-            if let Some(url) = self.shared.instances.url(index) {
-                self.instance = index;
-                return Some((index, url));
-            }
-        }
-        None
+    fn pick_instance(&mut self) -> Option<usize> {
+        let index = next_up(&self.shared.transport, self.instance)?;
+        self.instance = index;
+        Some(index)
     }
 
     fn cookie(&self) -> String {
@@ -238,11 +231,9 @@ impl Ctx<'_> {
 
     /// One purchase request, without touching the buyer's state (for concurrent clicks).
     fn attempt_detached(&self, product: usize, key: &str) -> impl Future<Output = Outcome> + 'static {
-        let shared_http = self.shared.http.clone();
+        let transport = self.shared.transport.clone();
         let recorder = self.shared.recorder.clone();
-        let url = (0..self.shared.instances.count())
-            .map(|step| (self.instance + step) % self.shared.instances.count())
-            .find_map(|i| self.shared.instances.url(i).map(|u| (i, u)));
+        let target = next_up(&transport, self.instance);
         let product_id = self.shared.product_ids[product];
         let cookie = self.cookie();
         let ip = self.ip.clone();
@@ -251,17 +242,18 @@ impl Ctx<'_> {
         async move {
             let invoke_ms = recorder.now_ms();
             let kind = OpKind::Buy { product, key: key.clone() };
-            let Some((instance, base)) = url else {
+            let Some(instance) = target else {
                 let outcome = Outcome::Fail { status: 0, problem: "no-instance".into() };
                 recorder.record(buyer, 0, kind, invoke_ms, outcome.clone());
                 return outcome;
             };
-            let request = shared_http
-                .post(format!("{base}/api/v1/user/buy/{product_id}"))
-                .header("cookie", cookie)
-                .header("idempotency-key", key)
-                .header("x-forwarded-for", ip);
-            let outcome = classify(request.send().await).await;
+            let request = SimRequest {
+                method: Method::Post,
+                path: format!("/api/v1/user/buy/{product_id}"),
+                headers: vec![("cookie", cookie), ("idempotency-key", key), ("x-forwarded-for", ip)],
+                body: bytes::Bytes::new(),
+            };
+            let outcome = classify(transport.send(instance, request).await);
             recorder.record(buyer, instance, kind, invoke_ms, outcome.clone());
             outcome
         }
@@ -270,11 +262,13 @@ impl Ctx<'_> {
     /// One purchase request; a lost session (Redis data loss) is renewed through the
     /// server's code, as the buyer logging in again.
     async fn attempt(&mut self, product: usize, key: &str) -> Outcome {
-        self.base_url();
+        self.pick_instance();
         let outcome = self.attempt_detached(product, key).await;
         match &outcome {
             Outcome::Fail { status: 401, .. } => self.log_in_again().await,
-            Outcome::Fail { status: 0, .. } => self.instance = (self.instance + 1) % self.shared.instances.count(),
+            Outcome::Fail { status: 0, .. } => {
+                self.instance = (self.instance + 1) % self.shared.transport.instance_count().max(1)
+            }
             _ => {}
         }
         outcome
@@ -289,43 +283,43 @@ impl Ctx<'_> {
     }
 
     async fn read(&mut self, product: usize) {
-        let Some((instance, base)) = self.base_url() else { return };
+        let Some(instance) = self.pick_instance() else { return };
         let invoke_ms = self.shared.recorder.now_ms();
         let product_id = self.shared.product_ids[product];
-        let response = self
-            .shared
-            .http
-            .get(format!("{base}/api/v1/products/{product_id}"))
-            .header("x-forwarded-for", &self.ip)
-            .send()
-            .await;
-        let outcome = match response {
-            Ok(response) if response.status() == StatusCode::OK => match response.json::<ProductBody>().await {
+        let request = SimRequest {
+            method: Method::Get,
+            path: format!("/api/v1/products/{product_id}"),
+            headers: vec![("x-forwarded-for", self.ip.clone())],
+            body: bytes::Bytes::new(),
+        };
+        let outcome = match self.shared.transport.send(instance, request).await {
+            Ok(Answer { status: 200, body, .. }) => match serde_json::from_slice::<ProductBody>(&body) {
                 Ok(ProductBody { remaining: Some(remaining) }) => Outcome::Read { remaining },
                 Ok(ProductBody { remaining: None }) => Outcome::Info { status: 200, reason: "no-remaining".into() },
                 Err(_) => Outcome::Info { status: 200, reason: "unreadable".into() },
             },
-            other => classify(other).await,
+            other => classify(other),
         };
         self.shared.recorder.record(self.buyer.plan.index, instance, OpKind::Read { product }, invoke_ms, outcome);
     }
 }
 
-/// Turns an HTTP answer (or its absence) into an outcome.
-pub async fn classify(response: reqwest::Result<reqwest::Response>) -> Outcome {
-    let response = match response {
-        Ok(response) => response,
+/// The first instance up from `from` on, in turn.
+fn next_up(transport: &Transport, from: usize) -> Option<usize> {
+    let count = transport.instance_count();
+    (0..count).map(|step| (from + step) % count).find(|index| transport.is_up(*index))
+}
+
+/// Turns an answer (or its absence) into an outcome.
+pub fn classify(answer: Result<Answer, Lost>) -> Outcome {
+    let Answer { status, replayed, body } = match answer {
+        Ok(answer) => answer,
         // Refused before anything was sent: the server never saw it.
-        Err(err) if err.is_connect() => return Outcome::Fail { status: 0, problem: "connect-refused".into() },
-        Err(err) if err.is_timeout() => return Outcome::Info { status: 0, reason: "timeout".into() },
-        Err(_) => return Outcome::Info { status: 0, reason: "connection-lost".into() },
-    };
-    let status = response.status().as_u16();
-    let replayed = response.headers().get("idempotent-replayed").is_some_and(|v| v.as_bytes() == b"true");
-    let body = match response.bytes().await {
-        Ok(body) => body,
-        Err(err) if err.is_timeout() => return Outcome::Info { status, reason: "timeout".into() },
-        Err(_) => return Outcome::Info { status, reason: "body-lost".into() },
+        Err(Lost::ConnectRefused) => return Outcome::Fail { status: 0, problem: "connect-refused".into() },
+        Err(Lost::Timeout) => return Outcome::Info { status: 0, reason: "timeout".into() },
+        Err(Lost::ConnectionLost) => return Outcome::Info { status: 0, reason: "connection-lost".into() },
+        Err(Lost::BodyTimeout(status)) => return Outcome::Info { status, reason: "timeout".into() },
+        Err(Lost::BodyLost(status)) => return Outcome::Info { status, reason: "body-lost".into() },
     };
     match status {
         201 | 202 => match serde_json::from_slice::<OrderBody>(&body) {

@@ -94,6 +94,14 @@ pub struct RunOptions {
     /// `containers` feature and a Docker engine; single Redis only).
     #[arg(long, value_enum, default_value_t = BackendChoice::Local)]
     pub backend: BackendChoice,
+    /// `real`: real processes, interleavings differ per run. `det`: the emulated stores
+    /// and in-process instances on a virtual clock, replayed exactly from the seed.
+    #[arg(long, value_enum, default_value_t = Mode::Real)]
+    pub mode: Mode,
+    /// Deterministic mode only: run each seed twice and fail on any difference between
+    /// the two histories, naming the first operation where they diverge.
+    #[arg(long)]
+    pub check_determinism: bool,
     /// Run the server as a deliberately broken variant, to see the checker catch it.
     #[cfg(feature = "broken")]
     #[arg(long, value_enum)]
@@ -116,6 +124,13 @@ impl RunOptions {
         let (broken, configure) = self.broken();
         RunSettings { plan, progress: !self.quiet, backend: self.backend, broken, configure }
     }
+}
+
+/// How a plan is played.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Real,
+    Det,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -13,7 +13,7 @@
 //! the report can draw both on one timeline.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use serde::Serialize;
 use uuid::Uuid;

@@ -12,10 +12,12 @@
 pub mod buyers;
 pub mod checker;
 pub mod cli;
+pub mod det;
 pub mod faults;
 pub mod history;
 pub mod plan;
 pub mod proxy;
 pub mod report;
 pub mod runner;
+pub mod transport;
 pub mod world;

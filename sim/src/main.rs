@@ -8,10 +8,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use flashsale_sim::cli::{Cli, Command, PlanArgs, RunOptions};
+use flashsale_sim::cli::{Cli, Command, Mode, PlanArgs, RunOptions};
 use flashsale_sim::plan::Plan;
 use flashsale_sim::runner::RunOutcome;
-use flashsale_sim::{report, runner};
+use flashsale_sim::{det, report, runner};
 
 /// mimalloc for the simulator and the server instances it hosts: under load, glibc's
 /// malloc and free took about a tenth of the server's CPU (many small, short-lived
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let _ = print_plan(&mut std::io::stdout().lock(), &plan);
-            match block_on(run_one(plan, &args.run)) {
+            match play(plan, &args.run) {
                 Ok(outcome) if outcome.report.passed() => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::FAILURE,
                 Err(err) => {
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                 let mut options = args.run.clone();
                 options.report_dir =
                     args.run.report_dir.as_ref().map(|root| root.join(format!("seed-{seed}-{}", plan.hash())));
-                match block_on(run_one(plan, &options)) {
+                match play(plan, &options) {
                     Ok(outcome) if outcome.report.passed() => println!("== seed {seed}: every invariant held"),
                     Ok(outcome) => failing.push((seed, outcome.replay_command.clone())),
                     Err(err) => failing.push((seed, format!("run failed: {err:#}"))),
@@ -103,18 +103,62 @@ fn block_on<T>(future: impl Future<Output = T>) -> T {
     }
 }
 
+/// Plays one plan in the chosen mode, prints its verdict and writes its report.
+fn play(plan: Plan, options: &RunOptions) -> anyhow::Result<RunOutcome> {
+    match options.mode {
+        Mode::Real => block_on(run_one(plan, options)),
+        Mode::Det => run_det(plan, options),
+    }
+}
+
+/// Deterministic mode: the run (twice with `--check-determinism`), its history's hash.
+fn run_det(plan: Plan, options: &RunOptions) -> anyhow::Result<RunOutcome> {
+    let settings = options.settings(plan);
+    let outcome = det::run(&settings)?;
+    let hash = det::history_hash(&outcome.history);
+    println!(
+        "history hash {hash} ({} operations, {} fault events, {} ms of virtual sale, {} ms wall)",
+        outcome.history.ops.len(),
+        outcome.history.faults.len(),
+        outcome.timings.sale_ms,
+        outcome.timings.total_ms
+    );
+    if options.check_determinism {
+        let again = det::run(&settings)?;
+        if let Some(divergence) = det::first_divergence(&outcome.history, &again.history) {
+            anyhow::bail!(
+                "not deterministic: the second run of seed {} diverged at {divergence}",
+                settings.plan.options.seed
+            );
+        }
+        println!("determinism: a second run gave the same history, byte for byte");
+    }
+    report_on(&outcome, options);
+    Ok(outcome)
+}
+
 async fn run_one(plan: Plan, options: &RunOptions) -> anyhow::Result<RunOutcome> {
     let outcome = runner::run(options.settings(plan)).await?;
-    let dir = options.report_dir.clone().unwrap_or_else(|| report::default_dir(&outcome));
-    print!("{}", report::verdict_table(&outcome));
+    report_on(&outcome, options);
+    Ok(outcome)
+}
+
+/// Prints the verdict (and the violations), writes the report folder.
+fn report_on(outcome: &RunOutcome, options: &RunOptions) {
+    print!("{}", report::verdict_table(outcome));
     if !outcome.report.passed() {
-        print!("{}", report::violation_details(&outcome));
+        print!("{}", report::violation_details(outcome));
     }
-    match report::write(&dir, &outcome) {
+    // A deterministic run that held is replayed from its seed at will: its folder is
+    // written only when asked for.
+    if options.mode == Mode::Det && outcome.report.passed() && options.report_dir.is_none() {
+        return;
+    }
+    let dir = options.report_dir.clone().unwrap_or_else(|| report::default_dir(outcome));
+    match report::write(&dir, outcome) {
         Ok(_) => println!("report: {}", dir.display()),
         Err(err) => eprintln!("flashsale-sim: writing the report to {}: {err:#}", dir.display()),
     }
-    Ok(outcome)
 }
 
 fn print_plan(out: &mut impl Write, plan: &Plan) -> std::io::Result<()> {

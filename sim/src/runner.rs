@@ -30,6 +30,7 @@ use crate::checker::{self, FinalProduct, FinalState, Identities, RedisSale, Stor
 use crate::faults::{self, Targets};
 use crate::history::{History, OpKind, Outcome, Recorder};
 use crate::plan::{Plan, Topology};
+use crate::transport::Transport;
 use crate::world::{BackendChoice, Backends, Instances, admin_app};
 
 /// Password of every simulated user (hashed once, at the production cost).
@@ -49,7 +50,7 @@ const HTTP_LOGIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause before the next attempt (times the attempt number).
 const HTTP_LOGIN_BACKOFF: Duration = Duration::from_millis(250);
 /// Time between the end of the setup and the opening of the first sale.
-const OPENING_LEAD: Duration = Duration::from_millis(1_500);
+pub(crate) const OPENING_LEAD: Duration = Duration::from_millis(1_500);
 /// Bound on the reconciler draining every pending set after the faults healed.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between two looks at the pending sets.
@@ -57,8 +58,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(250);
 /// Interval of the live progress line.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Database and key prefix of a simulated deployment.
-const DATABASE: &str = "flashsale_sim";
-const KEY_PREFIX: &str = "sim";
+pub(crate) const DATABASE: &str = "flashsale_sim";
+pub(crate) const KEY_PREFIX: &str = "sim";
 
 /// A change to every server instance's configuration (how a deliberately broken
 /// variant is selected, under the `broken` feature).
@@ -230,12 +231,11 @@ async fn play(
     tokio::time::sleep_until(opening.into()).await;
 
     // The sale.
-    let recorder = Arc::new(Recorder::new(Instant::now()));
+    let recorder = Arc::new(Recorder::new(tokio::time::Instant::now()));
     let targets = Targets { backends: backends.clone(), instances: instances.clone() };
     let fault_task = tokio::spawn(faults::run_schedule(targets.clone(), plan.faults.clone(), recorder.clone()));
     let shared = Arc::new(Shared {
-        http,
-        instances: instances.clone(),
+        transport: Transport::Http { client: http, instances: instances.clone() },
         recorder: recorder.clone(),
         product_ids: product_ids.clone(),
         admin: admin.clone(),
@@ -434,9 +434,10 @@ async fn create_product(
     body["id"].as_str().and_then(|id| Uuid::parse_str(id).ok()).context("product id")
 }
 
-/// Waits until every product's sale state is loaded and its pending set is empty.
-async fn drain(admin: &AppState, product_ids: &[Uuid]) -> bool {
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
+/// Waits until every product's sale state is loaded and its pending set is empty (on
+/// tokio's clock: virtual time in deterministic mode).
+pub(crate) async fn drain(admin: &AppState, product_ids: &[Uuid]) -> bool {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     loop {
         let mut done = true;
         for id in product_ids {
@@ -448,7 +449,7 @@ async fn drain(admin: &AppState, product_ids: &[Uuid]) -> bool {
         if done {
             return true;
         }
-        if Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline {
             return false;
         }
         tokio::time::sleep(DRAIN_POLL).await;
@@ -470,7 +471,7 @@ async fn redis_sale(admin: &AppState, product_id: Uuid) -> anyhow::Result<Option
     }))
 }
 
-async fn read_final_state(
+pub(crate) async fn read_final_state(
     admin: &AppState,
     product_ids: &[Uuid],
     drained: bool,
