@@ -23,6 +23,9 @@ pub(crate) struct Core {
     ids: IdSource,
     pub(crate) config: BTreeMap<&'static str, Bytes>,
     subscribers: BTreeMap<Bytes, Vec<mpsc::UnboundedSender<Vec<u8>>>>,
+    /// Messages published by the running script or transaction, delivered when it ends
+    /// (Redis, single-threaded, sends nothing while a script runs).
+    deferred: Option<Vec<(Bytes, Bytes)>>,
     /// `math.random`'s state: survives `SCRIPT FLUSH`, as in Redis (it lives in rand.c).
     pub(crate) rand48: Arc<AtomicU64>,
 }
@@ -40,6 +43,7 @@ impl Core {
             ids,
             config: default_config(),
             subscribers: BTreeMap::new(),
+            deferred: None,
             rand48: Arc::new(AtomicU64::new(RAND48_INITIAL)),
         }
     }
@@ -56,6 +60,7 @@ impl Core {
         self.run_id = self.ids.run_id();
         self.config = default_config();
         self.subscribers.clear();
+        self.deferred = None;
         self.rand48.store(RAND48_INITIAL, Ordering::Relaxed);
         self.tick();
         self.started_ms = self.now_ms;
@@ -72,15 +77,46 @@ impl Core {
         self.subscribers.clear();
     }
 
-    /// Delivers a message to the live subscribers of `channel`; how many got it.
+    /// Publishes a message to the live subscribers of `channel`; how many there are.
+    /// Inside a script or transaction it is delivered when that ends.
     pub(crate) fn publish(&mut self, channel: &[u8], message: &[u8]) -> usize {
         let Some(senders) = self.subscribers.get_mut(channel) else { return 0 };
-        senders.retain(|sender| sender.send(message.to_vec()).is_ok());
-        let delivered = senders.len();
-        if senders.is_empty() {
+        senders.retain(|sender| !sender.is_closed());
+        let receivers = senders.len();
+        if receivers == 0 {
             self.subscribers.remove(channel);
+        } else if let Some(deferred) = &mut self.deferred {
+            deferred.push((channel.to_vec(), message.to_vec()));
+        } else {
+            self.deliver(channel, message);
         }
-        delivered
+        receivers
+    }
+
+    fn deliver(&mut self, channel: &[u8], message: &[u8]) {
+        if let Some(senders) = self.subscribers.get_mut(channel) {
+            for sender in senders.iter() {
+                // A subscriber that went away since is pruned on the next publish.
+                let _ = sender.send(message.to_vec());
+            }
+        }
+    }
+
+    /// Holds back messages published from now on, until [`Self::release_messages`];
+    /// false if they already are (a script inside a transaction).
+    pub(crate) fn defer_messages(&mut self) -> bool {
+        if self.deferred.is_some() {
+            return false;
+        }
+        self.deferred = Some(Vec::new());
+        true
+    }
+
+    /// Delivers the held-back messages, in the order they were published.
+    pub(crate) fn release_messages(&mut self) {
+        for (channel, message) in self.deferred.take().unwrap_or_default() {
+            self.deliver(&channel, &message);
+        }
     }
 }
 

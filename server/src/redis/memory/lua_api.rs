@@ -131,7 +131,7 @@ pub(crate) fn redis_table(lua: &Lua) -> mlua::Result<Table> {
         "error_reply",
         lua.create_function(|lua, args: MultiValue| {
             let Some(text) = single_string(&args) else {
-                return Ok(error_table(lua, "ERR wrong number or type of arguments", false)?);
+                return error_table(lua, "ERR wrong number or type of arguments", false);
             };
             let text = text.strip_prefix('-').unwrap_or(&text);
             let text = match text.split_once(' ') {

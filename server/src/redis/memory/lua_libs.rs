@@ -9,6 +9,10 @@ use mlua::{Lua, MultiValue, Table, Value as LuaValue};
 
 use super::lua_api::raise;
 
+type Unary = fn(i32) -> i32;
+type Binary = fn(i32, i32) -> i32;
+type Shift = fn(i32, u32) -> i32;
+
 /// LuaBitOp's argument conversion: the number's low 32 bits after adding 2^52 + 2^51
 /// (round to nearest, wrap modulo 2^32).
 fn to_bit(lua: &Lua, args: &MultiValue, index: usize, function: &str) -> mlua::Result<i32> {
@@ -23,15 +27,14 @@ fn to_bit(lua: &Lua, args: &MultiValue, index: usize, function: &str) -> mlua::R
 
 pub(crate) fn bit_module(lua: &Lua) -> mlua::Result<Table> {
     let bit = lua.create_table()?;
-    let unary: [(&str, fn(i32) -> i32); 3] = [("tobit", |x| x), ("bnot", |x| !x), ("bswap", |x| x.swap_bytes())];
+    let unary: [(&str, Unary); 3] = [("tobit", |x| x), ("bnot", |x| !x), ("bswap", |x| x.swap_bytes())];
     for (name, op) in unary {
         bit.raw_set(
             name,
             lua.create_function(move |lua, args: MultiValue| Ok(f64::from(op(to_bit(lua, &args, 0, name)?))))?,
         )?;
     }
-    let folds: [(&str, fn(i32, i32) -> i32); 3] =
-        [("band", |a, b| a & b), ("bor", |a, b| a | b), ("bxor", |a, b| a ^ b)];
+    let folds: [(&str, Binary); 3] = [("band", |a, b| a & b), ("bor", |a, b| a | b), ("bxor", |a, b| a ^ b)];
     for (name, op) in folds {
         bit.raw_set(
             name,
@@ -44,7 +47,7 @@ pub(crate) fn bit_module(lua: &Lua) -> mlua::Result<Table> {
             })?,
         )?;
     }
-    let shifts: [(&str, fn(i32, u32) -> i32); 5] = [
+    let shifts: [(&str, Shift); 5] = [
         ("lshift", |x, n| ((x as u32) << n) as i32),
         ("rshift", |x, n| ((x as u32) >> n) as i32),
         ("arshift", |x, n| x >> n),

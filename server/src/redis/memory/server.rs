@@ -65,7 +65,11 @@ impl Server {
         let mut replies = Vec::with_capacity(commands.len() + 2);
         replies.push(Value::Okay);
         replies.extend(commands.iter().map(|_| Value::SimpleString("QUEUED".to_owned())));
+        let deferring = self.core.defer_messages();
         let results = commands.iter().map(|args| self.execute(args)).collect();
+        if deferring {
+            self.core.release_messages();
+        }
         replies.push(Value::Array(results));
         Ok(replies)
     }
@@ -109,7 +113,12 @@ impl Server {
             engine.load(args[1])?
         };
         let Some(engine) = self.lua.as_ref() else { return Err(CommandError::NoScript) };
-        Ok(engine.run(&mut self.core, &sha, keys, argv))
+        let deferring = self.core.defer_messages();
+        let reply = engine.run(&mut self.core, &sha, keys, argv);
+        if deferring {
+            self.core.release_messages();
+        }
+        Ok(reply)
     }
 
     fn script(&mut self, args: &[&[u8]]) -> Result<Value, CommandError> {

@@ -28,6 +28,7 @@ async fn eval(redis: &MemoryRedis, script: &str, keys: &[&str], args: &[&str]) -
 }
 
 #[tokio::test]
+#[cfg_attr(feature = "memory-broken", ignore = "memory-broken rounds Lua numbers on purpose")]
 async fn lua_numbers_become_integers_truncated_toward_zero() {
     let redis = memory();
     assert_eq!(eval(&redis, "return 3.99", &[], &[]).await, Value::Int(3));

@@ -35,7 +35,7 @@ fn strip_fraction_zeros(text: &str) -> &str {
 pub(crate) fn lua_number_to_i64(x: f64) -> i64 {
     // 2^63 as a double; every double below it (and at or above -2^63) fits.
     const LIMIT: f64 = 9_223_372_036_854_775_808.0;
-    if x.is_nan() || x >= LIMIT || x < -LIMIT {
+    if !(-LIMIT..LIMIT).contains(&x) {
         return i64::MIN;
     }
     // In range, `as` truncates toward zero like the C cast.

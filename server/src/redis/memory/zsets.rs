@@ -87,7 +87,7 @@ fn zadd(core: &mut Core, args: &[&[u8]]) -> Result<Value, CommandError> {
     if nx && xx {
         return Err(CommandError::other("ERR XX and NX options at the same time are not compatible"));
     }
-    if (gt && nx) || (lt && nx) || (gt && lt) {
+    if (nx && (gt || lt)) || (gt && lt) {
         return Err(CommandError::other("ERR GT, LT, and/or NX options at the same time are not compatible"));
     }
     if incr && pairs.len() > 2 {
