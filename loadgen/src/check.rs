@@ -5,8 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use flashsale::sale::orders::{self, OrderStatus};
 use flashsale::sale;
+use flashsale::sale::orders::{self, OrderStatus};
 use flashsale::state::App;
 use serde::Serialize;
 use uuid::Uuid;
@@ -171,10 +171,8 @@ pub fn check_replays(acknowledged: &[Acknowledged]) -> (Check, ReplayCount) {
         differing_keys: differing.len(),
         replays: replayed.iter().map(|a| u64::from(a.replays)).sum(),
     };
-    let not_replayed = format!(
-        "{} of {} acknowledged keys were not replayed",
-        count.not_replayed_keys, count.acknowledged_keys
-    );
+    let not_replayed =
+        format!("{} of {} acknowledged keys were not replayed", count.not_replayed_keys, count.acknowledged_keys);
     let detail = match differing.first() {
         Some(first) => format!(
             "{} of {} acknowledged keys were answered with another order or unit, or none, e.g. key {} of user \

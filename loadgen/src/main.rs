@@ -180,6 +180,10 @@ struct SaleArgs {
     #[arg(long, default_value_t = flashsale_loadgen::baseline::DEFAULT_DRIVER_THREADS as u16,
           value_parser = clap::value_parser!(u16).range(1..=flashsale_loadgen::baseline::MAX_DRIVER_THREADS as i64))]
     driver_threads: u16,
+    /// A fault (local target only): pause Redis (SIGSTOP) at the sale's first answer for
+    /// this many milliseconds; buyers retry their keys through it.
+    #[arg(long)]
+    redis_pause_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -212,6 +216,7 @@ async fn run_sale(args: SaleArgs) -> ExitCode {
         broken: args.broken,
         baselines: args.baselines,
         driver_threads: usize::from(args.driver_threads),
+        redis_pause: args.redis_pause_ms.map(Duration::from_millis),
     };
     finish(sale(&options).await)
 }

@@ -118,6 +118,16 @@ impl RetryCause {
         }
     }
 
+    /// The answer, as the report shows it.
+    pub fn answer(self) -> &'static str {
+        match self {
+            Self::Unavailable => "503",
+            Self::RateLimited => "429",
+            Self::InFlight => "409 idempotency-in-flight",
+            Self::NoAnswer => "none (timeout or connection error)",
+        }
+    }
+
     /// The cause of an answer that is worth a retry of its key, if it is one.
     pub fn of(outcome: Outcome) -> Option<Self> {
         match outcome {

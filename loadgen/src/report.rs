@@ -22,7 +22,7 @@ use crate::hgrm::{Summary, percentile_summary, write_hgrm};
 use crate::machine::Machine;
 use crate::openloop::TimelinePoint;
 use crate::plots::{percentile_spectrum_svg, timeline_svg};
-use crate::record::{Outcome, Series};
+use crate::record::{Outcome, Retries, RetryCause, Series};
 
 /// goose's own report files inside a report folder.
 pub const GOOSE_JSON: &str = "goose.json";
@@ -53,8 +53,11 @@ pub struct ScenarioReport {
     pub configuration: Vec<(String, String)>,
     pub machine: Machine,
     pub backend: String,
-    /// Seconds from the first request to the last answer.
+    /// Seconds from the first request sent to the last answer: the window of every rate.
     pub active_s: f64,
+    /// Seconds from the load driver's start to the first request sent (goose's start-up,
+    /// outside the window); None without a request.
+    pub start_up_s: Option<f64>,
     pub rows: Vec<Row>,
     pub all_latency_us: Summary,
     pub timeline: Vec<TimelinePoint>,
@@ -68,6 +71,8 @@ pub struct ScenarioReport {
     pub baselines: Option<Baselines>,
     /// The product cache over the run, if the scenario reads products.
     pub cache: Option<CacheFigures>,
+    /// The buyers' retries of their keys, if the scenario has a sale.
+    pub retries: Option<Retries>,
 }
 
 /// The product cache's hits and misses over a run, from the server's `/metrics`.
@@ -199,10 +204,13 @@ fn markdown(report: &ScenarioReport, hgrm_files: &[String]) -> String {
          box does with all three on it, not what the server does alone.\n"
     );
     let _ = writeln!(md, "## Per route and outcome\n");
+    let start_up = report
+        .start_up_s
+        .map_or_else(String::new, |s| format!(" (the load driver's {s:.2} s of start-up before it are not counted)"));
     let _ = writeln!(
         md,
-        "{} answers in {:.2} s from the first request to the last answer. Latency from send to the end of \
-         the body, in milliseconds, measured by the load generator ({}).\n",
+        "{} answers in {:.2} s from the first request sent to the last answer{start_up}; the rates are over that \
+         window. Latency from send to the end of the body, in milliseconds, measured by the load generator ({}).\n",
         report.all_latency_us.count, report.active_s, report.driver
     );
     let _ = writeln!(md, "| route | outcome | count | per s | p50 | p90 | p99 | p99.9 | max | errors by cause |");
@@ -241,6 +249,9 @@ fn markdown(report: &ScenarioReport, hgrm_files: &[String]) -> String {
         ms(a.p999),
         ms(a.max)
     );
+    if let Some(retries) = &report.retries {
+        retries_markdown(&mut md, retries);
+    }
     let _ = writeln!(md, "\n![latency percentile spectrum](latency-spectrum.svg)\n");
     let _ = writeln!(md, "![throughput and p99 over time](timeline.svg)\n");
     if let Some(cache) = &report.cache {
@@ -276,6 +287,28 @@ fn markdown(report: &ScenarioReport, hgrm_files: &[String]) -> String {
         let _ = writeln!(md, "- [`{file}`]({file}): HdrHistogram percentile distribution, milliseconds.");
     }
     md
+}
+
+fn retries_markdown(md: &mut String, retries: &Retries) {
+    let _ = writeln!(md, "\n### Retries\n");
+    let _ = writeln!(
+        md,
+        "Buyers retried the same Idempotency-Key after these answers (at most {} attempts per key; the pause is the \
+         answer's Retry-After, at most {} s, and never less than {} ms × attempt, at most {} ms). Each attempt is \
+         also a row of the table above. {} key{} ran out of attempts.\n",
+        crate::sale::MAX_ATTEMPTS,
+        crate::sale::MAX_RETRY_AFTER.as_secs(),
+        crate::sale::RETRY_PAUSE.as_millis(),
+        crate::sale::MAX_RETRY_PAUSE.as_millis(),
+        retries.gave_up,
+        if retries.gave_up == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(md, "| cause | answer | retries |\n|---|---|---:|");
+    for cause in RetryCause::ALL {
+        let count = retries.by_cause.get(&cause).copied().unwrap_or(0);
+        let _ = writeln!(md, "| {} | {} | {count} |", cause.name(), cause.answer());
+    }
+    let _ = writeln!(md, "| all | | {} |", retries.total);
 }
 
 fn cache_markdown(md: &mut String, cache: &CacheFigures) {

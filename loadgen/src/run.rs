@@ -18,7 +18,7 @@ use crate::buyers::{make_admin, make_buyers};
 use crate::check::{CheckReport, check_sale};
 use crate::machine::Machine;
 use crate::mixed::{self, Mixed};
-use crate::record::Recorder;
+use crate::record::{Recorder, Retries};
 use crate::report::{self, CacheFigures, GOOSE_HTML, GOOSE_JSON, GOOSE_MD, ScenarioReport};
 use crate::sale::{self, Sale};
 use crate::target::{Target, TargetOptions};
@@ -36,6 +36,9 @@ pub struct SaleOptions {
     pub baselines: usize,
     /// Threads of each baseline driver (`redis-benchmark` and the HTTP driver).
     pub driver_threads: usize,
+    /// A fault during the sale (local target only): Redis is paused (SIGSTOP) at the
+    /// first answer and resumed (SIGCONT) this long after.
+    pub redis_pause: Option<Duration>,
 }
 
 /// What a run produced (any scenario).
@@ -132,13 +135,16 @@ pub async fn sale(options: &SaleOptions) -> anyhow::Result<RunOutcome> {
     let goose_files = goose_files(&dir);
     let sale = Arc::new(Sale { product, buyers, recorder: Arc::new(Recorder::new()) });
     options.place.say(format!("{} buyers hit the product at once", options.buyers));
-    let metrics = sale::run(
+    let load = sale::run(
         Arc::clone(&sale),
         &target.base_url,
         goose_files,
         baseline.as_ref().map(|path| path.to_string_lossy().into_owned()),
-    )
-    .await
+    );
+    let metrics = match options.redis_pause {
+        None => load.await,
+        Some(pause) => with_redis_paused(target.local_redis()?, pause, &sale.recorder, load, &options.place).await,
+    }
     .context("the goose run")?;
 
     let acknowledged = sale.recorder.acknowledged();
@@ -162,8 +168,35 @@ pub async fn sale(options: &SaleOptions) -> anyhow::Result<RunOutcome> {
         baseline,
         baselines,
         cache: None,
+        retries: Some(sale.recorder.retries()),
     };
     write_report(dir, parts, &sale.recorder, &metrics, check)
+}
+
+/// Runs `load` with Redis paused from the first answer `recorder` records, for `pause`;
+/// Redis runs again when the pause is over or the load is, whichever comes first.
+async fn with_redis_paused<T>(
+    redis: &flashsale_stack::RedisServer,
+    pause: Duration,
+    recorder: &Recorder,
+    load: impl Future<Output = T>,
+    place: &Place,
+) -> T {
+    let mut load = std::pin::pin!(load);
+    let fault = async {
+        recorder.first_answer().await;
+        redis.pause();
+        place.say(format!("Redis paused for {pause:?}"));
+        tokio::time::sleep(pause).await;
+        redis.resume();
+        place.say("Redis resumed");
+    };
+    let done = tokio::select! {
+        done = &mut load => done,
+        () = fault => load.await,
+    };
+    redis.resume();
+    done
 }
 
 /// Options of a `browse` run.
@@ -260,6 +293,7 @@ pub async fn browse(options: &BrowseOptions) -> anyhow::Result<RunOutcome> {
         baseline,
         baselines: None,
         cache: Some(cache),
+        retries: None,
     };
     write_report(dir, parts, &shared.recorder, &metrics, check)
 }
@@ -340,6 +374,7 @@ pub async fn auth(options: &AuthOptions) -> anyhow::Result<RunOutcome> {
         baseline,
         baselines: None,
         cache: None,
+        retries: None,
     };
     write_report(dir, parts, &shared.recorder, &metrics, check)
 }
@@ -459,6 +494,7 @@ pub async fn mixed(options: &MixedOptions) -> anyhow::Result<RunOutcome> {
         baseline,
         baselines: None,
         cache: Some(cache),
+        retries: Some(recorder.retries()),
     };
     write_report(dir, parts, &recorder, &metrics, check)
 }
@@ -521,6 +557,8 @@ struct ReportParts {
     baseline: Option<PathBuf>,
     baselines: Option<baseline::Baselines>,
     cache: Option<CacheFigures>,
+    /// The buyers' retries, in the runs that had a sale.
+    retries: Option<Retries>,
 }
 
 /// goose's own report files of a run, in its folder.
@@ -547,6 +585,7 @@ fn write_report(
         machine: Machine::describe(),
         backend: parts.backend,
         active_s,
+        start_up_s: recorder.start_up().map(|start_up| start_up.as_secs_f64()),
         rows: ScenarioReport::rows(&series, active_s),
         all_latency_us: crate::hgrm::percentile_summary(&recorder.all_latency()),
         timeline: recorder.timeline(),
@@ -556,6 +595,7 @@ fn write_report(
         goose_duration_s: metrics.duration,
         baselines: parts.baselines,
         cache: parts.cache,
+        retries: parts.retries,
     };
     let histograms: Vec<_> =
         series.into_iter().map(|((route, outcome), series)| (route, outcome, series.latency)).collect();
@@ -620,9 +660,13 @@ fn configuration(options: &SaleOptions, server: &Config) -> Vec<(String, String)
         (
             "buyer behaviour".to_owned(),
             format!(
-                "buy with an Idempotency-Key, retry the same key on 503/429/in-flight up to {} attempts; winners \
+                "buy with an Idempotency-Key, retry the same key on 503/429/in-flight or no answer up to {} \
+                 attempts (pausing as Retry-After says, at most {} s, else {} ms × attempt, at most {} ms); winners \
                  replay the key once; one winner in {} tries a second key",
                 sale::MAX_ATTEMPTS,
+                sale::MAX_RETRY_AFTER.as_secs(),
+                sale::RETRY_PAUSE.as_millis(),
+                sale::MAX_RETRY_PAUSE.as_millis(),
                 sale::SECOND_KEY_EVERY
             ),
         ),
@@ -636,6 +680,12 @@ fn configuration(options: &SaleOptions, server: &Config) -> Vec<(String, String)
             ),
         ),
     ];
+    if let Some(pause) = options.redis_pause {
+        rows.push((
+            "FAULT".to_owned(),
+            format!("Redis paused (SIGSTOP) at the first answer, resumed {} ms later", pause.as_millis()),
+        ));
+    }
     rows.extend(broken_row(options));
     rows
 }

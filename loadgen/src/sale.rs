@@ -180,7 +180,12 @@ pub(crate) async fn buy(
             let cause = if err.is_timeout() { "timeout".to_owned() } else { format!("no answer: {err}") };
             sale.recorder.record(route, Outcome::Error, started.elapsed(), Some(&cause));
             mark_failed(user, &cause, &mut goose.request)?;
-            return Ok(Answer { outcome: Outcome::Error, order: None, retry: Some(RetryCause::NoAnswer), retry_after: None });
+            return Ok(Answer {
+                outcome: Outcome::Error,
+                order: None,
+                retry: Some(RetryCause::NoAnswer),
+                retry_after: None,
+            });
         }
     };
     let latency = started.elapsed();

@@ -13,9 +13,9 @@ use std::time::Duration;
 use anyhow::Context;
 use flashsale::clock::Ids;
 use flashsale::config::Config;
-use flashsale_stack::{BackendKind, Backends, RedisPersistence, start_backends};
 use flashsale::startup::{RunningServer, build_state};
 use flashsale::state::AppState;
+use flashsale_stack::{BackendKind, Backends, RedisPersistence, RedisServer, start_backends};
 use tokio_util::sync::CancellationToken;
 
 /// Worker threads of the in-process server's runtime.
@@ -48,7 +48,7 @@ pub struct Target {
     pub server_config: Config,
     pub backend: String,
     server: Option<ServerThread>,
-    _backends: Option<Backends>,
+    backends: Option<Backends>,
 }
 
 impl std::fmt::Debug for Target {
@@ -90,7 +90,7 @@ impl Target {
                     server_config: config,
                     backend: format!("remote server at {url}"),
                     server: None,
-                    _backends: None,
+                    backends: None,
                 })
             }
             None => {
@@ -118,7 +118,7 @@ impl Target {
                     server_config: config,
                     backend: format!("{kind:?} backends started by the load generator, server in process"),
                     server: Some(server),
-                    _backends: Some(backends),
+                    backends: Some(backends),
                 })
             }
         }
@@ -127,6 +127,16 @@ impl Target {
     /// Stops the in-process server (if any); the backends stop when the target drops.
     pub fn stop_server(&mut self) {
         self.server = None;
+    }
+
+    /// The `redis-server` process of a local stack, to pause and resume it (a fault run).
+    pub fn local_redis(&self) -> anyhow::Result<&RedisServer> {
+        match &self.backends {
+            Some(Backends::Local(stack)) => Ok(&stack.redis),
+            #[cfg(feature = "containers")]
+            Some(Backends::Containers(_)) => anyhow::bail!("pausing Redis needs local backends, not containers"),
+            None => anyhow::bail!("pausing Redis needs the local target, not --url"),
+        }
     }
 }
 

@@ -1,9 +1,12 @@
 //! The `sale` scenario end to end on real backends (redis-server and FerretDB started by
 //! the load generator, the server in process, goose over real HTTP): a correct server
-//! passes the correctness check and gets a full report; broken server variants fail it.
+//! passes the correctness check and gets a full report, also when Redis stops for two
+//! seconds mid-burst (buyers retry their keys); broken server variants fail it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use flashsale_loadgen::record::RetryCause;
 use flashsale_loadgen::report::{GOOSE_HTML, GOOSE_JSON, GOOSE_MD};
 #[cfg(feature = "broken")]
 use flashsale_loadgen::run::RunOutcome;
@@ -30,6 +33,7 @@ fn options(root: &Path, name: &str, buyers: usize, stock: i64) -> SaleOptions {
         broken: None,
         baselines: 0,
         driver_threads: flashsale_loadgen::baseline::DEFAULT_DRIVER_THREADS,
+        redis_pause: None,
     }
 }
 
@@ -67,6 +71,39 @@ async fn a_sale_sells_exactly_the_stock_and_writes_the_whole_report() {
     assert!(second.check.passed(), "{:#?}", second.check);
     let baseline = second.report.baseline.clone().expect("the first run is the baseline");
     assert!(baseline.ends_with(&format!("2026-01-01-sale/{GOOSE_JSON}")), "{baseline}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_with_redis_paused_two_seconds_mid_burst_still_sells_out_and_counts_the_retries() {
+    let root = reports_root("redis-pause");
+    let mut options = options(&root, "redis-pause-sale", 300, 30);
+    options.redis_pause = Some(Duration::from_secs(2));
+
+    let outcome = sale(&options).await.expect("a run");
+
+    assert!(outcome.check.passed(), "{:#?}", outcome.check);
+    assert_eq!(outcome.check.sale.map(|sale| sale.orders), Some(30), "sold out despite the pause");
+    let retries = outcome.report.retries.clone().expect("a sale reports its retries");
+    let unavailable = retries.by_cause.get(&RetryCause::Unavailable).copied().unwrap_or(0);
+    assert!(unavailable > 0, "buyers retried their keys after 503s: {retries:?}");
+    assert_eq!(retries.total, retries.by_cause.values().sum::<u64>(), "{retries:?}");
+    let answered_503: u64 =
+        outcome.report.rows.iter().filter(|r| r.outcome.name() == "unavailable").map(|r| r.count).sum();
+    assert!(answered_503 >= unavailable, "each retry after a 503 follows a 503 answer: {answered_503} < {unavailable}");
+    let replays = outcome.check.sale.map(|sale| sale.replays).expect("replay counts");
+    assert_eq!(replays.acknowledged_keys, replays.replayed_keys + replays.not_replayed_keys, "{replays:?}");
+
+    let readme = std::fs::read_to_string(outcome.dir.join("README.md")).expect("readme");
+    assert!(
+        readme.contains("### Retries") && readme.contains(&format!("| unavailable | 503 | {unavailable} |")),
+        "{readme}"
+    );
+    assert!(readme.contains("Redis paused (SIGSTOP) at the first answer, resumed 2000 ms later"), "{readme}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outcome.dir.join("summary.json")).expect("summary")).expect("json");
+    assert_eq!(summary["retries"]["by_cause"]["unavailable"].as_u64(), Some(unavailable), "{}", summary["retries"]);
+    assert!(summary["check"]["sale"]["replays"]["not_replayed_keys"].is_u64(), "{}", summary["check"]);
     let _ = std::fs::remove_dir_all(&root);
 }
 
