@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use flashsale_sim::cli::{Cli, Command, Mode, PlanArgs, RunOptions};
+use flashsale_sim::cli::{Cli, Command, Mode, PlanArgs, RunOptions, SweepArgs};
 use flashsale_sim::plan::Plan;
 use flashsale_sim::runner::RunOutcome;
 use flashsale_sim::{det, report, runner};
@@ -51,6 +51,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Sweep(args) if args.run.mode == Mode::Det => det_sweep(&args),
         Command::Sweep(args) => {
             let mut failing = Vec::new();
             for seed in args.seeds.seeds() {
@@ -84,6 +85,84 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// A deterministic sweep: every seed's verdict in one line, a failing seed's details and
+/// report in full, then the coverage across the sweep and the speed. Fails on a
+/// violated invariant, a seed that is not deterministic (`--check-determinism`), or an
+/// item of the coverage no seed reached (a single seed may be vacuous; the sweep may not).
+fn det_sweep(args: &SweepArgs) -> ExitCode {
+    let started = std::time::Instant::now();
+    let mut failing = Vec::new();
+    let mut coverage = det::Coverage::default();
+    let mut seeds = 0u64;
+    for seed in args.seeds.seeds() {
+        let plan = match Plan::generate(args.shape.options(seed)) {
+            Ok(plan) => plan,
+            Err(problem) => {
+                eprintln!("flashsale-sim sweep: {problem}");
+                return ExitCode::from(2);
+            }
+        };
+        seeds += 1;
+        let settings = args.run.settings(plan);
+        let result = det::run(&settings).and_then(|outcome| {
+            if args.run.check_determinism {
+                let again = det::run(&settings)?;
+                if let Some(divergence) = det::first_divergence(&outcome.history, &again.history) {
+                    anyhow::bail!("not deterministic: the second run diverged at {divergence}");
+                }
+            }
+            Ok(outcome)
+        });
+        match result {
+            Ok(outcome) => {
+                coverage.add(&outcome.history);
+                let hash = det::history_hash(&outcome.history);
+                if outcome.report.all_held() {
+                    if !args.run.quiet {
+                        println!("== seed {seed}: held (history {hash})");
+                    }
+                } else {
+                    println!("== seed {seed}: VIOLATED (history {hash})");
+                    let mut options = args.run.clone();
+                    options.report_dir = args
+                        .run
+                        .report_dir
+                        .as_ref()
+                        .map(|root| root.join(format!("seed-{seed}-{}", outcome.plan_hash)));
+                    report_on(&outcome, &options);
+                    failing.push((seed, outcome.replay_command.clone()));
+                }
+            }
+            Err(err) => failing.push((seed, format!("run failed: {err:#}"))),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    print!("{}", coverage.table());
+    let runs = if args.run.check_determinism { 2 * seeds } else { seeds };
+    println!(
+        "speed: {seeds} seeds ({runs} runs) in {elapsed:.1} s: {:.1} runs per second",
+        runs as f64 / elapsed.max(f64::EPSILON)
+    );
+    let missing = coverage.missing();
+    if failing.is_empty() && missing.is_empty() {
+        println!(
+            "sweep {}..={} (det): every invariant held on every seed, and every item was reached",
+            args.seeds.first, args.seeds.last
+        );
+        return ExitCode::SUCCESS;
+    }
+    if !missing.is_empty() {
+        println!("sweep: coverage incomplete, never reached: {}", missing.join("; "));
+    }
+    if !failing.is_empty() {
+        println!("sweep: {} seed(s) failed:", failing.len());
+        for (seed, replay) in &failing {
+            println!("  seed {seed}: {replay}");
+        }
+    }
+    ExitCode::FAILURE
 }
 
 fn plan(args: &PlanArgs) -> Result<Plan, ExitCode> {

@@ -11,6 +11,7 @@
 //! paused clock does not wait for), and faults are done at the store seam ([`faults`]).
 
 mod clock;
+mod coverage;
 mod faults;
 mod instances;
 
@@ -31,6 +32,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 pub use clock::{DET_EPOCH_MS, VirtualClock};
+pub use coverage::Coverage;
 pub use faults::DetTargets;
 pub use instances::DetInstances;
 
