@@ -28,6 +28,9 @@ pub enum Command {
     Run(RunArgs),
     /// Run many seeds, e.g. `--seeds 1..6`; failing seeds are listed with their replay commands.
     Sweep(SweepArgs),
+    /// Shrink a failing plan (deterministic mode): remove buyers and faults while the
+    /// same invariant stays violated, simplify the rest, write the minimal plan as JSON.
+    Shrink(ShrinkArgs),
 }
 
 /// Everything a plan depends on besides its seed.
@@ -98,6 +101,10 @@ pub struct RunOptions {
     /// and in-process instances on a virtual clock, replayed exactly from the seed.
     #[arg(long, value_enum, default_value_t = Mode::Real)]
     pub mode: Mode,
+    /// Run the plan in this JSON file (a shrunk plan, or a scenario written by hand)
+    /// instead of the one the seed expands into.
+    #[arg(long = "plan", value_name = "FILE")]
+    pub plan_file: Option<PathBuf>,
     /// Deterministic mode only: run each seed twice and fail on any difference between
     /// the two histories, naming the first operation where they diverge.
     #[arg(long)]
@@ -122,8 +129,29 @@ impl RunOptions {
 
     pub fn settings(&self, plan: crate::plan::Plan) -> RunSettings {
         let (broken, configure) = self.broken();
-        RunSettings { plan, progress: !self.quiet, backend: self.backend, broken, configure }
+        RunSettings {
+            plan,
+            progress: !self.quiet,
+            backend: self.backend,
+            broken,
+            configure,
+            plan_file: self.plan_file.clone(),
+        }
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShrinkArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Where to write the minimal plan (default
+    /// `target/flashsale-sim/shrunk-seed-<seed>-<plan hash>.json`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Then run the minimal plan this many times in real mode and say how often the
+    /// violation reproduced there.
+    #[arg(long, default_value_t = 0)]
+    pub confirm_real: u32,
 }
 
 /// How a plan is played.

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use flashsale_sim::cli::{Cli, Command, Mode, PlanArgs, RunOptions, SweepArgs};
+use flashsale_sim::cli::{Cli, Command, Mode, PlanArgs, RunArgs, RunOptions, ShrinkArgs, SweepArgs};
 use flashsale_sim::plan::Plan;
 use flashsale_sim::runner::RunOutcome;
 use flashsale_sim::{det, report, runner};
@@ -36,8 +36,9 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Shrink(args) => shrink(&args),
         Command::Run(args) => {
-            let plan = match plan(&args.plan) {
+            let plan = match run_plan(&args) {
                 Ok(plan) => plan,
                 Err(code) => return code,
             };
@@ -163,6 +164,79 @@ fn det_sweep(args: &SweepArgs) -> ExitCode {
         }
     }
     ExitCode::FAILURE
+}
+
+/// The plan of a run: from `--plan FILE` if given, else expanded from the seed.
+fn run_plan(args: &RunArgs) -> Result<Plan, ExitCode> {
+    match &args.run.plan_file {
+        Some(path) => Plan::load(path).map_err(|err| {
+            eprintln!("flashsale-sim: {err:#}");
+            ExitCode::from(2)
+        }),
+        None => plan(&args.plan),
+    }
+}
+
+/// `shrink`: the minimal failing plan, written as JSON with its replay command.
+fn shrink(args: &ShrinkArgs) -> ExitCode {
+    let plan = match run_plan(&args.run) {
+        Ok(plan) => plan,
+        Err(code) => return code,
+    };
+    let seed = plan.options.seed;
+    let original = plan.hash();
+    let mut options = args.run.run.clone();
+    options.mode = Mode::Det;
+    let settings = options.settings(plan);
+    let started = std::time::Instant::now();
+    let shrunk = match det::shrink::shrink(&settings, |line| eprintln!("[shrink] {line}")) {
+        Ok(shrunk) => shrunk,
+        Err(err) => {
+            eprintln!("flashsale-sim shrink: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hash = shrunk.plan.hash();
+    let path = args.out.clone().unwrap_or_else(|| {
+        std::path::PathBuf::from(format!("target/flashsale-sim/shrunk-seed-{seed}-{original}.json"))
+    });
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&path, serde_json::to_vec_pretty(&shrunk.plan).unwrap_or_default()));
+    if let Err(err) = written {
+        eprintln!("flashsale-sim shrink: writing {}: {err}", path.display());
+        return ExitCode::from(FAILED_RUN);
+    }
+    let features = if settings.broken.is_some() { " --features broken" } else { "" };
+    let broken = settings.broken.as_deref().map(|v| format!(" --broken {v}")).unwrap_or_default();
+    println!(
+        "shrunk: {:?} still violated with {} buyers and {} faults (plan hash {hash}), {} runs in {:.1} s",
+        shrunk.invariant,
+        shrunk.plan.buyers.len(),
+        shrunk.plan.faults.len(),
+        shrunk.runs,
+        started.elapsed().as_secs_f64()
+    );
+    println!("minimal plan: {}", path.display());
+    println!(
+        "replay: cargo run --release -p flashsale-sim{features} -- run --seed {seed} --plan {} --mode det{broken}",
+        path.display()
+    );
+    if args.confirm_real > 0 {
+        let mut real = options.clone();
+        real.mode = Mode::Real;
+        real.quiet = true;
+        let mut reproduced = 0;
+        for attempt in 1..=args.confirm_real {
+            let outcome = block_on(runner::run(real.settings(shrunk.plan.clone())));
+            let violated = outcome.as_ref().is_ok_and(|o| o.report.verdict(shrunk.invariant).is_some_and(|v| !v.held));
+            reproduced += u32::from(violated);
+            println!("real mode run {attempt}: {}", if violated { "violated" } else { "held" });
+        }
+        println!("real mode: the violation reproduced in {reproduced} of {} runs", args.confirm_real);
+    }
+    ExitCode::SUCCESS
 }
 
 fn plan(args: &PlanArgs) -> Result<Plan, ExitCode> {

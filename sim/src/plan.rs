@@ -6,7 +6,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Largest number of buyers one run may plan.
@@ -23,7 +23,7 @@ pub const MIN_FAULTED_DURATION_MS: u64 = 10_000;
 pub const HTTP_LOGIN_PERCENT: u32 = 2;
 
 /// Where Redis runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Topology {
     /// One redis-server.
@@ -33,7 +33,7 @@ pub enum Topology {
 }
 
 /// Which faults the plan may schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultMix {
     /// No faults: load and retries only.
@@ -47,7 +47,7 @@ pub enum FaultMix {
 }
 
 /// Everything a plan depends on besides the seed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanOptions {
     pub seed: u64,
     pub buyers: usize,
@@ -85,7 +85,7 @@ impl PlanOptions {
 }
 
 /// How one buyer behaves (the mix is drawn from the seed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Behaviour {
     /// One key; retries with the same key on a timeout or a 5xx.
@@ -131,7 +131,7 @@ impl Behaviour {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductPlan {
     pub index: usize,
     pub stock: i64,
@@ -141,7 +141,7 @@ pub struct ProductPlan {
     pub opens_at_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuyerPlan {
     pub index: usize,
     pub behaviour: Behaviour,
@@ -157,7 +157,7 @@ pub struct BuyerPlan {
 }
 
 /// One fault at a planned moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Fault {
     /// Added latency on the TCP proxy in front of Redis or MongoDB.
@@ -178,14 +178,14 @@ pub enum Fault {
     ClientPauseWrite,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
     Redis,
     Mongo,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultPlan {
     pub at_ms: u64,
     pub duration_ms: u64,
@@ -193,7 +193,7 @@ pub struct FaultPlan {
 }
 
 /// The whole plan of a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub options: PlanOptions,
     pub products: Vec<ProductPlan>,
@@ -220,6 +220,53 @@ impl Plan {
     }
 
     /// SHA-256 of the plan's canonical JSON, first 16 hex digits.
+    /// Reads a plan from a JSON file (the shrinker's output, or an engineer's scenario).
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read(path).map_err(|err| anyhow::anyhow!("reading {}: {err}", path.display()))?;
+        let plan: Self = serde_json::from_slice(&text).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+        plan.check_references()?;
+        Ok(plan)
+    }
+
+    /// A plan written by hand may name what does not exist: refuse it before running.
+    pub fn check_references(&self) -> anyhow::Result<()> {
+        for (position, buyer) in self.buyers.iter().enumerate() {
+            anyhow::ensure!(
+                buyer.index == position,
+                "buyer {position} has index {}: buyers are numbered 0, 1, 2, ...",
+                buyer.index
+            );
+            anyhow::ensure!(
+                buyer.product < self.products.len(),
+                "buyer {position} wants product {}, which the plan lacks",
+                buyer.product
+            );
+            anyhow::ensure!(
+                buyer.instance < self.options.instances.max(1),
+                "buyer {position} talks to instance {}, which the plan lacks",
+                buyer.instance
+            );
+        }
+        for (position, product) in self.products.iter().enumerate() {
+            anyhow::ensure!(product.index == position, "product {position} has index {}", product.index);
+        }
+        for fault in &self.faults {
+            if let Fault::KillInstance { instance } = fault.fault {
+                anyhow::ensure!(
+                    instance < self.options.instances,
+                    "a fault kills instance {instance}, which the plan lacks"
+                );
+            }
+        }
+        anyhow::ensure!(
+            self.options.buyers == self.buyers.len(),
+            "options.buyers is {} but the plan has {} buyers",
+            self.options.buyers,
+            self.buyers.len()
+        );
+        Ok(())
+    }
+
     pub fn hash(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
         hex::encode(&Sha256::digest(&json)[..8])

@@ -76,6 +76,8 @@ pub struct RunSettings {
     /// The broken variant the hook selects (`--broken <name>`), for the replay command.
     pub broken: Option<String>,
     pub configure: Option<ConfigHook>,
+    /// The file the plan was read from (`--plan`), for the replay command.
+    pub plan_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for RunSettings {
@@ -106,6 +108,14 @@ pub struct RunOutcome {
     pub timings: Timings,
     /// The broken variant the server ran with, if any.
     pub broken: Option<String>,
+}
+
+/// A replay command that names the plan's file, when the plan came from one.
+pub fn with_plan_file(command: String, settings: &RunSettings) -> String {
+    match &settings.plan_file {
+        Some(path) => format!("{command} --plan {}", path.display()),
+        None => command,
+    }
 }
 
 /// The command that replays a plan.
@@ -180,7 +190,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<RunOutcome> {
     let report = checker::check(&plan, &ids, &history, &final_state);
     Ok(RunOutcome {
         plan_hash: plan.hash(),
-        replay_command: replay_command(&plan, settings.backend, broken_name.as_deref()),
+        replay_command: with_plan_file(replay_command(&plan, settings.backend, broken_name.as_deref()), &settings),
         plan,
         ids,
         history,

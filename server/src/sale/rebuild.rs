@@ -313,6 +313,8 @@ pub async fn watch_redis_restarts(app: AppState, shutdown: CancellationToken) {
     let mut owed = Owed::default();
     loop {
         tokio::select! {
+            // Shutdown first, and no random branch order: the deterministic simulator replays it.
+            biased;
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(RESTART_CHECK_INTERVAL) => {}
         }

@@ -22,6 +22,8 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
     let interval = Duration::from_millis(app.config.reconcile_interval_ms);
     loop {
         tokio::select! {
+            // Shutdown first, and no random branch order: the deterministic simulator replays it.
+            biased;
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }

@@ -14,6 +14,7 @@ mod clock;
 mod coverage;
 mod faults;
 mod instances;
+pub mod shrink;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +73,10 @@ pub fn run(settings: &RunSettings) -> anyhow::Result<RunOutcome> {
         plan_hash: plan.hash(),
         replay_command: format!(
             "{} --mode det",
-            runner::replay_command(&plan, settings.backend, settings.broken.as_deref())
+            runner::with_plan_file(
+                runner::replay_command(&plan, settings.backend, settings.broken.as_deref()),
+                settings
+            )
         ),
         plan,
         ids,
