@@ -2,9 +2,11 @@
 //! a faulted run in which every invariant holds and every self-check passes, pinned
 //! regression seeds, and (under the `broken` feature, which `scripts/test` enables) one
 //! run per invariant against a deliberately broken server, which the checker must report
-//! violated, with a replay command that names the same plan.
+//! violated, with a replay command that names the same plan. `det` runs the same plans
+//! in deterministic mode: exact replay, and the shrunk plans of the broken variants.
 
 mod broken;
+mod det;
 mod pinned;
 
 use flashsale_sim::checker::Invariant;
@@ -42,6 +44,9 @@ pub fn quiet() -> RunOptions {
         report_dir: None,
         quiet: true,
         backend: flashsale_sim::world::BackendChoice::Local,
+        mode: flashsale_sim::cli::Mode::Real,
+        check_determinism: false,
+        plan_file: None,
         #[cfg(feature = "broken")]
         broken: None,
     }

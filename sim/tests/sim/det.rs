@@ -1,0 +1,105 @@
+//! Deterministic mode: a seed replays byte for byte, a sweep holds every invariant and
+//! reaches what it must, and each deliberately broken variant is caught on the minimal
+//! plan the shrinker made of its failing seed (`sim/tests/plans/broken-<variant>.json`,
+//! written by `flashsale-sim shrink`); on the same plan the correct server holds.
+
+use flashsale_sim::det;
+use flashsale_sim::plan::{FaultMix, Plan};
+
+use crate::{quiet, small};
+
+fn det_options() -> flashsale_sim::cli::RunOptions {
+    flashsale_sim::cli::RunOptions { mode: flashsale_sim::cli::Mode::Det, ..quiet() }
+}
+
+/// Runs off any async context: deterministic mode builds a runtime of its own.
+fn run_det(plan: Plan, options: flashsale_sim::cli::RunOptions) -> flashsale_sim::runner::RunOutcome {
+    det::run(&options.settings(plan)).expect("the deterministic run completes")
+}
+
+#[test]
+fn a_seed_run_twice_gives_the_same_history_byte_for_byte() {
+    let plan = small(21, FaultMix::Default);
+    let first = run_det(plan.clone(), det_options());
+    let second = run_det(plan, det_options());
+    assert_eq!(det::first_divergence(&first.history, &second.history), None);
+    assert_eq!(det::history_hash(&first.history), det::history_hash(&second.history));
+    assert!(first.history.ops.len() > 400, "a sale of 400 buyers made {} requests", first.history.ops.len());
+    assert!(first.report.all_held(), "{:#?}", first.report.verdicts);
+}
+
+#[test]
+fn different_seeds_give_different_histories() {
+    let a = run_det(small(22, FaultMix::Default), det_options());
+    let b = run_det(small(23, FaultMix::Default), det_options());
+    assert_ne!(det::history_hash(&a.history), det::history_hash(&b.history));
+}
+
+#[test]
+fn a_small_sweep_holds_every_invariant_and_reaches_every_item() {
+    let mut coverage = det::Coverage::default();
+    for seed in 1..=30 {
+        let plan = Plan::generate(
+            flashsale_sim::cli::Shape {
+                buyers: 100,
+                products: 2,
+                stock: 20,
+                instances: 2,
+                topology: flashsale_sim::plan::Topology::Single,
+                faults: FaultMix::Default,
+                duration_ms: 10_000,
+            }
+            .options(seed),
+        )
+        .expect("plan");
+        let outcome = run_det(plan, det_options());
+        assert!(outcome.report.all_held(), "seed {seed}: {:#?}", outcome.report.verdicts);
+        coverage.add(&outcome.history);
+    }
+    assert!(coverage.missing().is_empty(), "{}", coverage.table());
+}
+
+#[cfg(feature = "broken")]
+mod broken_plans {
+    use flashsale::broken::Broken;
+    use flashsale_sim::checker::Invariant;
+    use flashsale_sim::plan::Plan;
+
+    use super::{det_options, run_det};
+
+    /// (variant, its shrunk plan, the invariant the shrinker kept violated).
+    const PLANS: &[(Broken, &str, Invariant)] = &[
+        (Broken::Oversell, "broken-oversell.json", Invariant::NoOversell),
+        (Broken::DoubleBuy, "broken-double_buy.json", Invariant::OnePerUser),
+        (Broken::NewOrderOnReplay, "broken-new_order_on_replay.json", Invariant::Idempotency),
+        (Broken::DropPending, "broken-drop_pending.json", Invariant::NoLostOrder),
+        (Broken::Phantom, "broken-phantom.json", Invariant::NoLostOrder),
+        (Broken::PrematureSoldOut, "broken-premature_sold_out.json", Invariant::Conservation),
+    ];
+
+    fn load(file: &str) -> Plan {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plans").join(file);
+        Plan::load(&path).expect("a pinned plan loads")
+    }
+
+    #[test]
+    fn each_broken_variant_is_caught_on_its_shrunk_plan_of_at_most_ten_buyers() {
+        for (variant, file, invariant) in PLANS {
+            let plan = load(file);
+            assert!(plan.buyers.len() <= 10, "{file}: {} buyers", plan.buyers.len());
+            let mut options = det_options();
+            options.broken = Some(*variant);
+            let outcome = run_det(plan, options);
+            let verdict = outcome.report.verdict(*invariant).expect("a verdict");
+            assert!(!verdict.held, "{variant:?} on {file}: {} held", invariant.name());
+        }
+    }
+
+    #[test]
+    fn the_correct_server_holds_every_invariant_on_the_shrunk_plans() {
+        for (_, file, _) in PLANS {
+            let outcome = run_det(load(file), det_options());
+            assert!(outcome.report.all_held(), "{file}: {:#?}", outcome.report.verdicts);
+        }
+    }
+}
