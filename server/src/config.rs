@@ -179,6 +179,9 @@ pub struct Config {
     #[command(flatten)]
     pub limits: RateLimits,
 
+    #[command(flatten)]
+    pub http: HttpLimits,
+
     /// A deliberately broken behaviour of this instance, for the simulator (only with the
     /// `broken` feature; not a flag: set by the code that starts the instance). `None`
     /// behaves exactly as a build without the feature.
@@ -271,6 +274,104 @@ pub struct RateLimits {
     pub reads_per_ip_per_min: u32,
 }
 
+/// Bounds on HTTP connections: how long a client may take over each part of a request,
+/// and how many connections it may hold. A held connection costs a descriptor and about
+/// 25 KB; without these a client that sends slowly, or not at all, holds it for ever.
+#[derive(Debug, Clone, Args)]
+pub struct HttpLimits {
+    /// Time a client has to send a whole request head (request line and headers), counted
+    /// from the connection opening or, on a kept-alive connection, from the end of the
+    /// previous answer (hyper runs one timer for both). Past it the connection is closed
+    /// without an answer.
+    #[arg(
+        long = "http-header-read-timeout-ms",
+        env = "FLASHSALE_HTTP_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_read_timeout_ms: u64,
+
+    /// Time a client has to send a whole request body once its handler reads it. Past it
+    /// the answer is 408 `request-timeout` and the connection is closed.
+    #[arg(long = "http-body-read-timeout-ms", env = "FLASHSALE_HTTP_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// A connection on which no byte has moved either way for this long is closed: at
+    /// once between requests, else after the answer in progress. Checked every half of
+    /// it, so the close comes between 1 and 1.5 times this after the last byte. At most
+    /// the header-read timeout, which also runs while a kept-alive connection waits.
+    #[arg(
+        long = "http-keep-alive-idle-timeout-ms",
+        env = "FLASHSALE_HTTP_KEEP_ALIVE_IDLE_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub keep_alive_idle_timeout_ms: u64,
+
+    /// Connections open at once. Past it a new connection is answered 503
+    /// `too-many-connections` and closed. Lowered at startup to fit the process's
+    /// open-files limit, less what the backends and the refusals need.
+    #[arg(long = "http-max-connections", env = "FLASHSALE_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Connections open at once from one client address (an IPv6 client: one /64), refused
+    /// the same way. Not applied with `--trust-forwarded-for`: the peer is then the proxy.
+    #[arg(
+        long = "http-max-connections-per-client",
+        env = "FLASHSALE_HTTP_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 4_000
+    )]
+    pub max_connections_per_client: usize,
+
+    /// At shutdown, how long in-flight requests may take to finish before their
+    /// connections are dropped.
+    #[arg(
+        long = "http-shutdown-drain-timeout-ms",
+        env = "FLASHSALE_HTTP_SHUTDOWN_DRAIN_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub shutdown_drain_timeout_ms: u64,
+}
+
+/// A configuration value out of its range, named by its flag.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {problem}")]
+pub struct InvalidSetting {
+    pub flag: &'static str,
+    pub problem: String,
+}
+
+impl HttpLimits {
+    /// Checks every bound, and how they fit together.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let invalid = |flag, problem: &str| Err(InvalidSetting { flag, problem: problem.to_owned() });
+        if self.header_read_timeout_ms == 0 {
+            return invalid("http-header-read-timeout-ms", "must be at least 1");
+        }
+        if self.body_read_timeout_ms == 0 {
+            return invalid("http-body-read-timeout-ms", "must be at least 1");
+        }
+        if self.keep_alive_idle_timeout_ms < 2 {
+            return invalid("http-keep-alive-idle-timeout-ms", "must be at least 2 (it is checked every half of it)");
+        }
+        if self.keep_alive_idle_timeout_ms > self.header_read_timeout_ms {
+            return invalid(
+                "http-keep-alive-idle-timeout-ms",
+                "must not exceed --http-header-read-timeout-ms, whose timer also runs while a kept-alive \
+                 connection waits for its next request (a longer idle bound would never take effect)",
+            );
+        }
+        if self.max_connections == 0 {
+            return invalid("http-max-connections", "must be at least 1");
+        }
+        if self.max_connections_per_client == 0 || self.max_connections_per_client > self.max_connections {
+            return invalid("http-max-connections-per-client", "must be between 1 and --http-max-connections");
+        }
+        if self.shutdown_drain_timeout_ms == 0 {
+            return invalid("http-shutdown-drain-timeout-ms", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Settings for a local run against the given backends, parsed from no arguments
     /// (defaults) plus the given overrides; used by tests, the simulator and `dev`.
@@ -308,6 +409,29 @@ mod tests {
     fn a_url_of_another_scheme_is_refused_without_being_quoted() {
         let error = "https://user:hunter2@example.com".parse::<SmtpUrl>().expect_err("not smtp");
         assert!(!error.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn the_default_http_limits_are_valid_and_each_bound_out_of_range_is_named() {
+        let config = Config::for_local("redis://r", "mongodb://m", "db", "p");
+        config.http.validate().expect("defaults are valid");
+        let refused = |adjust: fn(&mut HttpLimits)| {
+            let mut limits = config.http.clone();
+            adjust(&mut limits);
+            limits.validate().expect_err("out of range").flag
+        };
+        assert_eq!(refused(|l| l.header_read_timeout_ms = 0), "http-header-read-timeout-ms");
+        assert_eq!(refused(|l| l.body_read_timeout_ms = 0), "http-body-read-timeout-ms");
+        assert_eq!(
+            refused(|l| l.keep_alive_idle_timeout_ms = l.header_read_timeout_ms + 1),
+            "http-keep-alive-idle-timeout-ms"
+        );
+        assert_eq!(refused(|l| l.max_connections = 0), "http-max-connections");
+        assert_eq!(
+            refused(|l| l.max_connections_per_client = l.max_connections + 1),
+            "http-max-connections-per-client"
+        );
+        assert_eq!(refused(|l| l.shutdown_drain_timeout_ms = 0), "http-shutdown-drain-timeout-ms");
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub enum ApiError {
     InvalidBody(String),
     #[error("request body larger than {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
+    #[error("the request body did not arrive within {limit_ms} ms")]
+    RequestTimeout { limit_ms: u64 },
     #[error("unsupported media type: send application/json")]
     UnsupportedMediaType,
     #[error("not signed in")]
@@ -67,6 +69,8 @@ pub enum ApiError {
     SalePaused { retry_after_s: u64 },
     #[error("a backing service is unavailable")]
     Unavailable { retry_after_s: u64 },
+    #[error("{0}")]
+    TooManyConnections(String),
     #[error("internal error")]
     Internal(anyhow::Error),
 }
@@ -92,6 +96,7 @@ impl ApiError {
             Self::MalformedBody(_) => (S::BAD_REQUEST, "malformed-body", "Malformed request body"),
             Self::InvalidBody(_) => (S::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body"),
             Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            Self::RequestTimeout { .. } => (S::REQUEST_TIMEOUT, "request-timeout", "Request timeout"),
             Self::UnsupportedMediaType => {
                 (S::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
             }
@@ -115,6 +120,7 @@ impl ApiError {
             Self::OrderReleased { .. } => (S::CONFLICT, "order-released", "Order released"),
             Self::SalePaused { .. } => (S::SERVICE_UNAVAILABLE, "sale-paused", "Sale paused"),
             Self::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            Self::TooManyConnections(_) => (S::SERVICE_UNAVAILABLE, "too-many-connections", "Too many connections"),
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
@@ -142,6 +148,12 @@ impl ApiError {
                 Some(limit.retry_after_s)
             }
             Self::SalePaused { retry_after_s } | Self::Unavailable { retry_after_s } => Some(*retry_after_s),
+            Self::TooManyConnections(_) => Some(1),
+            // The body was not read to its end: the connection cannot carry another request.
+            Self::RequestTimeout { .. } => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                None
+            }
             _ => None,
         };
         if let Some(seconds) = retry_after {

@@ -20,6 +20,7 @@ use crate::clock::Ids;
 use crate::config::Config;
 use crate::db::Db;
 use crate::events::EventHub;
+use crate::http::connections::{self, ServeSettings};
 use crate::http::{ApiRoutes, middleware, ops};
 use crate::metrics::Metrics;
 use crate::redis::{Keys, RedisConn};
@@ -34,6 +35,7 @@ const SAFE_EVICTION_POLICIES: &[&str] = &["noeviction"];
 /// Connects to the backends, checks them, creates indexes: a ready-to-serve state.
 pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
     install_crypto_provider();
+    config.http.validate()?;
     let redis_timeout = Duration::from_millis(config.redis_timeout_ms);
     let mut redis = RedisConn::connect(&config.redis_url, redis_timeout).await?;
     let policies = crate::redis::eviction_policies(&mut redis).await?;
@@ -109,19 +111,13 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-/// Serves until `shutdown` fires, then drains in-flight requests and stops the
-/// background tasks.
+/// Serves until `shutdown` fires, then ends the event streams, drains in-flight requests
+/// (at most `http_shutdown_drain_timeout_ms`) and stops the background tasks. Connections
+/// are bounded by `Config::http` (see `http::connections`).
 pub async fn serve(listener: TcpListener, app: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
     let background = spawn_background(&app, &shutdown);
-    let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let signal = shutdown.clone();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(async move {
-            signal.cancelled().await;
-            app.events.close();
-        })
-        .await
-        .context("HTTP server")?;
+    let settings = ServeSettings::from_config(&app.config);
+    connections::serve(listener, router(app.clone()), settings, shutdown.clone(), || app.events.close()).await;
     shutdown.cancel();
     for task in background {
         let _ = task.await;

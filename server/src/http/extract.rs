@@ -2,8 +2,9 @@
 //! client address as this deployment trusts it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -15,7 +16,8 @@ use crate::state::AppState;
 pub const MAX_JSON_DEPTH: usize = 16;
 
 /// A JSON body: malformed → 400, wrong shape → 422, too deep → 400, too large → 413,
-/// wrong media type → 415.
+/// wrong media type → 415, ended early or badly chunked → 400, not all there within
+/// `http_body_read_timeout_ms` → 408.
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);
 
@@ -24,9 +26,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.config.max_body_bytes;
-        let bytes = match axum::Json::<serde_json::Value>::from_request(req, state).await {
-            Ok(axum::Json(value)) => value,
-            Err(rejection) => return Err(json_rejection(rejection, limit)),
+        let read_timeout_ms = state.config.http.body_read_timeout_ms;
+        // Reading the body is all the waiting this extraction does: the media type check
+        // before it and the parse after it take no time.
+        let read = axum::Json::<serde_json::Value>::from_request(req, state);
+        let bytes = match tokio::time::timeout(Duration::from_millis(read_timeout_ms), read).await {
+            Ok(Ok(axum::Json(value))) => value,
+            Ok(Err(rejection)) => return Err(json_rejection(rejection, limit)),
+            Err(_elapsed) => return Err(ApiError::RequestTimeout { limit_ms: read_timeout_ms }),
         };
         if json_depth(&bytes) > MAX_JSON_DEPTH {
             return Err(ApiError::MalformedBody(format!("JSON nested deeper than {MAX_JSON_DEPTH} levels")));
@@ -40,9 +47,28 @@ fn json_rejection(rejection: JsonRejection, limit_bytes: usize) -> ApiError {
         JsonRejection::JsonDataError(err) => ApiError::InvalidBody(err.body_text()),
         JsonRejection::JsonSyntaxError(err) => ApiError::MalformedBody(err.body_text()),
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-        JsonRejection::BytesRejection(_) => ApiError::PayloadTooLarge { limit_bytes },
+        JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+            ApiError::PayloadTooLarge { limit_bytes }
+        }
+        // Anything else that stops the body from being read is in its framing: it ended
+        // before its Content-Length, or its chunked encoding is invalid.
+        JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(FailedToBufferBody::UnknownBodyError(
+            err,
+        ))) => {
+            ApiError::MalformedBody(format!("the request body could not be read to its end: {}", innermost_cause(&err)))
+        }
         other => ApiError::MalformedBody(other.body_text()),
     }
+}
+
+/// The deepest cause of an error (hyper's framing error under axum's and hyper's
+/// wrappers): the part that says what was wrong.
+fn innermost_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 fn json_depth(value: &serde_json::Value) -> usize {

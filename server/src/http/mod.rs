@@ -1,6 +1,8 @@
 //! HTTP plumbing shared by every domain: extractors whose rejections are problem+json,
-//! the operational endpoints, and the middleware stack.
+//! the operational endpoints, the middleware stack, and the accept loop with its
+//! connection bounds.
 
+pub mod connections;
 pub mod extract;
 pub mod middleware;
 pub mod ops;
