@@ -334,9 +334,19 @@ impl MongoDb {
         Ok(result.matched_count > 0)
     }
 
-    /// Drops this handle's whole database (tests that make one database per case).
+    /// Drops this handle's whole database (tests).
     pub async fn drop_database(&self) -> DbResult<()> {
         self.run(self.database.drop()).await
+    }
+
+    /// Empties this handle's database as if it were new: drops each collection the
+    /// server uses, its documents and indexes with it (tests that run many cases on one
+    /// database: on FerretDB, making a database costs tens of milliseconds).
+    pub async fn clear(&self) -> DbResult<()> {
+        for name in [USERS, PRODUCTS, ORDERS] {
+            self.run(self.collection::<Document>(name).drop()).await?;
+        }
+        Ok(())
     }
 
     pub async fn dump(&self) -> DbResult<StoreDump> {

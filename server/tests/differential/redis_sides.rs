@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flashsale::redis::RedisConn;
+use flashsale::redis::memory::MemoryRedis;
 use flashsale_stack::{RedisPersistence, RedisServer};
 use redis::Value;
 use tokio::sync::{Mutex, MutexGuard};
@@ -27,10 +28,10 @@ fn real_server() -> &'static RedisServer {
     })
 }
 
-/// A unique `memory://` URL: a keyspace nobody else has written.
-fn fresh_memory_url() -> String {
+/// A unique `memory://` name: a keyspace nobody else has written.
+fn fresh_memory_name() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("memory://differential-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!("differential-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// One side: its connection and its `run_id` (replies that contain it are compared
@@ -56,6 +57,8 @@ impl Side {
 pub struct Pair {
     pub real: Side,
     pub emulated: Side,
+    /// The emulated keyspace's name, forgotten when the next one is made.
+    emulated_name: String,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -64,9 +67,11 @@ impl Pair {
     pub async fn open() -> Self {
         let turn = REAL_SERVER_TURN.lock().await;
         let server = tokio::task::spawn_blocking(real_server).await.expect("starting redis-server");
+        let emulated_name = fresh_memory_name();
         let mut pair = Self {
             real: Side::connect(&server.url()).await,
-            emulated: Side::connect(&fresh_memory_url()).await,
+            emulated: Side::connect(&format!("memory://{emulated_name}")).await,
+            emulated_name,
             _turn: turn,
         };
         pair.empty_real_side().await;
@@ -76,7 +81,9 @@ impl Pair {
     /// Both sides empty again: the real server flushed, a new emulated keyspace.
     pub async fn reset(&mut self) {
         self.empty_real_side().await;
-        self.emulated = Side::connect(&fresh_memory_url()).await;
+        let name = fresh_memory_name();
+        self.emulated = Side::connect(&format!("memory://{name}")).await;
+        MemoryRedis::unregister(&std::mem::replace(&mut self.emulated_name, name));
     }
 
     async fn empty_real_side(&mut self) {

@@ -58,7 +58,7 @@ const INCREMENTS: &[&str] = &["1", "-1", "5", "0.1", "x", "9223372036854775807"]
 const PX_MS: &[&str] = &["100000", "3600000", "0", "-5", "x"];
 const EX_S: &[&str] = &["3600", "10", "0"];
 const PEXPIRE_MS: &[&str] = &["100000", "86400000", "0", "-1", "9223372036854775807", "x"];
-const STREAM_IDS: &[&str] = &["*", "1-1", "1-2", "2", "x"];
+const STREAM_IDS: &[&str] = &["*", "1-1", "1-2", "2", "0-0", "x"];
 
 const ORDER_IDS: &[&str] = &["o1", "o2", "o3"];
 const USERS: &[&str] = &["u1", "u2"];
@@ -122,12 +122,14 @@ pub const EVAL_BODIES: &[&str] = &[
     "return {ok = ARGV[1]}",
     "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('HSET', KEYS[1], 'f', ARGV[2])",
     "counter = 1",
+    "return undefined_global",
     "return (",
     "return redis.call('PTTL', KEYS[1]) > 0",
     "return {1, nil, 3}",
     "return {1, false, {false, 2}}",
     "return tonumber(ARGV[1]) * 1.5",
     "return redis.call('EXISTS', KEYS[1], KEYS[2])",
+    "return cjson.decode(ARGV[1])",
 ];
 
 fn pick(pool: &'static [&'static str]) -> BoxedStrategy<Arg> {
