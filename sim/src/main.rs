@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use flashsale_sim::cli::{Cli, Command, Mode, PlanArgs, RunArgs, RunOptions, ShrinkArgs, SweepArgs};
-use flashsale_sim::plan::Plan;
+use flashsale_sim::plan::{FaultMix, Plan};
 use flashsale_sim::runner::RunOutcome;
 use flashsale_sim::{det, report, runner};
 
@@ -258,6 +258,9 @@ fn block_on<T>(future: impl Future<Output = T>) -> T {
 
 /// Plays one plan in the chosen mode, prints its verdict and writes its report.
 fn play(plan: Plan, options: &RunOptions) -> anyhow::Result<RunOutcome> {
+    if plan.options.fault_mix == FaultMix::Swarm && options.mode == Mode::Real {
+        anyhow::bail!("swarm plans overlap faults, which only deterministic mode applies exactly: add --mode det");
+    }
     match options.mode {
         Mode::Real => block_on(run_one(plan, options)),
         Mode::Det => run_det(plan, options),

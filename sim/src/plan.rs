@@ -44,6 +44,11 @@ pub enum FaultMix {
     /// MongoDB unreachable (blackholed) across every product's opening: purchases
     /// answer 202 pending and the reconciler must finish them.
     MongoOutage,
+    /// Swarm testing, for deterministic mode: each seed chooses which fault kinds are on
+    /// (at least three) and how many of each (one to three), at random moments of the
+    /// fault window, overlapping each other. Redis data loss stays before the first
+    /// MongoDB fault (the protocol's documented limit: a 202 is as durable as Redis).
+    Swarm,
 }
 
 /// Everything a plan depends on besides the seed.
@@ -327,6 +332,59 @@ fn plan_faults(rng: &mut ChaCha8Rng, options: &PlanOptions, products: &[ProductP
             })
             .collect(),
         FaultMix::Default => default_faults(rng, options, window),
+        FaultMix::Swarm => swarm_faults(rng, options, window),
+    }
+}
+
+/// Fault kinds a swarm plan draws from (each kind with its target and parameters drawn
+/// per fault).
+const SWARM_KINDS: usize = 10;
+
+/// A swarm plan's faults: a seeded subset of the kinds, each one to three times, at
+/// random moments; faults may overlap. Sorted by start.
+fn swarm_faults(rng: &mut ChaCha8Rng, options: &PlanOptions, window: u64) -> Vec<FaultPlan> {
+    let mut enabled: Vec<usize> = (0..SWARM_KINDS).filter(|_| rng.random_bool(0.5)).collect();
+    while enabled.len() < 3 {
+        let kind = rng.random_range(0..SWARM_KINDS);
+        if !enabled.contains(&kind) {
+            enabled.push(kind);
+        }
+    }
+    enabled.sort_unstable();
+    let mut faults = Vec::new();
+    for kind in enabled {
+        for _ in 0..rng.random_range(1..=3) {
+            let fault = swarm_fault(rng, options, kind);
+            let duration_ms = rng.random_range(100..(window / 4).clamp(101, 3_000));
+            let at_ms = rng.random_range(0..window.saturating_sub(duration_ms).max(1));
+            faults.push(FaultPlan { at_ms, duration_ms, fault });
+        }
+    }
+    // Redis data loss before any MongoDB fault, ending before the first one starts.
+    let first_mongo = faults.iter().filter(|f| f.fault.target() == Some(Backend::Mongo)).map(|f| f.at_ms).min();
+    if let Some(first_mongo) = first_mongo {
+        faults.retain(|f| {
+            !matches!(f.fault, Fault::KillRestart { target: Backend::Redis, persistent: false })
+                || f.at_ms + f.duration_ms < first_mongo
+        });
+    }
+    faults.sort_by_key(|f| (f.at_ms, f.duration_ms));
+    faults
+}
+
+fn swarm_fault(rng: &mut ChaCha8Rng, options: &PlanOptions, kind: usize) -> Fault {
+    let backend = if rng.random_bool(0.5) { Backend::Redis } else { Backend::Mongo };
+    match kind {
+        0 => Fault::ProxyLatency { target: backend, latency_ms: rng.random_range(5..400) },
+        1 => Fault::ProxyReset { target: backend },
+        2 => Fault::ProxyBlackhole { target: backend },
+        3 => Fault::ProxySlowClose { target: backend, delay_ms: rng.random_range(100..1_000) },
+        4 => Fault::Pause { target: backend },
+        5 => Fault::KillRestart { target: Backend::Redis, persistent: true },
+        6 => Fault::KillRestart { target: Backend::Mongo, persistent: true },
+        7 => Fault::ClientPauseWrite,
+        8 if options.instances > 1 => Fault::KillInstance { instance: rng.random_range(0..options.instances) },
+        _ => Fault::KillRestart { target: Backend::Redis, persistent: false },
     }
 }
 

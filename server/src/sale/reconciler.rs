@@ -54,6 +54,14 @@ async fn pass_locked(app: &App) -> anyhow::Result<usize> {
     let mut settled = 0;
     for product_id in rebuild::live_product_ids(app).await? {
         let Some(product) = find_product(app, product_id).await? else { continue };
+        // A live product whose sale state Redis lost while no instance was there to see
+        // it (every instance down during a restart without persistence) is rebuilt here,
+        // not only when a buyer next touches it (found by the deterministic simulator:
+        // swarm seed 16).
+        if sale::stock(app, product_id).await?.is_none() {
+            let rebuilt = rebuild::ensure_loaded(app, product_id).await?;
+            tracing::info!(%product_id, ?rebuilt, "reconciler found a live product without sale state");
+        }
         // A rebuild for this pass's conflicts must read MongoDB after the pass did.
         let since = app.rebuilds.generation();
         let pass = reconcile_product(app, product_id, &product, grace, app.config.reconcile_batch).await?;

@@ -8,8 +8,8 @@
 //! | proxy reset | connections refused | unavailable |
 //! | proxy slow close | commands delayed by the close delay | operations slowed by it |
 //! | proxy blackhole, pause | commands hang until healed | operations slowed past their bound |
-//! | kill and restart, no persistence | hang, then every key lost with a new `run_id` | unavailable |
-//! | kill and restart, persistence | hang, then the script cache flushed | unavailable |
+//! | kill and restart, no persistence | connections refused, then every key lost with a new `run_id` | unavailable |
+//! | kill and restart, persistence | connections refused, then the script cache flushed | unavailable |
 //! | `CLIENT PAUSE WRITE` | commands hang until healed | - |
 //! | instance killed | its requests and tasks stop where they are; it starts again at the heal | |
 //!
@@ -33,21 +33,73 @@ pub struct DetTargets {
     pub instances: Arc<DetInstances>,
 }
 
+/// Starts of a killed instance tried at its heal, [`INSTANCE_START_RETRY`] apart.
+const INSTANCE_START_ATTEMPTS: u32 = 120;
+const INSTANCE_START_RETRY: Duration = Duration::from_millis(250);
+
 /// How long a paused or blackholed MongoDB makes each operation wait: past the server's
 /// operation bound, so the operation fails as a real one would.
 const MONGO_STALL: Duration = Duration::from_secs(30);
 
-/// Runs the schedule on virtual time: sleeps until each fault, fires it, sleeps its
-/// duration, heals it.
+/// Runs the schedule on virtual time. Faults may overlap (swarm plans): starts and
+/// heals are taken in time order, and healing one fault clears the stores' switches and
+/// sets those of every fault still active again, so each heal undoes exactly its own.
 pub async fn run_schedule(targets: DetTargets, schedule: Vec<FaultPlan>, recorder: Arc<Recorder>) {
-    for (index, planned) in schedule.into_iter().enumerate() {
-        sleep_until(&recorder, planned.at_ms).await;
-        let detail = fire(&targets, &planned.fault);
-        recorder.fault(index, planned.fault, FaultPhase::Start, detail);
-        sleep_until(&recorder, planned.at_ms + planned.duration_ms).await;
-        match heal(&targets, &planned.fault).await {
-            Ok(detail) => recorder.fault(index, planned.fault, FaultPhase::Heal, detail),
-            Err(err) => recorder.fault(index, planned.fault, FaultPhase::Error, format!("healing: {err:#}")),
+    let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(schedule.len() * 2);
+    for (index, planned) in schedule.iter().enumerate() {
+        events.push((planned.at_ms, true, index));
+        events.push((planned.at_ms + planned.duration_ms, false, index));
+    }
+    // At one moment, heals before starts; then in plan order.
+    events.sort_by_key(|&(at, start, index)| (at, start, index));
+    let mut active: Vec<usize> = Vec::new();
+    let mut supervisors = Vec::new();
+    for (at_ms, start, index) in events {
+        sleep_until(&recorder, at_ms).await;
+        let fault = schedule[index].fault;
+        if start {
+            active.push(index);
+            let detail = fire(&targets, &fault);
+            recorder.fault(index, fault, FaultPhase::Start, detail);
+            continue;
+        }
+        active.retain(|i| *i != index);
+        let still: Vec<Fault> = active.iter().map(|i| schedule[*i].fault).collect();
+        if let Fault::KillInstance { instance } = fault {
+            if !still.contains(&fault) {
+                // Started again beside the schedule, which goes on healing the stores
+                // the start may be waiting for.
+                supervisors.push(tokio::spawn(supervise(targets.clone(), instance, index, fault, recorder.clone())));
+                continue;
+            }
+        }
+        match heal(&targets, &fault, &still).await {
+            Ok(detail) => recorder.fault(index, fault, FaultPhase::Heal, detail),
+            Err(err) => recorder.fault(index, fault, FaultPhase::Error, format!("healing: {err:#}")),
+        }
+    }
+    for supervisor in supervisors {
+        let _ = supervisor.await;
+    }
+}
+
+/// Starts a killed instance again, as a supervisor would, until it comes up: a start
+/// fails while Redis refuses connections (the start reads its eviction policy).
+async fn supervise(targets: DetTargets, instance: usize, index: usize, fault: Fault, recorder: Arc<Recorder>) {
+    let mut attempts = 1;
+    loop {
+        match targets.instances.start_one(instance).await {
+            Ok(()) => {
+                let detail = format!("instance {instance} started again ({attempts} attempts)");
+                return recorder.fault(index, fault, FaultPhase::Heal, detail);
+            }
+            Err(err) if attempts >= INSTANCE_START_ATTEMPTS => {
+                return recorder.fault(index, fault, FaultPhase::Error, format!("starting again: {err:#}"));
+            }
+            Err(_) => {
+                attempts += 1;
+                tokio::time::sleep(INSTANCE_START_RETRY).await;
+            }
         }
     }
 }
@@ -72,7 +124,7 @@ fn fire(targets: &DetTargets, fault: &Fault) -> String {
             mongo.make_slow(Duration::from_millis(latency_ms));
             format!("MongoDB operations slowed {latency_ms} ms")
         }
-        Fault::ProxyReset { target: Backend::Redis } => {
+        Fault::ProxyReset { target: Backend::Redis } | Fault::KillRestart { target: Backend::Redis, .. } => {
             redis.refuse_connections();
             "Redis refuses connections".to_owned()
         }
@@ -82,7 +134,6 @@ fn fire(targets: &DetTargets, fault: &Fault) -> String {
         }
         Fault::ProxyBlackhole { target: Backend::Redis }
         | Fault::Pause { target: Backend::Redis }
-        | Fault::KillRestart { target: Backend::Redis, .. }
         | Fault::ClientPauseWrite => {
             redis.hang();
             "Redis commands hang".to_owned()
@@ -101,7 +152,16 @@ fn fire(targets: &DetTargets, fault: &Fault) -> String {
     }
 }
 
-async fn heal(targets: &DetTargets, fault: &Fault) -> anyhow::Result<String> {
+/// Undoes `fault`; `still` are the faults that stay active, whose switches are set again.
+async fn heal(targets: &DetTargets, fault: &Fault, still: &[Fault]) -> anyhow::Result<String> {
+    let detail = undo(targets, fault, still).await?;
+    for other in still.iter().filter(|other| !matches!(other, Fault::KillInstance { .. })) {
+        fire(targets, other);
+    }
+    Ok(detail)
+}
+
+async fn undo(targets: &DetTargets, fault: &Fault, still: &[Fault]) -> anyhow::Result<String> {
     match *fault {
         Fault::KillRestart { target: Backend::Redis, persistent: false } => {
             targets.redis.restart();
@@ -114,8 +174,10 @@ async fn heal(targets: &DetTargets, fault: &Fault) -> anyhow::Result<String> {
             Ok("Redis restarted from its data (script cache empty)".to_owned())
         }
         Fault::KillInstance { instance } => {
-            targets.instances.start_one(instance).await?;
-            Ok(format!("instance {instance} started again"))
+            if still.contains(&Fault::KillInstance { instance }) {
+                return Ok(format!("instance {instance} stays down (killed again meanwhile)"));
+            }
+            Ok(format!("instance {instance} stays down until its supervisor starts it"))
         }
         _ => {
             targets.redis.heal();
