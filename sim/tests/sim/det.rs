@@ -59,6 +59,26 @@ fn a_small_sweep_holds_every_invariant_and_reaches_every_item() {
     assert!(coverage.missing().is_empty(), "{}", coverage.table());
 }
 
+/// Every `sim/tests/plans/regression-*.json`: a plan that once found a server bug in
+/// deterministic mode, and must hold every invariant now.
+#[test]
+fn the_regression_plans_hold_every_invariant() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plans");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the plans folder")
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("regression-")))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no regression plan in {}", dir.display());
+    for path in files {
+        let plan = Plan::load(&path).expect("a regression plan loads");
+        let outcome = run_det(plan, det_options());
+        assert!(outcome.report.all_held(), "{}: {:#?}", path.display(), outcome.report.verdicts);
+    }
+}
+
 #[cfg(feature = "broken")]
 mod broken_plans {
     use flashsale::broken::Broken;
