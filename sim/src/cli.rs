@@ -174,6 +174,10 @@ pub struct SweepArgs {
     /// Seeds: `A..B` (B excluded) or `A..=B`.
     #[arg(long, value_parser = parse_seeds)]
     pub seeds: SeedRange,
+    /// Deterministic mode: seeds run at once, each on a thread of its own (default: one
+    /// per core).
+    #[arg(long)]
+    pub jobs: Option<usize>,
     #[command(flatten)]
     pub shape: Shape,
     #[command(flatten)]

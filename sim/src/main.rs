@@ -88,62 +88,89 @@ fn main() -> ExitCode {
     }
 }
 
+/// One seed of a deterministic sweep: its coverage counted, its verdict printed (in
+/// full, with its report, if it failed). `Err` names the failing seed and its replay.
+fn det_seed(args: &SweepArgs, plan: Plan, coverage: &mut det::Coverage) -> Result<(), (u64, String)> {
+    let seed = plan.options.seed;
+    let settings = args.run.settings(plan);
+    let result = det::run(&settings).and_then(|outcome| {
+        if args.run.check_determinism {
+            let again = det::run(&settings)?;
+            if let Some(divergence) = det::first_divergence(&outcome.history, &again.history) {
+                anyhow::bail!("not deterministic: the second run diverged at {divergence}");
+            }
+        }
+        Ok(outcome)
+    });
+    let outcome = result.map_err(|err| (seed, format!("run failed: {err:#}")))?;
+    coverage.add(&outcome.history);
+    let hash = det::history_hash(&outcome.history);
+    if outcome.report.all_held() {
+        if !args.run.quiet {
+            println!("== seed {seed}: held (history {hash})");
+        }
+        return Ok(());
+    }
+    println!("== seed {seed}: VIOLATED (history {hash})");
+    let mut options = args.run.clone();
+    options.report_dir =
+        args.run.report_dir.as_ref().map(|root| root.join(format!("seed-{seed}-{}", outcome.plan_hash)));
+    report_on(&outcome, &options);
+    Err((seed, outcome.replay_command.clone()))
+}
+
 /// A deterministic sweep: every seed's verdict in one line, a failing seed's details and
 /// report in full, then the coverage across the sweep and the speed. Fails on a
 /// violated invariant, a seed that is not deterministic (`--check-determinism`), or an
 /// item of the coverage no seed reached (a single seed may be vacuous; the sweep may not).
 fn det_sweep(args: &SweepArgs) -> ExitCode {
     let started = std::time::Instant::now();
-    let mut failing = Vec::new();
-    let mut coverage = det::Coverage::default();
-    let mut seeds = 0u64;
+    let mut plans = Vec::new();
     for seed in args.seeds.seeds() {
-        let plan = match Plan::generate(args.shape.options(seed)) {
-            Ok(plan) => plan,
+        match Plan::generate(args.shape.options(seed)) {
+            Ok(plan) => plans.push(plan),
             Err(problem) => {
                 eprintln!("flashsale-sim sweep: {problem}");
                 return ExitCode::from(2);
             }
-        };
-        seeds += 1;
-        let settings = args.run.settings(plan);
-        let result = det::run(&settings).and_then(|outcome| {
-            if args.run.check_determinism {
-                let again = det::run(&settings)?;
-                if let Some(divergence) = det::first_divergence(&outcome.history, &again.history) {
-                    anyhow::bail!("not deterministic: the second run diverged at {divergence}");
-                }
-            }
-            Ok(outcome)
-        });
-        match result {
-            Ok(outcome) => {
-                coverage.add(&outcome.history);
-                let hash = det::history_hash(&outcome.history);
-                if outcome.report.all_held() {
-                    if !args.run.quiet {
-                        println!("== seed {seed}: held (history {hash})");
-                    }
-                } else {
-                    println!("== seed {seed}: VIOLATED (history {hash})");
-                    let mut options = args.run.clone();
-                    options.report_dir = args
-                        .run
-                        .report_dir
-                        .as_ref()
-                        .map(|root| root.join(format!("seed-{seed}-{}", outcome.plan_hash)));
-                    report_on(&outcome, &options);
-                    failing.push((seed, outcome.replay_command.clone()));
-                }
-            }
-            Err(err) => failing.push((seed, format!("run failed: {err:#}"))),
         }
     }
+    let seeds = plans.len() as u64;
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1);
+    // Each seed runs on a runtime of its own, so seeds run on `jobs` threads at once;
+    // each thread keeps its own coverage, merged at the end.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failing = std::sync::Mutex::new(Vec::new());
+    let coverage = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut coverage = det::Coverage::default();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(plan) = plans.get(index) else { return coverage };
+                        if let Err(failure) = det_seed(args, plan.clone(), &mut coverage) {
+                            failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(failure);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut all = det::Coverage::default();
+        for worker in workers {
+            if let Ok(part) = worker.join() {
+                all.merge(part);
+            }
+        }
+        all
+    });
+    let mut failing = failing.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    failing.sort();
     let elapsed = started.elapsed().as_secs_f64();
     print!("{}", coverage.table());
     let runs = if args.run.check_determinism { 2 * seeds } else { seeds };
     println!(
-        "speed: {seeds} seeds ({runs} runs) in {elapsed:.1} s: {:.1} runs per second",
+        "speed: {seeds} seeds ({runs} runs) in {elapsed:.1} s on {jobs} thread(s): {:.1} runs per second",
         runs as f64 / elapsed.max(f64::EPSILON)
     );
     let missing = coverage.missing();

@@ -67,6 +67,14 @@ impl Coverage {
         }
     }
 
+    /// Adds another part of the same sweep.
+    pub fn merge(&mut self, other: Self) {
+        self.seeds += other.seeds;
+        for (item, count) in other.reached {
+            *self.reached.entry(item).or_default() += count;
+        }
+    }
+
     /// Items no seed reached, fault kinds included.
     pub fn missing(&self) -> Vec<&'static str> {
         ITEMS.iter().chain(FAULT_KINDS).copied().filter(|item| !self.reached.contains_key(item)).collect()
