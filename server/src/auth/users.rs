@@ -85,13 +85,12 @@ pub async fn insert_user(app: &App, email: &str, password_hash: &str, role: Role
     match app.db.insert_user(&user).await {
         Ok(()) => Ok(Some(id)),
         Err(DbError::DuplicateKey { index: DuplicateIndex::UserEmail }) => Ok(None),
-        // The store did not name the index (FerretDB does not): read whether the email is taken.
-        Err(err @ DbError::DuplicateKey { index: DuplicateIndex::Unknown }) => {
-            match app.db.find_user_by_email(&user.email).await? {
-                Some(_) => Ok(None),
-                None => Err(err),
-            }
-        }
+        // The index named is a hint (FerretDB names none, or `_id_` for any): read
+        // whether the email is taken.
+        Err(err @ DbError::DuplicateKey { .. }) => match app.db.find_user_by_email(&user.email).await? {
+            Some(_) => Ok(None),
+            None => Err(err),
+        },
         Err(err) => Err(err),
     }
 }

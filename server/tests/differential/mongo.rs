@@ -1,8 +1,8 @@
 //! The MongoDB differential property: random sequences of `flashsale::db::Db` calls run
-//! on FerretDB (a fresh database per sequence) and on a fresh `memory://` model must
-//! give the same result at every step (the value, or the error's class: duplicate key
-//! naming a compatible index, unavailable, other; never the message) and leave the same
-//! documents in every collection after every step.
+//! on FerretDB (a database emptied before each sequence, see [`Real`]) and on a fresh
+//! `memory://` model must give the same result at every step (the value, or the error's
+//! class: duplicate key naming a compatible index, unavailable, other; never the
+//! message) and leave the same documents in every collection after every step.
 //!
 //! Arguments come from small pools (three users and emails, three products, four order
 //! ids, three units, four buyer slots, a few timestamps), so that duplicates, tombstones,
@@ -13,13 +13,15 @@
 //! - FerretDB's `findAndModify` applies `$inc` in a separate step from its read (FerretDB
 //!   issue 3040): concurrent restocks lose increments there, MongoDB's do not. The steps
 //!   here run one at a time, so it does not show.
-//! - FerretDB's duplicate-key message names no index: its side reports
+//! - FerretDB's duplicate-key message names no secondary index: its side reports
 //!   `DuplicateIndex::Unknown`, which agrees with any index the model names.
+//! - A unique index refusing an index build or an update is a duplicate key (11000) on
+//!   MongoDB and in the model, an `InternalError` on FerretDB ([`Step::agrees`]).
 //! - `orders_of_product` is in natural order on FerretDB and the model, in the
 //!   `(product_id, unit)` index's order on MongoDB: it is compared as a set.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use flashsale::db::memory::MemoryDb;
@@ -305,7 +307,7 @@ fn order_step() -> impl Strategy<Value = Step> {
 /// Most sequences create the indexes first, as the server does at startup; the others
 /// show the store without them (and `EnsureIndexes` later, over duplicates).
 fn sequences(step: impl Strategy<Value = Step>) -> impl Strategy<Value = Vec<Step>> {
-    (prop::bool::weighted(0.85), vec(step, 1..=12)).prop_map(|(indexes_first, mut steps)| {
+    (prop::bool::weighted(0.85), vec(step, 1..=14)).prop_map(|(indexes_first, mut steps)| {
         if indexes_first {
             steps.insert(0, Step::EnsureIndexes);
         }
@@ -323,28 +325,58 @@ async fn connect(url: &str, database: &str) -> Db {
     Db::connect(url, database, TIMEOUT, TIMEOUT, 4).await.unwrap_or_else(|error| panic!("connecting {url}: {error:#}"))
 }
 
-/// The real side of a property run: one FerretDB database, emptied before each sequence
-/// (documents and every index but `_id`'s), so each starts as on a new database. Not a
-/// new database per sequence: FerretDB takes about 45 ms to make one (its SQLite file
-/// and tables), ten times a whole sequence.
+/// The real side of a property run: two FerretDB databases, reused by every sequence
+/// and emptied before each, so each starts as on a new database. Not a new database
+/// per sequence: FerretDB takes about 45 ms to make one (its SQLite file and tables),
+/// ten times a whole sequence, and making a collection or an index takes a lock every
+/// other client waits on. So sequences that start by creating the indexes (as the
+/// server does) run on `indexed`, whose indexes exist from the start and whose
+/// documents are deleted before each; the others on `bare`, whose collections are
+/// dropped again only after a sequence that may have created indexes.
 pub struct Real {
-    db: Db,
+    indexed: Db,
+    bare: Db,
+    bare_has_indexes: AtomicBool,
 }
 
 impl Real {
     pub async fn open() -> Self {
         let url = tokio::task::spawn_blocking(|| ferretdb().url()).await.expect("starting ferretdb");
-        Self { db: connect(&url, &unique("differential")).await }
+        let indexed = connect(&url, &unique("differential")).await;
+        indexed.ensure_indexes().await.unwrap_or_else(|error| panic!("creating the indexes: {error:?}"));
+        let bare = connect(&url, &unique("differential")).await;
+        Self { indexed, bare, bare_has_indexes: AtomicBool::new(false) }
+    }
+
+    /// The database for `steps`, emptied.
+    async fn database_for(&self, steps: &[Step]) -> Db {
+        let creates_indexes = |step: &Step| matches!(step, Step::EnsureIndexes);
+        let (db, drop) = if steps.first().is_some_and(creates_indexes) {
+            (&self.indexed, false)
+        } else {
+            (&self.bare, self.bare_has_indexes.swap(steps.iter().any(creates_indexes), Ordering::Relaxed))
+        };
+        if let Db::Mongo(mongo) = db {
+            let emptied = if drop { mongo.drop_collections().await } else { mongo.delete_all_documents().await };
+            emptied.unwrap_or_else(|error| panic!("emptying a differential database: {error:?}"));
+        }
+        db.clone()
     }
 
     pub async fn close(self) {
-        if let Db::Mongo(db) = &self.db {
-            db.drop_database().await.unwrap_or_else(|error| panic!("dropping a differential database: {error:?}"));
+        for db in [&self.indexed, &self.bare] {
+            if let Db::Mongo(mongo) = db {
+                mongo
+                    .drop_database()
+                    .await
+                    .unwrap_or_else(|error| panic!("dropping a differential database: {error:?}"));
+            }
         }
     }
 }
 
-/// The two sides of one sequence: the real database emptied, a new model.
+/// The two sides of one sequence: a real database emptied, a new model with the same
+/// indexes.
 pub struct Pair {
     pub real: Db,
     pub model: Db,
@@ -352,13 +384,14 @@ pub struct Pair {
 }
 
 impl Pair {
-    pub async fn open(real: &Real) -> Self {
-        if let Db::Mongo(db) = &real.db {
-            db.clear().await.unwrap_or_else(|error| panic!("emptying the differential database: {error:?}"));
-        }
+    pub async fn open(real: &Real, steps: &[Step]) -> Self {
+        let real = real.database_for(steps).await;
         let model_name = unique("differential-mongo");
         let model = connect(&format!("{MEMORY_SCHEME}{model_name}"), "differential").await;
-        Self { real: real.db.clone(), model, model_name }
+        if steps.first().is_some_and(|step| matches!(step, Step::EnsureIndexes)) {
+            model.ensure_indexes().await.unwrap_or_else(|error| panic!("the model's indexes: {error:?}"));
+        }
+        Self { real, model, model_name }
     }
 
     /// Forgets the model.
@@ -380,7 +413,7 @@ impl Pair {
 
     /// Runs `steps` on a pair opened on `real`.
     pub async fn check(real: &Real, steps: &[Step]) -> Result<(), Mismatch> {
-        let pair = Self::open(real).await;
+        let pair = Self::open(real, steps).await;
         let outcome = pair.run_steps(steps).await;
         pair.close();
         outcome
@@ -443,8 +476,9 @@ fn second_order_of_one_buyer() -> Vec<Step> {
 #[tokio::test]
 async fn a_second_order_of_one_buyer_is_refused_by_both_sides() {
     let real = Real::open().await;
-    let pair = Pair::open(&real).await;
-    let outcome = pair.run_steps(&second_order_of_one_buyer()).await;
+    let steps = second_order_of_one_buyer();
+    let pair = Pair::open(&real, &steps).await;
+    let outcome = pair.run_steps(&steps).await;
     let kept = pair.model.dump().await.map(|dump| dump.orders.len());
     pair.close();
     real.close().await;

@@ -198,6 +198,15 @@ fn scores_parsed_like_strtod() -> Vec<Step> {
     ]
 }
 
+/// Found by the property: Redis's cjson reads numbers with `strtod`, so it decodes
+/// `inf`, `nan`, `Infinity` and hexadecimal (the emulation refused `inf`).
+fn cjson_decoding_numbers() -> Vec<Step> {
+    ["inf", "-inf", "nan", "Infinity", "0x10", "0x1p3", " 7 ", "1e15", "-3.99", "[1,inf]", "", "/"]
+        .into_iter()
+        .map(|json| Step::eval("return cjson.decode(ARGV[1])", &[], &[json]))
+        .collect()
+}
+
 /// Found by the property: XADD refused for its id (`0-0`, `x`, not above the last id)
 /// leaves no key behind (the emulation created an empty stream).
 fn xadd_refused_for_its_id() -> Vec<Step> {
@@ -323,6 +332,7 @@ traps! {
     errors_raised_in_library_functions_name_the_script_line => errors_raised_in_library_functions,
     scores_are_parsed_like_strtod_with_hexadecimal_and_infinities => scores_parsed_like_strtod,
     an_xadd_refused_for_its_id_leaves_no_stream_behind => xadd_refused_for_its_id,
+    cjson_decodes_numbers_like_strtod_with_infinities_and_hexadecimal => cjson_decoding_numbers,
     commands_on_a_key_of_another_type_answer_wrongtype => wrong_types,
     remaining_lives_are_kept_cleared_and_refused_alike => remaining_lives,
     a_whole_sale_through_every_project_script_runs_alike => a_whole_sale,
