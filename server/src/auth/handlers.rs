@@ -12,6 +12,7 @@ use super::{otp, password, session};
 use crate::error::{ApiError, ApiResult, redis_unavailable};
 use crate::http::extract::{ApiJson, ClientIp};
 use crate::ratelimit::{self, Action, Scope};
+use crate::redis::scripts::OtpVerifyOutcome;
 use crate::state::{App, AppState};
 
 /// Register and login bodies.
@@ -156,6 +157,13 @@ pub async fn resend_otp(State(app): State<AppState>, user: SessionUser) -> ApiRe
 
 /// `POST /auth/verify-otp`: on the right code the session is replaced by a verified one
 /// under a new id (the old id then gets 401); the absolute lifetime still counts from login.
+///
+/// Checking and consuming the code is one atomic script, so of concurrent submissions of
+/// the right code exactly one gets here past it, and the rotation runs once, for it (200
+/// and the new cookie). The others get a 4xx problem: 401 `otp-invalid` (the code is
+/// used), 401 `unauthenticated` (the winner's rotation already deleted the session they
+/// present) or 429 `rate-limited` (past the per-user OTP budget). A right code costs no
+/// attempt, so a burst of them cannot kill the code before one is checked.
 pub async fn verify_otp(
     State(app): State<AppState>,
     user: SessionUser,
@@ -163,9 +171,10 @@ pub async fn verify_otp(
 ) -> ApiResult<Response> {
     let limit = app.config.limits.otp_per_user_per_min;
     ratelimit::check(&app, Action::Otp, Scope::User(user.user_id), limit).await?;
-    let accepted = otp::verify(&app, user.user_id, &user.session_id, &body.code).await.map_err(redis_unavailable)?;
-    if !accepted {
-        return Err(ApiError::OtpInvalid);
+    let outcome = otp::verify(&app, user.user_id, &user.session_id, &body.code).await.map_err(redis_unavailable)?;
+    match outcome {
+        OtpVerifyOutcome::Verified => {}
+        OtpVerifyOutcome::Wrong { .. } | OtpVerifyOutcome::NoCode => return Err(ApiError::OtpInvalid),
     }
     let old = session::load(&app, &user.session_id).await.map_err(redis_unavailable)?;
     let Some(old) = old else {

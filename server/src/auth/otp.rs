@@ -1,7 +1,8 @@
 //! One-time codes: issued at login, stored only as a salted SHA-256 under
 //! `keys.otp(user_id)` with a TTL and an attempts counter, bound to the session that
-//! asked for it, compared in constant time, single use, dead after too many misses, and
-//! delivered through an [`OtpSender`].
+//! asked for it, checked and consumed in one atomic script (single use even under
+//! concurrent submissions), dead after too many misses, and delivered through an
+//! [`OtpSender`].
 
 use std::time::Duration;
 
@@ -11,11 +12,11 @@ use lettre::message::header::ContentType;
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use redis::RedisResult;
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::config::{Config, OtpDelivery};
 use crate::redis::keys::sha256_hex;
+use crate::redis::scripts::{self, OtpSubmission, OtpVerifyOutcome};
 use crate::state::App;
 
 /// SMTP connections kept open for reuse; more sends at once open short-lived ones.
@@ -220,47 +221,26 @@ pub async fn issue(app: &App, user_id: Uuid, email: &str, session_id: &str) -> R
     app.otp_sender.send(app, &message).await
 }
 
-/// Whether `code` is the live code of `user_id` for `session_id`. Every call counts as
-/// an attempt before anything is compared, so parallel guesses cannot exceed the limit;
-/// a match consumes the code.
-pub async fn verify(app: &App, user_id: Uuid, session_id: &str, code: &str) -> RedisResult<bool> {
+/// Checks `code` against the live code of `user_id` for `session_id` and consumes it on
+/// a match, in one atomic step (`lua/otp_verify.lua`): of any number of concurrent
+/// submissions of the right code exactly one is [`OtpVerifyOutcome::Verified`]. A miss
+/// counts as an attempt and the code dies at `otp_max_attempts`; the right code, or a
+/// code that is no longer live, counts nothing. The code is hashed here with the
+/// record's salt (read first): only its hash reaches Redis.
+pub async fn verify(app: &App, user_id: Uuid, session_id: &str, code: &str) -> anyhow::Result<OtpVerifyOutcome> {
     let key = app.keys.otp(user_id);
     let mut conn = app.redis.clone();
-    let (attempts, stored_hash, salt, session): (i64, Option<String>, Option<String>, Option<String>) = redis::pipe()
-        .atomic()
-        .hincr(&key, "attempts", 1)
-        .hget(&key, "code_hash")
-        .hget(&key, "salt")
-        .hget(&key, "session")
-        .query_async(&mut conn)
-        .await?;
-    let (Some(stored_hash), Some(salt), Some(session)) = (stored_hash, salt, session) else {
-        // No live code: HINCRBY just created a stray counter; remove it.
-        discard(app, user_id).await?;
-        return Ok(false);
+    let salt: Option<String> = redis::cmd("HGET").arg(&key).arg("salt").query_async(&mut conn).await?;
+    let Some(salt) = salt else {
+        return Ok(OtpVerifyOutcome::NoCode);
     };
-    let max_attempts = i64::from(app.config.otp_max_attempts.max(1));
-    if attempts > max_attempts {
-        discard(app, user_id).await?;
-        return Ok(false);
-    }
-    let code_matches: bool = code_hash(&salt, code).as_bytes().ct_eq(stored_hash.as_bytes()).into();
-    let session_matches: bool = session_tag(session_id).as_bytes().ct_eq(session.as_bytes()).into();
-    if code_matches && session_matches {
-        // Single use: only the request whose DEL removed the code wins.
-        let deleted: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
-        return Ok(deleted == 1);
-    }
-    if attempts >= max_attempts {
-        discard(app, user_id).await?;
-    }
-    Ok(false)
-}
-
-async fn discard(app: &App, user_id: Uuid) -> RedisResult<()> {
-    let mut conn = app.redis.clone();
-    let _: i64 = redis::cmd("DEL").arg(app.keys.otp(user_id)).query_async(&mut conn).await?;
-    Ok(())
+    let submission = OtpSubmission {
+        salt: &salt,
+        code_hash: &code_hash(&salt, code),
+        session_tag: &session_tag(session_id),
+        max_attempts: app.config.otp_max_attempts,
+    };
+    scripts::otp_verify(&mut conn, &key, &submission).await
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ script!(CONFIGURE, "configure.lua");
 script!(RATE_LIMIT, "rate_limit.lua");
 script!(IDEMPOTENCY_BEGIN, "idempotency_begin.lua");
 script!(IDEMPOTENCY_FINISH, "idempotency_finish.lua");
+script!(OTP_VERIFY, "otp_verify.lua");
 
 // Deliberately broken copies of purchase.lua (see `crate::broken`).
 #[cfg(feature = "broken")]
@@ -452,6 +453,61 @@ pub async fn idempotency_finish(
     };
     let written: i64 = invocation.arg(ttl_ms).invoke_async(conn).await.context("idempotency_finish script")?;
     Ok(written == 1)
+}
+
+/// What the one-time-code script decided about one submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtpVerifyOutcome {
+    /// The code and the session matched; the code is consumed. Of concurrent
+    /// submissions of the right code, exactly one gets this.
+    Verified,
+    /// A miss, counted; `attempts_left` more are allowed (0: the code is dead).
+    Wrong { attempts_left: i64 },
+    /// No live code for this submission: never issued, expired, already used, dead after
+    /// too many misses, or replaced since its salt was read. Nothing is counted.
+    NoCode,
+}
+
+/// A submitted code, hashed as the record stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct OtpSubmission<'a> {
+    /// The salt the hash was computed with (read from the record).
+    pub salt: &'a str,
+    /// Salted SHA-256 of the submitted code.
+    pub code_hash: &'a str,
+    /// SHA-256 of the submitting session's id.
+    pub session_tag: &'a str,
+    /// Attempts allowed per code.
+    pub max_attempts: u32,
+}
+
+/// Checks and consumes a one-time code in one step (`lua/otp_verify.lua`); `key` is the
+/// user's code record, [`Keys::otp`](super::keys::Keys::otp).
+pub async fn otp_verify(
+    conn: &mut RedisConn,
+    key: &str,
+    submission: &OtpSubmission<'_>,
+) -> anyhow::Result<OtpVerifyOutcome> {
+    let reply: Value = OTP_VERIFY
+        .key(key)
+        .arg(submission.salt)
+        .arg(submission.code_hash)
+        .arg(submission.session_tag)
+        .arg(submission.max_attempts.max(1))
+        .invoke_async(conn)
+        .await
+        .context("otp_verify script")?;
+    parse_otp_verify(reply)
+}
+
+pub fn parse_otp_verify(reply: Value) -> anyhow::Result<OtpVerifyOutcome> {
+    let items = items(reply)?;
+    Ok(match text(item(&items, 0)?)?.as_str() {
+        "verified" => OtpVerifyOutcome::Verified,
+        "wrong" => OtpVerifyOutcome::Wrong { attempts_left: int(item(&items, 1)?)? },
+        "none" => OtpVerifyOutcome::NoCode,
+        other => bail!("unknown otp_verify outcome {other:?}"),
+    })
 }
 
 script!(LOCK, "lock.lua");

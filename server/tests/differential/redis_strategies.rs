@@ -21,10 +21,11 @@ pub const LOCK: &str = "{p:1}:rebuild_lock";
 pub const RATE: &str = "{p:1}:rl";
 pub const IDEMPOTENCY: &str = "{p:1}:idem";
 pub const OUTBOX: &str = "{p:1}:outbox";
+pub const OTP: &str = "{p:1}:otp";
 const ODD_KEY: &str = "{p:1}:é/ü";
 
 const KEYS: &[&str] =
-    &[STRING_KEY, SALE, FREE, BUYERS, ORDERS, PENDING, TOMBSTONES, LOCK, RATE, IDEMPOTENCY, OUTBOX, ODD_KEY];
+    &[STRING_KEY, SALE, FREE, BUYERS, ORDERS, PENDING, TOMBSTONES, LOCK, RATE, IDEMPOTENCY, OUTBOX, OTP, ODD_KEY];
 const SALE_KEYS: [&str; 6] = [SALE, FREE, BUYERS, ORDERS, PENDING, TOMBSTONES];
 
 const VALUES: &[&str] = &[
@@ -74,6 +75,12 @@ const WINDOWS_MS: &[&str] = &["60000", "3600000"];
 const LIMITS: &[&str] = &["3", "1", "10", "0", "x"];
 const LEASES_MS: &[&str] = &["30000", "600000", "0", "x"];
 const RECORD_TTLS_MS: &[&str] = &["600000", "0", "-1", "x"];
+/// Fields of a one-time code record (`otp_verify.lua`): few values, so they often match.
+const OTP_SALTS: &[&str] = &["s1", "s2"];
+const OTP_HASHES: &[&str] = &["h1", "h2"];
+const OTP_SESSIONS: &[&str] = &["t1", "t2"];
+const OTP_ATTEMPTS: &[&str] = &["0", "2", "4", "5", "x", "0.5"];
+const OTP_MAX_ATTEMPTS: &[&str] = &["5", "1", "3", "0", "3.99", "x"];
 
 macro_rules! lua_files {
     ($($file:literal),* $(,)?) => {
@@ -97,6 +104,7 @@ lua_files!(
     "idempotency_finish.lua",
     "lock.lua",
     "unlock.lua",
+    "otp_verify.lua",
 );
 
 pub fn lua_file(name: &str) -> &'static LuaFile {
@@ -290,8 +298,35 @@ fn project_script() -> BoxedStrategy<Step> {
         2 => script("idempotency_finish.lua", &[IDEMPOTENCY], finish.boxed()),
         2 => script("lock.lua", &[LOCK], lock.boxed()),
         1 => script("unlock.lua", &[LOCK], or_odd(fenced())),
+        2 => otp_verify(),
     ]
     .boxed()
+}
+
+/// `otp_verify.lua`, or now and then a code record written as `otp::issue` writes it
+/// (`MULTI`: `DEL`, `HSET`, `PEXPIRE`), so that verifications find one to check.
+fn otp_verify() -> BoxedStrategy<Step> {
+    let issue = (pick(OTP_SALTS), pick(OTP_HASHES), pick(OTP_SESSIONS), pick(OTP_ATTEMPTS)).prop_map(
+        |(salt, hash, session, attempts)| {
+            let record = Command::new("HSET")
+                .arg(OTP)
+                .arg("code_hash")
+                .arg(hash)
+                .arg("salt")
+                .arg(salt)
+                .arg("attempts")
+                .arg(attempts)
+                .arg("session")
+                .arg(session)
+                .arg("created_at_ms")
+                .arg("5");
+            let commands = vec![Command::new("DEL").arg(OTP), record, Command::new("PEXPIRE").arg(OTP).arg("100000")];
+            Step::Pipeline { atomic: true, commands }
+        },
+    );
+    let args = (pick(OTP_SALTS), pick(OTP_HASHES), pick(OTP_SESSIONS), pick(OTP_MAX_ATTEMPTS))
+        .prop_map(|(salt, hash, session, max)| vec![salt, hash, session, max]);
+    prop_oneof![1 => issue, 2 => script("otp_verify.lua", &[OTP], or_odd(args))].boxed()
 }
 
 fn load_sale() -> BoxedStrategy<Step> {
