@@ -28,8 +28,8 @@ use axum::http::{Request, StatusCode};
 use flashsale::auth::session::COOKIE_NAME;
 use flashsale::clock::Ids;
 use flashsale::config::Config;
-use flashsale_stack::{BackendKind, RedisPersistence, start_backends};
 use flashsale::startup::{build_state, install_crypto_provider, router};
+use flashsale_stack::{BackendKind, RedisPersistence, start_backends};
 use tower::ServiceExt;
 use uuid::Uuid;
 

@@ -10,8 +10,8 @@ use flashsale::auth::session::COOKIE_NAME;
 use flashsale::clock::Ids;
 use flashsale::config::Config;
 use flashsale::sale::orders;
-use flashsale_stack::{FerretDb, RedisCluster, RedisClusterOptions};
 use flashsale::startup::RunningServer;
+use flashsale_stack::{FerretDb, RedisCluster, RedisClusterOptions};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
