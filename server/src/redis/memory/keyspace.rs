@@ -224,7 +224,7 @@ impl ScoreBound {
             Some((b'(', rest)) => (true, rest),
             _ => (false, text),
         };
-        let value = super::text::parse_f64(number).ok_or(CommandError::RangeNotFloat)?;
+        let value = super::strtod::range_double(number).ok_or(CommandError::RangeNotFloat)?;
         Ok(Self { value, exclusive })
     }
 

@@ -4,42 +4,14 @@
 
 use std::cell::RefCell;
 
-use mlua::{Function, Lua, MultiValue, Table, Value as LuaValue};
+use mlua::chunk::ChunkMode;
+use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value as LuaValue};
 
 use super::admin::REDIS_VERSION;
 use super::core::Core;
 use super::lua_convert::{error_table, to_lua};
+use super::lua_errors::{binary_chunk_error, check_string, decode_raised, raise, raise_table};
 use super::text::format_g;
-
-/// An error raised from Rust into a script, in the form Redis raises it.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Raise {
-    /// An error table `{err = text}` (what `redis.call` raises).
-    #[error("{text}")]
-    Table { text: String, from_command: bool },
-    /// A plain message without position, as a C function's `luaL_error` gives.
-    #[error("{0}")]
-    Message(String),
-}
-
-pub(crate) fn raise(text: impl Into<String>) -> mlua::Error {
-    mlua::Error::external(Raise::Message(text.into()))
-}
-
-fn raise_table(text: impl Into<String>, from_command: bool) -> mlua::Error {
-    mlua::Error::external(Raise::Table { text: text.into(), from_command })
-}
-
-/// The Lua value of an error raised from Rust (mlua passes it around as an opaque
-/// error value): the table or message Redis would have raised. Other values as they are.
-pub(crate) fn decode_raised(lua: &Lua, value: LuaValue) -> mlua::Result<LuaValue> {
-    let LuaValue::Error(error) = value else { return Ok(value) };
-    Ok(match error.downcast_ref::<Raise>() {
-        Some(Raise::Table { text, from_command }) => LuaValue::Table(error_table(lua, text, *from_command)?),
-        Some(Raise::Message(text)) => LuaValue::String(lua.create_string(text)?),
-        None => LuaValue::String(lua.create_string(error.to_string())?),
-    })
-}
 
 /// Where a stack level is: whether it is a C function, its source and current line.
 struct Frame {
@@ -242,14 +214,14 @@ pub(crate) fn protect(lua: &Lua, globals: &Table) -> mlua::Result<Table> {
     let missing = lua.create_table()?;
     missing.raw_set(
         "__index",
-        lua.create_function(|_, (_, key): (LuaValue, LuaValue)| -> mlua::Result<()> {
+        lua.create_function(|lua, (_, key): (LuaValue, LuaValue)| -> mlua::Result<()> {
             let name = match &key {
                 LuaValue::String(text) => text.to_string_lossy(),
                 LuaValue::Integer(i) => i.to_string(),
                 LuaValue::Number(n) => format_g(*n, 14),
-                _ => return Err(raise("Second argument to luaProtectedTableError must be a string or number")),
+                _ => return Err(raise(lua, "Second argument to luaProtectedTableError must be a string or number")),
             };
-            Err(raise(format!("Script attempted to access nonexistent global variable '{name}'")))
+            Err(raise(lua, format!("Script attempted to access nonexistent global variable '{name}'")))
         })?,
     )?;
     missing.raw_set("__metatable", false)?;
@@ -260,17 +232,45 @@ pub(crate) fn protect(lua: &Lua, globals: &Table) -> mlua::Result<Table> {
     proxy.raw_set("__index", globals.clone())?;
     proxy.raw_set(
         "__newindex",
+        // Like luaG_runerror: after the position of the Lua code doing the write.
         lua.create_function(|lua, _: MultiValue| -> mlua::Result<()> {
-            // Like luaG_runerror: the position of the Lua code doing the write.
-            let place = frame(lua, 1)
-                .filter(|f| !f.c_function)
-                .map(|f| format!("{}:{}: ", f.source.strip_prefix('@').unwrap_or(&f.source), f.line))
-                .unwrap_or_default();
-            Err(raise(format!("{place}Attempt to modify a readonly table")))
+            Err(raise(lua, "Attempt to modify a readonly table"))
         })?,
     )?;
     proxy.raw_set("__metatable", false)?;
     env.set_metatable(Some(proxy))?;
     globals.raw_set("_G", env.clone())?;
     Ok(env)
+}
+
+/// Lua 5.1's `loadstring` as Redis 7.0 has it: compiles `s` named `chunkname` (by
+/// default `s` itself) to run in the scripts' protected environment `env`; `nil` and
+/// the message if it does not compile. Redis reads every chunk as text, so a binary
+/// chunk does not compile.
+pub(crate) fn install_loadstring(lua: &Lua, globals: &Table, env: &Table) -> mlua::Result<()> {
+    let env = env.clone();
+    let loadstring = lua.create_function(move |lua, args: MultiValue| {
+        let source = check_string(lua, &args, 1)?;
+        let name = match args.get(1) {
+            None | Some(LuaValue::Nil) => source.clone(),
+            Some(_) => check_string(lua, &args, 2)?,
+        };
+        let (source, name) = (source.as_bytes(), name.as_bytes());
+        if source.first() == Some(&0x1b) {
+            return (LuaValue::Nil, binary_chunk_error(&name)).into_lua_multi(lua);
+        }
+        // The name is a C string: it ends at a NUL.
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        let chunk = lua
+            .load(&source[..])
+            .set_name(String::from_utf8_lossy(name))
+            .set_mode(ChunkMode::Text)
+            .set_environment(env.clone());
+        match chunk.into_function() {
+            Ok(function) => function.into_lua_multi(lua),
+            Err(mlua::Error::SyntaxError { message, .. }) => (LuaValue::Nil, message).into_lua_multi(lua),
+            Err(other) => Err(other),
+        }
+    })?;
+    globals.raw_set("loadstring", loadstring)
 }

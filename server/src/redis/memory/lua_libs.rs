@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use mlua::{Lua, MultiValue, Table, Value as LuaValue};
 
-use super::lua_api::raise;
+use super::lua_errors::{arg_error, raise, type_error};
 
 type Unary = fn(i32) -> i32;
 type Binary = fn(i32, i32) -> i32;
@@ -15,11 +15,10 @@ type Shift = fn(i32, u32) -> i32;
 
 /// LuaBitOp's argument conversion: the number's low 32 bits after adding 2^52 + 2^51
 /// (round to nearest, wrap modulo 2^32).
-fn to_bit(lua: &Lua, args: &MultiValue, index: usize, function: &str) -> mlua::Result<i32> {
+fn to_bit(lua: &Lua, args: &MultiValue, index: usize) -> mlua::Result<i32> {
     let value = args.get(index).cloned().unwrap_or(LuaValue::Nil);
-    let Some(number) = lua.coerce_number(value.clone())? else {
-        let got = if args.len() <= index { "no value" } else { value.type_name() };
-        return Err(raise(format!("bad argument #{} to '{function}' (number expected, got {got})", index + 1)));
+    let Some(number) = lua.coerce_number(value)? else {
+        return Err(type_error(lua, args, index + 1, "number"));
     };
     let shifted = number + 6_755_399_441_055_744.0;
     Ok((shifted.to_bits() as u32) as i32)
@@ -31,7 +30,7 @@ pub(crate) fn bit_module(lua: &Lua) -> mlua::Result<Table> {
     for (name, op) in unary {
         bit.raw_set(
             name,
-            lua.create_function(move |lua, args: MultiValue| Ok(f64::from(op(to_bit(lua, &args, 0, name)?))))?,
+            lua.create_function(move |lua, args: MultiValue| Ok(f64::from(op(to_bit(lua, &args, 0)?))))?,
         )?;
     }
     let folds: [(&str, Binary); 3] = [("band", |a, b| a & b), ("bor", |a, b| a | b), ("bxor", |a, b| a ^ b)];
@@ -39,9 +38,9 @@ pub(crate) fn bit_module(lua: &Lua) -> mlua::Result<Table> {
         bit.raw_set(
             name,
             lua.create_function(move |lua, args: MultiValue| {
-                let mut acc = to_bit(lua, &args, 0, name)?;
+                let mut acc = to_bit(lua, &args, 0)?;
                 for index in 1..args.len() {
-                    acc = op(acc, to_bit(lua, &args, index, name)?);
+                    acc = op(acc, to_bit(lua, &args, index)?);
                 }
                 Ok(f64::from(acc))
             })?,
@@ -58,8 +57,8 @@ pub(crate) fn bit_module(lua: &Lua) -> mlua::Result<Table> {
         bit.raw_set(
             name,
             lua.create_function(move |lua, args: MultiValue| {
-                let x = to_bit(lua, &args, 0, name)?;
-                let n = (to_bit(lua, &args, 1, name)? as u32) & 31;
+                let x = to_bit(lua, &args, 0)?;
+                let n = (to_bit(lua, &args, 1)? as u32) & 31;
                 Ok(f64::from(op(x, n)))
             })?,
         )?;
@@ -67,8 +66,8 @@ pub(crate) fn bit_module(lua: &Lua) -> mlua::Result<Table> {
     bit.raw_set(
         "tohex",
         lua.create_function(|lua, args: MultiValue| {
-            let x = to_bit(lua, &args, 0, "tohex")? as u32;
-            let n = if args.len() > 1 { to_bit(lua, &args, 1, "tohex")? } else { 8 };
+            let x = to_bit(lua, &args, 0)? as u32;
+            let n = if args.len() > 1 { to_bit(lua, &args, 1)? } else { 8 };
             let (upper, digits) = (n < 0, n.unsigned_abs().min(8) as usize);
             let text = format!("{x:08x}");
             let text = &text[8 - digits..];
@@ -86,14 +85,11 @@ fn lrand48(state: &AtomicU64) -> i32 {
 }
 
 /// `luaL_checkint`: a number (or numeric string), truncated toward zero.
-fn check_int(lua: &Lua, args: &MultiValue, index: usize, function: &str) -> mlua::Result<i32> {
+fn check_int(lua: &Lua, args: &MultiValue, index: usize) -> mlua::Result<i32> {
     let value = args.get(index).cloned().unwrap_or(LuaValue::Nil);
-    match lua.coerce_number(value.clone())? {
+    match lua.coerce_number(value)? {
         Some(number) => Ok(number as i64 as i32),
-        None => {
-            let got = if args.len() <= index { "no value" } else { value.type_name() };
-            Err(raise(format!("bad argument #{} to '{function}' (number expected, got {got})", index + 1)))
-        }
+        None => Err(type_error(lua, args, index + 1, "number")),
     }
 }
 
@@ -109,27 +105,27 @@ pub(crate) fn install_random(lua: &Lua, globals: &Table, state: Arc<AtomicU64>) 
             match args.len() {
                 0 => Ok(r),
                 1 => {
-                    let upper = check_int(lua, &args, 0, "random")?;
+                    let upper = check_int(lua, &args, 0)?;
                     if upper < 1 {
-                        return Err(raise("bad argument #1 to 'random' (interval is empty)"));
+                        return Err(arg_error(lua, 1, "interval is empty"));
                     }
                     Ok((r * f64::from(upper)).floor() + 1.0)
                 }
                 2 => {
-                    let (lower, upper) = (check_int(lua, &args, 0, "random")?, check_int(lua, &args, 1, "random")?);
+                    let (lower, upper) = (check_int(lua, &args, 0)?, check_int(lua, &args, 1)?);
                     if lower > upper {
-                        return Err(raise("bad argument #2 to 'random' (interval is empty)"));
+                        return Err(arg_error(lua, 2, "interval is empty"));
                     }
                     Ok((r * (f64::from(upper) - f64::from(lower) + 1.0)).floor() + f64::from(lower))
                 }
-                _ => Err(raise("wrong number of arguments")),
+                _ => Err(raise(lua, "wrong number of arguments")),
             }
         })?,
     )?;
     math.raw_set(
         "randomseed",
         lua.create_function(move |lua, args: MultiValue| {
-            let seed = check_int(lua, &args, 0, "randomseed")? as u32;
+            let seed = check_int(lua, &args, 0)? as u32;
             state.store((u64::from(seed) << 16) | 0x330E, Ordering::Relaxed);
             Ok(())
         })?,

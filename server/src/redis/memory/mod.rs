@@ -13,7 +13,11 @@
 //! timeouts and `SCRIPT KILL`, read-only enforcement of `EVAL_RO`, the `struct` and
 //! `cmsgpack` Lua libraries, BYLEX ranges, `MAXLEN ~` node closing by bytes, and
 //! protection of the library tables (`string.x = 1` is not refused). Hashes and sets
-//! answer in byte order where Redis answers in hash order.
+//! answer in byte order where Redis answers in hash order. An error raised by a library
+//! function written in Rust (`cjson`, `bit`, `math.random`, `loadstring`, the globals'
+//! guard) carries Redis's text and position, and `pcall` hands it over as that string,
+//! but an `xpcall` handler or `coroutine.resume` sees an opaque value instead, and
+//! `coroutine.wrap` does not prefix a second position to it.
 //!
 //! With the cargo feature `memory-broken` it is deliberately wrong in one way, so a
 //! differential test against a real redis-server can show it catches it: a Lua number
@@ -22,6 +26,7 @@
 
 mod admin;
 mod cjson;
+mod cjson_decode;
 mod collections;
 mod commands;
 mod core;
@@ -31,10 +36,12 @@ mod keyspace;
 mod lua;
 mod lua_api;
 mod lua_convert;
+mod lua_errors;
 mod lua_libs;
 mod server;
 mod stream;
 mod strings;
+mod strtod;
 mod text;
 mod zsets;
 

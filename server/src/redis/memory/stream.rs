@@ -10,6 +10,7 @@ use redis::Value;
 use super::commands::{Command, int, int_arg, is};
 use super::core::Core;
 use super::error::CommandError;
+use super::strtod::string2ull;
 use super::text::parse_i64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -27,10 +28,10 @@ impl StreamId {
 
     /// `ms` or `ms-seq`; a missing `seq` is `missing_seq`.
     fn parse(text: &[u8], missing_seq: u64) -> Option<Self> {
-        let number = |part: &[u8]| std::str::from_utf8(part).ok()?.parse::<u64>().ok();
-        match text.iter().position(|&b| b == b'-') {
-            Some(dash) => Some(Self { ms: number(&text[..dash])?, seq: number(&text[dash + 1..])? }),
-            None => Some(Self { ms: number(text)?, seq: missing_seq }),
+        match parse_id(text)? {
+            (ms, Some(Seq::Given(seq))) => Some(Self { ms, seq }),
+            (ms, None) => Some(Self { ms, seq: missing_seq }),
+            (_, Some(Seq::Auto)) => None,
         }
     }
 
@@ -238,35 +239,86 @@ fn xadd(core: &mut Core, args: &[&[u8]]) -> Result<Value, CommandError> {
         .and_then(|n| usize::try_from(n).ok())
         .filter(|&n| n > 0)
         .unwrap_or(100);
-    if no_create && core.db.stream(args[1], now)?.is_none() {
+    // The id is read, and 0-0 refused, before the stream is looked up: a refused id
+    // leaves no key behind.
+    let wanted = if *id_arg == b"*" {
+        None
+    } else {
+        match parse_id(id_arg).ok_or(CommandError::InvalidStreamId)? {
+            (ms, Some(Seq::Auto)) => Some((ms, None)),
+            (ms, Some(Seq::Given(seq))) => Some((ms, Some(seq))),
+            (ms, None) => Some((ms, Some(0))),
+        }
+    };
+    if wanted == Some((0, Some(0))) {
+        return Err(CommandError::other("ERR The ID specified in XADD must be greater than 0-0"));
+    }
+    let existed = core.db.stream(args[1], now)?.is_some();
+    if no_create && !existed {
         return Ok(Value::Nil);
     }
     let stream = core.db.stream_or_create(args[1], now)?;
     let last = stream.last_id;
-    let id = if *id_arg == b"*" {
-        let ms = u64::try_from(now).unwrap_or(0);
-        if ms > last.ms { StreamId { ms, seq: 0 } } else { last.next().ok_or_else(id_exhausted)? }
-    } else if let Some(ms) = id_arg.strip_suffix(b"-*") {
-        let ms =
-            std::str::from_utf8(ms).ok().and_then(|t| t.parse::<u64>().ok()).ok_or(CommandError::InvalidStreamId)?;
-        if ms > last.ms { StreamId { ms, seq: 0 } } else { StreamId { ms, seq: last.seq.saturating_add(1) } }
-    } else {
-        StreamId::parse(id_arg, 0).ok_or(CommandError::InvalidStreamId)?
+    let id = match wanted {
+        _ if last == StreamId::MAX => Err(id_exhausted()),
+        None => {
+            let ms = u64::try_from(now).unwrap_or(0);
+            if ms > last.ms { Ok(StreamId { ms, seq: 0 }) } else { last.next().ok_or_else(id_exhausted) }
+        }
+        // Redis fails here without setting errno, so it answers with the other message.
+        Some((ms, None)) if ms == last.ms => last
+            .next()
+            .filter(|id| id.ms == ms)
+            .ok_or_else(|| CommandError::other("ERR Elements are too large to be stored")),
+        Some((ms, None)) => Ok(StreamId { ms, seq: 0 }),
+        Some((ms, Some(seq))) => Ok(StreamId { ms, seq }),
     };
-    if id == StreamId::default() {
-        core.db.drop_if_empty(args[1]);
-        return Err(CommandError::other("ERR The ID specified in XADD must be greater than 0-0"));
-    }
-    if id <= last {
-        return Err(CommandError::other(
-            "ERR The ID specified in XADD is equal or smaller than the target stream top item",
-        ));
-    }
+    let id = id.and_then(|id| if id <= last { Err(too_small()) } else { Ok(id) });
+    let id = match id {
+        Ok(id) => id,
+        Err(error) => {
+            if !existed {
+                core.db.drop_if_empty(args[1]);
+            }
+            return Err(error);
+        }
+    };
     stream.push(id, fields.iter().map(|f| f.to_vec()).collect(), node_capacity);
     if let Some((strategy, approx)) = trim {
         stream.trim(strategy, approx);
     }
     Ok(Value::BulkString(id.render()))
+}
+
+/// The sequence part of an id: given, or `*` (XADD's `ms-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seq {
+    Given(u64),
+    Auto,
+}
+
+/// An id as `streamGenericParseIDOrReply` reads it (strict: `-` and `+` are not ids):
+/// `ms`, `ms-seq` or `ms-*`, each number as `string2ull` reads it, at most 127 bytes.
+fn parse_id(text: &[u8]) -> Option<(u64, Option<Seq>)> {
+    if text.len() > 127 || text == b"-" || text == b"+" {
+        return None;
+    }
+    let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())];
+    match text.iter().position(|&b| b == b'-') {
+        Some(dash) => {
+            let ms = string2ull(&text[..dash])?;
+            let seq = match &text[dash + 1..] {
+                b"*" => Seq::Auto,
+                seq => Seq::Given(string2ull(seq)?),
+            };
+            Some((ms, Some(seq)))
+        }
+        None => Some((string2ull(text)?, None)),
+    }
+}
+
+fn too_small() -> CommandError {
+    CommandError::other("ERR The ID specified in XADD is equal or smaller than the target stream top item")
 }
 
 fn id_exhausted() -> CommandError {

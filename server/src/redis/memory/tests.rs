@@ -136,6 +136,8 @@ async fn hashes_sets_and_sorted_sets_behave_as_in_redis() {
     assert_eq!(q(&redis, &["ZSCORE", "z", "d"]).await, bulk("0.10000000000000001"), "%.17g as in 7.0");
     assert_eq!(q(&redis, &["ZREVRANGE", "z", "0", "1"]).await, Value::Array(vec![bulk("c"), bulk("b")]));
     assert_eq!(error_of(&q(&redis, &["ZADD", "z", "x", "e"]).await), "ERR value is not a valid float");
+    assert_eq!(q(&redis, &["ZADD", "z", "0x10", "hex"]).await, Value::Int(1), "strtod reads hexadecimal");
+    assert_eq!(q(&redis, &["ZRANGEBYSCORE", "z", "(0x8", "+inf"]).await, Value::Array(vec![bulk("hex")]));
     assert_eq!(q(&redis, &["TYPE", "z"]).await, Value::SimpleString("zset".to_owned()));
 }
 
@@ -160,6 +162,12 @@ async fn stream_ids_come_from_the_clock_and_maxlen_trims() {
         error_of(&q(&redis, &["XADD", "s", "1-1", "f", "v"]).await),
         "ERR The ID specified in XADD is equal or smaller than the target stream top item"
     );
+    // An id refused before the stream is looked up leaves no key behind.
+    for id in ["0-0", "0", "x", "+"] {
+        assert!(error_of(&q(&redis, &["XADD", "new", id, "f", "v"]).await).starts_with("ERR "), "{id}");
+    }
+    assert_eq!(q(&redis, &["EXISTS", "new"]).await, Value::Int(0));
+    assert_eq!(q(&redis, &["XADD", "new", "0-*", "f", "v"]).await, bulk("0-1"));
 }
 
 #[tokio::test]

@@ -77,7 +77,10 @@ async fn cjson_encodes_as_redis_bundled_lua_cjson() {
     assert_eq!(eval(&redis, "return cjson.encode(1e15)", &[], &[]).await, bulk("1e+15"));
     assert_eq!(eval(&redis, "return cjson.encode({remaining = 3})", &[], &[]).await, bulk("{\"remaining\":3}"));
     let sparse = eval(&redis, "local t = {} t[20] = 1 return cjson.encode(t)", &[], &[]).await;
-    assert!(error_of(&sparse).starts_with("ERR Cannot serialise table: excessively sparse array"), "{sparse:?}");
+    assert!(
+        error_of(&sparse).starts_with("ERR user_script:1: Cannot serialise table: excessively sparse array"),
+        "{sparse:?}"
+    );
     let decoded = eval(
         &redis,
         "local t = cjson.decode('{\"a\":[1,null,\"x\"]}') return {t.a[1], t.a[3], tostring(t.a[2] == cjson.null)}",
@@ -88,7 +91,7 @@ async fn cjson_encodes_as_redis_bundled_lua_cjson() {
     assert_eq!(decoded, Value::Array(vec![Value::Int(1), bulk("x"), bulk("true")]));
     let broken = eval(&redis, "return cjson.decode('{')", &[], &[]).await;
     assert!(
-        error_of(&broken).starts_with("ERR Expected object key string but found T_END at character 2"),
+        error_of(&broken).starts_with("ERR user_script:1: Expected object key string but found T_END at character 2"),
         "{broken:?}"
     );
 }
@@ -128,6 +131,41 @@ async fn runtime_errors_carry_the_script_position() {
 }
 
 #[tokio::test]
+async fn errors_raised_in_library_functions_name_the_calling_line_and_function() {
+    let redis = memory();
+    let cases = [
+        ("return cjson.decode()", "ERR user_script:1: bad argument #1 to 'decode' (expected 1 argument)"),
+        (
+            "local d = cjson.decode\nreturn d(nil)",
+            "ERR user_script:2: bad argument #1 to 'd' (string expected, got nil)",
+        ),
+        ("\n\nreturn cjson.encode(1/0)", "ERR user_script:3: Cannot serialise number: must not be NaN or Inf"),
+        ("return bit.band('x')", "ERR user_script:1: bad argument #1 to 'band' (number expected, got string)"),
+        ("return math.random(0)", "ERR user_script:1: bad argument #1 to 'random' (interval is empty)"),
+    ];
+    for (script, expected) in cases {
+        let failed = error_of(&eval(&redis, script, &[], &[]).await);
+        assert!(failed.starts_with(&format!("{expected} script: ")), "{script}: {failed}");
+    }
+    // Called from a C function (pcall), there is no position and no name.
+    let caught = eval(&redis, "local ok, e = pcall(cjson.decode) return e", &[], &[]).await;
+    assert_eq!(caught, bulk("bad argument #1 to '?' (expected 1 argument)"));
+}
+
+#[tokio::test]
+async fn loadstring_compiles_in_the_protected_environment() {
+    let redis = memory();
+    assert_eq!(eval(&redis, "return loadstring('return 1 + 1')()", &[], &[]).await, Value::Int(2));
+    assert_eq!(eval(&redis, "return loadstring('return KEYS[1]')()", &["k"], &[]).await, bulk("k"));
+    let syntax = eval(&redis, "local f, e = loadstring('return (', 'n') return {tostring(f), e}", &[], &[]).await;
+    assert_eq!(syntax, Value::Array(vec![bulk("nil"), bulk("[string \"n\"]:1: unexpected symbol near '<eof>'")]));
+    let binary = eval(&redis, "local f, e = loadstring('\\27Lua') return e", &[], &[]).await;
+    assert_eq!(binary, bulk("[string \"\u{1b}Lua\"]:1: unexpected symbol near 'char(27)'"));
+    let write = error_of(&eval(&redis, "loadstring('x = 1')()", &[], &[]).await);
+    assert!(write.starts_with("ERR [string \"x = 1\"]:1: Attempt to modify a readonly table script: "), "{write}");
+}
+
+#[tokio::test]
 async fn globals_are_protected() {
     let redis = memory();
     let script = "x = 1";
@@ -141,10 +179,10 @@ async fn globals_are_protected() {
     assert_eq!(
         error_of(&eval(&redis, script, &[], &[]).await),
         format!(
-            "ERR Script attempted to access nonexistent global variable 'undefined_thing' script: {sha}, on @user_script:1."
+            "ERR user_script:1: Script attempted to access nonexistent global variable 'undefined_thing' script: {sha}, on @user_script:1."
         )
     );
-    for missing in ["os", "io", "loadstring", "debug", "print"] {
+    for missing in ["os", "io", "debug", "print"] {
         let reply = eval(&redis, &format!("return type({missing})"), &[], &[]).await;
         assert!(error_of(&reply).contains("nonexistent global variable"), "{missing}: {reply:?}");
     }

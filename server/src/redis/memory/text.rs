@@ -72,21 +72,11 @@ pub(crate) fn parse_i64(text: &[u8]) -> Option<i64> {
     }
 }
 
-/// A double as Redis 7.0 reads one (`strtod` over the whole argument): no leading
-/// space, no trailing garbage, no NaN, no overflow to infinity unless spelled `inf`.
+/// A double as Redis 7.0 reads an argument (`string2d`: `strtod` over the whole
+/// argument): hexadecimal and `inf` are fine; leading space, trailing garbage, NaN and
+/// overflow to infinity are not.
 pub(crate) fn parse_f64(text: &[u8]) -> Option<f64> {
-    let text = std::str::from_utf8(text).ok()?;
-    if text.is_empty() || text.starts_with(|c: char| c.is_ascii_whitespace()) {
-        return None;
-    }
-    let value: f64 = text.parse().ok()?;
-    if value.is_nan() {
-        return None;
-    }
-    if value.is_infinite() && !text.trim_start_matches(['+', '-']).to_ascii_lowercase().starts_with("inf") {
-        return None;
-    }
-    Some(value)
+    super::strtod::string2d(text)
 }
 
 /// A score as Redis 7.0 replies with one (`%.17g`, `inf`, `-inf`).
