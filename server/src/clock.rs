@@ -70,6 +70,7 @@ pub const ORDER_NAMESPACE: Uuid = Uuid::from_u128(0x6f8c_2a0e_5b1d_4c3e_9a77_1f0
 pub struct Ids {
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
+    last_record_id: Arc<Mutex<u128>>,
 }
 
 impl std::fmt::Debug for Ids {
@@ -80,7 +81,7 @@ impl std::fmt::Debug for Ids {
 
 impl Ids {
     pub fn new(clock: Arc<dyn Clock>, entropy: Arc<dyn Entropy>) -> Self {
-        Self { clock, entropy }
+        Self { clock, entropy, last_record_id: Arc::new(Mutex::new(0)) }
     }
 
     /// The production pair: system clock and OS CSPRNG.
@@ -103,11 +104,32 @@ impl Ids {
         hex::encode(self.random_bytes::<16>())
     }
 
-    /// A time-ordered id for new records (users, products).
+    /// A time-ordered id for new records (users, products): a UUIDv7 whose 74 bits after
+    /// the timestamp are random when the millisecond is new and the previous id's plus one
+    /// otherwise (RFC 9562 §6.2, method 2), so the ids one instance hands out are strictly
+    /// increasing even within a millisecond or when the clock steps back. Lists ordered by
+    /// id (the product catalogue's cursor) therefore list one instance's records in the
+    /// order they were created. The leftmost random bit starts at zero, leaving 2^73
+    /// increments before the counter would carry into the timestamp.
     pub fn new_record_id(&self) -> Uuid {
-        let ms = u64::try_from(self.now_ms()).unwrap_or(0);
-        let random = self.random_bytes::<10>();
-        uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid()
+        const RANDOM_BITS: u32 = 74;
+        let ms = u128::from(u64::try_from(self.now_ms()).unwrap_or(0) & ((1 << 48) - 1));
+        let random = u128::from_be_bytes({
+            let mut wide = [0u8; 16];
+            wide[6..].copy_from_slice(&self.random_bytes::<10>());
+            wide
+        }) & ((1 << (RANDOM_BITS - 1)) - 1);
+        let candidate = (ms << RANDOM_BITS) | random;
+        let mut last = self.last_record_id.lock().unwrap_or_else(PoisonError::into_inner);
+        // `candidate` and `last` are the 122 bits of the id that are not version or variant:
+        // 48 bits of milliseconds, then 74 counter bits. One more than `last` carries into
+        // the milliseconds when the counter is full.
+        let next = if candidate > *last { candidate } else { *last + 1 };
+        *last = next;
+        let (ms, counter) = (next >> RANDOM_BITS, next & ((1 << RANDOM_BITS) - 1));
+        let rand_a = counter >> 62;
+        let rand_b = counter & ((1 << 62) - 1);
+        Uuid::from_u128((ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b)
     }
 
     /// A uniformly drawn decimal code of `digits` digits (OTP codes).
@@ -162,6 +184,30 @@ mod tests {
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn record_ids_are_v7_and_strictly_increasing_within_a_millisecond_and_across_a_step_back() {
+        struct Steps(Mutex<Vec<i64>>);
+        impl Clock for Steps {
+            fn now_ms(&self) -> i64 {
+                let mut steps = self.0.lock().unwrap();
+                if steps.len() > 1 { steps.remove(0) } else { steps[0] }
+            }
+        }
+        let ms = 1_780_000_000_000;
+        let clock = Steps(Mutex::new([vec![ms; 500], vec![ms - 5; 10], vec![ms + 1]].concat()));
+        let ids = Ids::new(Arc::new(clock), Arc::new(SeededEntropy::new(3)));
+        let drawn: Vec<Uuid> = (0..600).map(|_| ids.new_record_id()).collect();
+        for id in &drawn {
+            assert_eq!(id.get_version_num(), 7, "{id}");
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+        }
+        assert!(drawn.windows(2).all(|pair| pair[0] < pair[1]), "strictly increasing");
+        let millis = |id: &Uuid| (id.as_u128() >> 80) as i64;
+        assert_eq!(millis(&drawn[0]), ms, "the timestamp is the clock's");
+        assert_eq!(millis(&drawn[509]), ms, "a clock stepping back keeps the last millisecond");
+        assert_eq!(millis(&drawn[599]), ms + 1, "and a later millisecond is used again");
     }
 
     #[test]
