@@ -12,12 +12,18 @@
 -- then n_orders, then n_orders pairs (order_id, record "user|unit|at|C")
 -- then n_tombstones, then n_tombstones order ids
 --
--- Returns 1 if written, 0 if mode was "init" and a sale state already existed, -1 if
+-- A deleted product's sale hash is a tombstone ({deleted = 1}, see unload.lua): no mode
+-- writes over it, so a rebuild that read the product before its deletion cannot bring
+-- the sale back.
+--
+-- Returns 1 if written, 0 if mode was "init" and a sale state (or a tombstone) already
+-- existed or the product is deleted, -1 if
 -- mode was "rebuild" and the caller no longer holds the lock (its lease ran out, or
 -- Redis restarted and another rebuild took the stale lock over: its snapshot is the
 -- newer one, and this one must not overwrite it).
 if ARGV[1] == 'init' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if ARGV[1] == 'rebuild' and redis.call('GET', KEYS[7]) ~= ARGV[2] then return -1 end
+if redis.call('HGET', KEYS[1], 'deleted') == '1' then return 0 end
 for i = 1, 6 do redis.call('DEL', KEYS[i]) end
 redis.call('HSET', KEYS[1], 'stock_total', ARGV[3], 'next_unit', ARGV[4],
   'one_per_user', ARGV[5], 'starts_at_ms', ARGV[6], 'ends_at_ms', ARGV[7], 'paused', '0')

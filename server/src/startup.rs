@@ -71,6 +71,7 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
         events: EventHub::new(),
         sold_out: SoldOutCache::default(),
         rebuilds: RebuildFlights::default(),
+        product_writes: Default::default(),
         known_sessions: crate::auth::session::KnownSessions::default(),
         replays: crate::purchase::replays::Replays::default(),
         hashing,

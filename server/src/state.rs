@@ -32,6 +32,8 @@ pub struct App {
     pub replays: crate::purchase::replays::Replays,
     /// The sale-state rebuilds running in this instance.
     pub rebuilds: RebuildFlights,
+    /// Serialises this instance's admin writes to one product.
+    pub product_writes: crate::sale::product_store::ProductWriteLocks,
     /// Bounds the password hashes computed at once (each takes `argon2_m_kib` of memory).
     pub hashing: Semaphore,
     /// A hash verified for unknown users, so that their login takes as long as a real one.

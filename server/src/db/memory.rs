@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use store::Database;
 
-use super::records::{OrderDoc, Product, Role, UserDoc};
+use super::records::{OrderDoc, Product, ProductRevision, Role, UserDoc};
 use super::{DbError, DbResult, StoreDump};
 
 /// Bound of one operation of a handle made by [`MemoryDb::new`].
@@ -37,8 +37,6 @@ pub enum ModelError {
     Unavailable,
     #[error("the in-process store did not answer within {0:?} (injected fault)")]
     TimedOut(Duration),
-    #[error("an $inc overflowed a 64-bit integer")]
-    Overflow,
 }
 
 /// Faults of a model server; the default is healthy. They compose: an operation first
@@ -223,21 +221,20 @@ impl MemoryDb {
         self.run(|db| Ok(db.list_live_products(after, limit))).await
     }
 
-    pub async fn replace_product_fields(
-        &self,
-        id: &str,
-        current_updated_at_ms: i64,
-        updated: &Product,
-    ) -> DbResult<Option<Product>> {
-        self.run(|db| Ok(db.replace_product_fields(id, current_updated_at_ms, updated))).await
+    pub async fn put_product(&self, product: &Product) -> DbResult<()> {
+        self.run(|db| {
+            db.put_product(product);
+            Ok(())
+        })
+        .await
     }
 
-    pub async fn add_stock(&self, id: &str, quantity: i64, now_ms: i64) -> DbResult<Option<Product>> {
-        self.run(|db| db.add_stock(id, quantity, now_ms)).await
+    pub async fn insert_product_revision(&self, revision: &ProductRevision) -> DbResult<()> {
+        self.run(|db| db.insert_product_revision(revision)).await
     }
 
-    pub async fn mark_product_deleted(&self, id: &str, now_ms: i64) -> DbResult<Option<Product>> {
-        self.run(|db| Ok(db.mark_product_deleted(id, now_ms))).await
+    pub async fn latest_product_revision(&self, product_id: &str) -> DbResult<Option<ProductRevision>> {
+        self.run(|db| Ok(db.latest_product_revision(product_id))).await
     }
 
     pub async fn live_product_ids(&self) -> DbResult<Vec<String>> {

@@ -15,13 +15,14 @@ pub mod records;
 
 use std::time::Duration;
 
-use records::{OrderDoc, Product, Role, UserDoc};
+use records::{OrderDoc, Product, ProductRevision, Role, UserDoc};
 
 pub use mongo::MongoDb;
 
 pub const USERS: &str = "users";
 pub const PRODUCTS: &str = "products";
 pub const ORDERS: &str = "orders";
+pub const PRODUCT_REVISIONS: &str = "product_revisions";
 
 /// Names of the unique indexes ([`Db::ensure_indexes`]).
 pub const EMAIL_INDEX: &str = "email_unique";
@@ -117,6 +118,7 @@ pub struct StoreDump {
     pub users: Vec<UserDoc>,
     pub products: Vec<Product>,
     pub orders: Vec<OrderDoc>,
+    pub product_revisions: Vec<ProductRevision>,
 }
 
 /// The store: MongoDB, or with the `memory` feature the in-process model.
@@ -216,29 +218,21 @@ impl Db {
         dispatch!(self.list_live_products(after, limit))
     }
 
-    /// Writes `updated`'s editable fields (name, description, price, one per user, sale
-    /// window, `updated_at_ms`) to the product `id` if it is still the version
-    /// `current_updated_at_ms` and not deleted: the record after, or `None`.
-    pub async fn replace_product_fields(
-        &self,
-        id: &str,
-        current_updated_at_ms: i64,
-        updated: &Product,
-    ) -> DbResult<Option<Product>> {
-        dispatch!(self.replace_product_fields(id, current_updated_at_ms, updated))
+    /// Writes the product document `product.id` as `product` (the copy of a revision),
+    /// replacing the one there or inserting it.
+    pub async fn put_product(&self, product: &Product) -> DbResult<()> {
+        dispatch!(self.put_product(product))
     }
 
-    /// Adds `quantity` to `stock_total` (and raises `updated_at_ms` to `now_ms`) unless
-    /// the product is deleted or the total would pass
-    /// [`records::MAX_STOCK`]: the record after, or `None` when refused or unknown.
-    pub async fn add_stock(&self, id: &str, quantity: i64, now_ms: i64) -> DbResult<Option<Product>> {
-        dispatch!(self.add_stock(id, quantity, now_ms))
+    /// Claims a product's revision: `DuplicateKey` (index `_id`) if that revision of
+    /// that product exists already, written by another writer.
+    pub async fn insert_product_revision(&self, revision: &ProductRevision) -> DbResult<()> {
+        dispatch!(self.insert_product_revision(revision))
     }
 
-    /// Marks a product deleted (and raises `updated_at_ms` to `now_ms`): the record
-    /// after, or `None` if unknown.
-    pub async fn mark_product_deleted(&self, id: &str, now_ms: i64) -> DbResult<Option<Product>> {
-        dispatch!(self.mark_product_deleted(id, now_ms))
+    /// The highest revision of a product, if it has any.
+    pub async fn latest_product_revision(&self, product_id: &str) -> DbResult<Option<ProductRevision>> {
+        dispatch!(self.latest_product_revision(product_id))
     }
 
     /// Ids of every product that is not deleted, in `_id` order.

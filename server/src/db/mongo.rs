@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::TryStreamExt;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::Semaphore;
 
-use super::records::{MAX_STOCK, OrderDoc, OrderStatus, Product, Role, UserDoc, released_marker};
+use super::records::{OrderDoc, OrderStatus, Product, ProductRevision, Role, UserDoc, released_marker, revision_range};
 use super::{
-    DbError, DbResult, DuplicateIndex, EMAIL_INDEX, ORDERS, PRODUCT_BUYER_SLOT_INDEX, PRODUCT_UNIT_INDEX, PRODUCTS,
-    StoreDump, USERS,
+    DbError, DbResult, DuplicateIndex, EMAIL_INDEX, ORDERS, PRODUCT_BUYER_SLOT_INDEX, PRODUCT_REVISIONS,
+    PRODUCT_UNIT_INDEX, PRODUCTS, StoreDump, USERS,
 };
 
 /// Driver connections allowed per permit of the operation gate: connections being
@@ -174,6 +174,10 @@ impl MongoDb {
         self.collection(ORDERS)
     }
 
+    fn product_revisions(&self) -> Collection<ProductRevision> {
+        self.collection(PRODUCT_REVISIONS)
+    }
+
     pub async fn insert_user(&self, user: &UserDoc) -> DbResult<()> {
         self.run(self.users().insert_one(user)).await?;
         Ok(())
@@ -223,50 +227,24 @@ impl MongoDb {
         self.run(read).await
     }
 
-    pub async fn replace_product_fields(
-        &self,
-        id: &str,
-        current_updated_at_ms: i64,
-        updated: &Product,
-    ) -> DbResult<Option<Product>> {
-        let filter = doc! {
-            "_id": id,
-            "updated_at_ms": current_updated_at_ms,
-            "deleted": { "$ne": true },
-        };
-        let set = doc! {
-            "name": &updated.name,
-            "description": &updated.description,
-            "price_cents": updated.price_cents,
-            "one_per_user": updated.one_per_user,
-            "sale_starts_at_ms": optional(updated.sale_starts_at_ms),
-            "sale_ends_at_ms": optional(updated.sale_ends_at_ms),
-            "updated_at_ms": updated.updated_at_ms,
-        };
-        self.find_and_update(filter, doc! { "$set": set }).await
+    pub async fn put_product(&self, product: &Product) -> DbResult<()> {
+        self.run(self.products().replace_one(doc! { "_id": &product.id }, product).upsert(true)).await?;
+        Ok(())
     }
 
-    pub async fn add_stock(&self, id: &str, quantity: i64, now_ms: i64) -> DbResult<Option<Product>> {
-        let filter = doc! {
-            "_id": id,
-            "deleted": { "$ne": true },
-            "stock_total": { "$lte": MAX_STOCK.saturating_sub(quantity) },
-        };
-        let update = doc! {
-            "$inc": { "stock_total": quantity },
-            "$max": { "updated_at_ms": now_ms },
-        };
-        self.find_and_update(filter, update).await
+    pub async fn insert_product_revision(&self, revision: &ProductRevision) -> DbResult<()> {
+        self.run(self.product_revisions().insert_one(revision)).await?;
+        Ok(())
     }
 
-    pub async fn mark_product_deleted(&self, id: &str, now_ms: i64) -> DbResult<Option<Product>> {
-        let update = doc! { "$set": { "deleted": true }, "$max": { "updated_at_ms": now_ms } };
-        self.find_and_update(doc! { "_id": id }, update).await
-    }
-
-    async fn find_and_update(&self, filter: Document, update: Document) -> DbResult<Option<Product>> {
-        let products = self.products();
-        self.run(products.find_one_and_update(filter, update).return_document(ReturnDocument::After)).await
+    /// The `_id` index's range of the product's revisions, read backwards: one document.
+    pub async fn latest_product_revision(&self, product_id: &str) -> DbResult<Option<ProductRevision>> {
+        let (start, end) = revision_range(product_id);
+        let filter = doc! { "_id": { "$gte": start, "$lt": end } };
+        let revisions = self.product_revisions();
+        let read =
+            async { revisions.find(filter).sort(doc! { "_id": -1 }).limit(1).await?.try_collect::<Vec<_>>().await };
+        Ok(self.run(read).await?.pop())
     }
 
     pub async fn live_product_ids(&self) -> DbResult<Vec<String>> {
@@ -341,7 +319,7 @@ impl MongoDb {
 
     /// Drops each collection the server uses, its documents and indexes with it (tests).
     pub async fn drop_collections(&self) -> DbResult<()> {
-        for name in [USERS, PRODUCTS, ORDERS] {
+        for name in [USERS, PRODUCTS, ORDERS, PRODUCT_REVISIONS] {
             self.run(self.collection::<Document>(name).drop()).await?;
         }
         Ok(())
@@ -352,7 +330,7 @@ impl MongoDb {
     /// FerretDB, making a database, a collection or an index takes milliseconds and a
     /// lock every other client waits on).
     pub async fn delete_all_documents(&self) -> DbResult<()> {
-        for name in [USERS, PRODUCTS, ORDERS] {
+        for name in [USERS, PRODUCTS, ORDERS, PRODUCT_REVISIONS] {
             self.run(self.collection::<Document>(name).delete_many(doc! {})).await?;
         }
         Ok(())
@@ -360,11 +338,15 @@ impl MongoDb {
 
     pub async fn dump(&self) -> DbResult<StoreDump> {
         let (users, products, orders) = (self.users(), self.products(), self.orders());
+        let revisions = self.product_revisions();
         let by_id = || doc! { "_id": 1 };
         Ok(StoreDump {
             users: self.run(async { users.find(doc! {}).sort(by_id()).await?.try_collect().await }).await?,
             products: self.run(async { products.find(doc! {}).sort(by_id()).await?.try_collect().await }).await?,
             orders: self.run(async { orders.find(doc! {}).sort(by_id()).await?.try_collect().await }).await?,
+            product_revisions: self
+                .run(async { revisions.find(doc! {}).sort(by_id()).await?.try_collect().await })
+                .await?,
         })
     }
 }
@@ -375,10 +357,6 @@ fn status_name(status: OrderStatus) -> &'static str {
         OrderStatus::Confirmed => "confirmed",
         OrderStatus::Released => "released",
     }
-}
-
-fn optional(value: Option<i64>) -> Bson {
-    value.map_or(Bson::Null, Bson::Int64)
 }
 
 /// The message of a duplicate-key violation (code 11000), if this is one.

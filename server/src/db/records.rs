@@ -34,6 +34,10 @@ pub struct Product {
     pub deleted: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The revision of the product this record shows (0 at creation; see
+    /// [`ProductRevision`]). Records written before revisions existed read as 0.
+    #[serde(default)]
+    pub revision: i64,
 }
 
 impl Product {
@@ -54,6 +58,45 @@ impl Product {
         }
         SaleState::Open
     }
+}
+
+/// One revision of a product in `product_revisions`: the whole record as one admin
+/// write (creation, update, restock, delete) left it. The `_id` names the product and
+/// the revision number, so exactly one writer can claim revision N of a product: the
+/// unique `_id` is the one guarantee every MongoDB-wire store gives atomically, FerretDB
+/// included. The product's current state is its highest revision; the `products`
+/// document is a copy of it for reads (see `sale::product_store`, and "Admin writes are
+/// product revisions" in `system-design/ARCHITECTURE.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductRevision {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub product_id: String,
+    pub revision: i64,
+    pub product: Product,
+}
+
+impl ProductRevision {
+    /// The revision `product.revision` of `product`.
+    pub fn of(product: &Product) -> Self {
+        Self {
+            id: revision_id(&product.id, product.revision),
+            product_id: product.id.clone(),
+            revision: product.revision,
+            product: product.clone(),
+        }
+    }
+}
+
+/// `_id` of a product's revision: the product id, `:`, the revision zero-padded to 20
+/// digits, so that `_id` order within a product is revision order.
+pub fn revision_id(product_id: &str, revision: i64) -> String {
+    format!("{product_id}:{revision:020}")
+}
+
+/// The `_id` range holding every revision of a product: `[start, end)`.
+pub fn revision_range(product_id: &str) -> (String, String) {
+    (format!("{product_id}:"), format!("{product_id};"))
 }
 
 /// The state of a product's sale as the API reports it. The window rules match

@@ -27,6 +27,8 @@ pub enum EventType {
     StockUpdated,
     SoldOut,
     PurchaseCompleted,
+    /// The product was deleted: its sale is over for good.
+    ProductDeleted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

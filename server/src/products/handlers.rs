@@ -16,13 +16,10 @@ use crate::auth::extract::AdminUser;
 use crate::error::{ApiError, ApiResult, redis_unavailable};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, ClientIp};
 use crate::ratelimit::{self, Action, RateLimitHeaders, Scope};
+use crate::sale;
 use crate::sale::product_cache::{self as cache, CachedPage};
-use crate::sale::product_store as store;
-use crate::sale::{self, rebuild, reconciler};
+use crate::sale::product_store::{self as store, Change};
 use crate::state::{App, AppState};
-
-/// Attempts of an update whose record changed under it before giving up (503).
-pub const MAX_UPDATE_ATTEMPTS: usize = 3;
 
 /// `GET /products` (and the seed's `/product`, `/user/products`).
 pub async fn list(
@@ -105,7 +102,8 @@ pub async fn create(
 }
 
 /// `PUT /products/{id}` (and the seed's `/products/update-product/{id}`). Stock is not
-/// changed here (see restock). A retry with the same body is harmless, so a Redis
+/// changed here (see restock). The update is the product's next revision, applied on
+/// top of any concurrent write. A retry with the same body is harmless, so a Redis
 /// failure after MongoDB took the update answers 503 and the client retries.
 pub async fn update(
     State(app): State<AppState>,
@@ -113,28 +111,22 @@ pub async fn update(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<UpdateProduct>,
 ) -> ApiResult<Json<ProductView>> {
-    let product = apply_update(&app, id, &body).await?;
-    cache::after_write(&app, &product).await;
-    sale::configure(&app, id, &product).await.map_err(redis_unavailable)?;
-    tracing::info!(product_id = %id, admin = %admin.user_id, "product updated");
+    let now_ms = app.ids.now_ms();
+    let (product, live) = store::revise(&app, id, |current| {
+        let current = live_or_not_found(current)?;
+        Ok(Change::To(body.apply(current, now_ms).map_err(ApiError::InvalidBody)?))
+    })
+    .await?;
+    live.map_err(redis_unavailable)?;
+    tracing::info!(product_id = %id, admin = %admin.user_id, revision = product.revision, "product updated");
     Ok(Json(live::view(&app, product).await))
 }
 
-/// Read, check, write if unchanged; again if another write came first.
-async fn apply_update(app: &App, id: Uuid, body: &UpdateProduct) -> ApiResult<Product> {
-    for _ in 0..MAX_UPDATE_ATTEMPTS {
-        let current = cache::live_or_not_found(store::find_product(app, id).await?)?;
-        let updated = body.apply(&current, app.ids.now_ms()).map_err(ApiError::InvalidBody)?;
-        if let Some(stored) = store::replace_fields(app, &current, &updated).await? {
-            return Ok(stored);
-        }
-    }
-    Err(ApiError::Unavailable { retry_after_s: 1 })
-}
-
-/// `POST /products/{id}/restock`: adds units to the recorded total, then raises the
-/// live stock to it. If Redis misses that step, the next read of the product does it
-/// (see `live`), so the answer is still 200: a retry would add the units twice.
+/// `POST /products/{id}/restock`: adds units to the recorded total as the product's next
+/// revision (on top of any concurrent write: twenty concurrent restocks of one unit add
+/// twenty), then raises the live stock to it. If Redis misses that step, the next read
+/// of the product does it (see `live`), so the answer is still 200: a retry would add
+/// the units twice.
 pub async fn restock(
     State(app): State<AppState>,
     AdminUser(admin): AdminUser,
@@ -142,38 +134,56 @@ pub async fn restock(
     ApiJson(body): ApiJson<RestockRequest>,
 ) -> ApiResult<Json<ProductView>> {
     validate_quantity("quantity", body.quantity).map_err(ApiError::InvalidBody)?;
-    let Some(product) = store::add_stock(&app, id, body.quantity, app.ids.now_ms()).await? else {
-        cache::live_or_not_found(store::find_product(&app, id).await?)?;
-        return Err(ApiError::InvalidBody(format!("restock would take the stock past {MAX_STOCK}")));
-    };
-    cache::after_write(&app, &product).await;
-    match sale::restock(&app, id, product.stock_total).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            if let Err(err) = rebuild::ensure_loaded(&app, id).await {
-                tracing::warn!(error = %err, product_id = %id, "loading the restocked sale failed");
-            }
+    let now_ms = app.ids.now_ms();
+    let (product, live) = store::revise(&app, id, |current| {
+        let current = live_or_not_found(current)?;
+        if current.stock_total > MAX_STOCK - body.quantity {
+            return Err(ApiError::InvalidBody(format!("restock would take the stock past {MAX_STOCK}")));
         }
-        Err(err) => tracing::warn!(error = %err, product_id = %id, "restock not yet applied to the live stock"),
+        let mut next = current.clone();
+        next.stock_total += body.quantity;
+        next.updated_at_ms = now_ms.max(current.updated_at_ms);
+        Ok(Change::To(next))
+    })
+    .await?;
+    if let Err(err) = live {
+        tracing::warn!(error = %err, product_id = %id, "restock not yet applied to the live stock");
     }
-    tracing::info!(product_id = %id, admin = %admin.user_id, quantity = body.quantity, "product restocked");
+    tracing::info!(
+        product_id = %id, admin = %admin.user_id, quantity = body.quantity, revision = product.revision,
+        "product restocked"
+    );
     Ok(Json(live::view(&app, product).await))
 }
 
 /// `DELETE /products/{id}` (and the seed's `/product/delete-product/{id}`): a soft
-/// delete, then the sale state goes. Repeating it is harmless, so a Redis failure
-/// answers 503 for the client to retry (a loaded sale would keep selling).
+/// delete as the product's last revision (no write applies after it), then the sale
+/// state goes, leaving a tombstone no load brings back. Repeating it is harmless, so a
+/// Redis failure answers 503 for the client to retry (a loaded sale would keep selling).
 pub async fn delete(
     State(app): State<AppState>,
     AdminUser(admin): AdminUser,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let product = store::mark_deleted(&app, id, app.ids.now_ms()).await?.ok_or(ApiError::NotFound("product"))?;
-    cache::after_write(&app, &product).await;
-    // Reservations not yet in MongoDB are real purchases (some answered 202): persist
-    // them before the sale state that holds them goes.
-    reconciler::reconcile_product(&app, id, &product, 0, usize::MAX).await.map_err(redis_unavailable)?;
-    sale::unload(&app, id).await.map_err(redis_unavailable)?;
+    let now_ms = app.ids.now_ms();
+    let (_, live) = store::revise(&app, id, |current| {
+        if current.deleted {
+            return Ok(Change::Keep);
+        }
+        let mut next = current.clone();
+        next.deleted = true;
+        next.updated_at_ms = now_ms.max(current.updated_at_ms);
+        Ok(Change::To(next))
+    })
+    .await?;
+    live.map_err(redis_unavailable)?;
     tracing::info!(product_id = %id, admin = %admin.user_id, "product deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn live_or_not_found(product: &Product) -> ApiResult<&Product> {
+    match product.deleted {
+        true => Err(ApiError::NotFound("product")),
+        false => Ok(product),
+    }
 }

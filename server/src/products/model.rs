@@ -21,6 +21,8 @@ pub struct ProductView {
     pub sale_ends_at_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The product's revision: 0 at creation, one more per update, restock or delete.
+    pub revision: i64,
     /// Units still for sale; `null` when the live sale state cannot be read.
     pub remaining: Option<i64>,
     pub sale_state: SaleState,
@@ -43,6 +45,7 @@ impl ProductView {
             sale_ends_at_ms: product.sale_ends_at_ms,
             created_at_ms: product.created_at_ms,
             updated_at_ms: product.updated_at_ms,
+            revision: product.revision,
             remaining: live.remaining,
             sale_state,
             paused: live.paused,
@@ -116,6 +119,7 @@ impl CreateProduct {
             deleted: false,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
+            revision: 0,
         })
     }
 }
@@ -172,8 +176,7 @@ impl UpdateProduct {
             product.sale_ends_at_ms = ends;
         }
         validate_window(product.sale_starts_at_ms, product.sale_ends_at_ms)?;
-        // Strictly increasing, so it can serve as the version of the record.
-        product.updated_at_ms = now_ms.max(current.updated_at_ms.saturating_add(1));
+        product.updated_at_ms = now_ms.max(current.updated_at_ms);
         Ok(product)
     }
 }
@@ -282,6 +285,7 @@ mod tests {
             deleted: false,
             created_at_ms: 10,
             updated_at_ms: 10,
+            revision: 0,
         }
     }
 
@@ -313,10 +317,11 @@ mod tests {
         assert_eq!(update.sale_starts_at_ms, Some(None));
         assert_eq!(update.sale_ends_at_ms, Some(Some(500)));
         assert_eq!(update.name, None);
-        let updated = update.apply(&product(Some(100), None), 10).expect("valid");
+        let updated = update.apply(&product(Some(100), None), 12).expect("valid");
         assert_eq!(updated.sale_starts_at_ms, None);
         assert_eq!(updated.sale_ends_at_ms, Some(500));
-        assert!(updated.updated_at_ms > 10);
+        assert_eq!(updated.updated_at_ms, 12);
+        assert_eq!(update.apply(&product(None, None), 5).expect("valid").updated_at_ms, 10, "never goes back");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::http::extract::{ApiPath, ClientIp};
 use crate::ratelimit::{self, Action, Scope};
 use crate::redis::scripts::{self, PurchaseArgs, PurchaseOutcome};
 use crate::sale::orders::{self, Conflict, OrderDoc, OrderStatus, Persisted, Reservation};
-use crate::sale::product_store::find_product;
+use crate::sale::product_store;
 use crate::sale::rebuild::{self, Rebuilt};
 use crate::sale::reconciler::publish_completed;
 use crate::sale::sold_out::Shortcut;
@@ -176,9 +176,10 @@ fn replay_response(replay: Replay) -> Response {
 
 /// The purchase path proper: reserve in Redis, persist in MongoDB.
 async fn purchase(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) -> ApiResult<Bought> {
-    let mut outcome = reserve(app, user_id, product_id, order_id).await?;
+    let (mut outcome, mut reserved_at_ms) = reserve(app, user_id, product_id, order_id).await?;
     if matches!(outcome, PurchaseOutcome::NotLoaded | PurchaseOutcome::Paused) {
-        let product = find_product(app, product_id).await.map_err(|_| ApiError::Unavailable { retry_after_s: 1 })?;
+        let product =
+            product_store::head(app, product_id).await.map_err(|_| ApiError::Unavailable { retry_after_s: 1 })?;
         product.filter(|p| !p.deleted).ok_or(ApiError::NotFound("product"))?;
         // Only a rebuild pauses a sale: paused with the rebuild lock free means a
         // rebuild was abandoned midway, and this request takes it over.
@@ -188,13 +189,13 @@ async fn purchase(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) ->
             rebuild::rebuild_and_wait(app, product_id).await
         };
         match rebuilt {
-            Ok(Rebuilt::Done) => outcome = reserve(app, user_id, product_id, order_id).await?,
+            Ok(Rebuilt::Done) => (outcome, reserved_at_ms) = reserve(app, user_id, product_id, order_id).await?,
             Ok(Rebuilt::NoProduct) => return Err(ApiError::NotFound("product")),
             Ok(Rebuilt::InProgress) | Err(_) => return Err(ApiError::SalePaused { retry_after_s: 1 }),
         }
     }
     let (unit, reserved_at_ms) = match outcome {
-        PurchaseOutcome::Reserved { unit, .. } => (unit, app.ids.now_ms()),
+        PurchaseOutcome::Reserved { unit, .. } => (unit, reserved_at_ms),
         PurchaseOutcome::Replay { unit, confirmed: true, user_id: owner } if owner == user_id.to_string() => {
             return Ok(Bought::Confirmed(response(order_id, product_id, unit, "confirmed")));
         }
@@ -216,17 +217,23 @@ async fn purchase(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) ->
     persist(app, &reservation).await
 }
 
-async fn reserve(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) -> ApiResult<PurchaseOutcome> {
+/// Runs the purchase script; its outcome, and the clock reading it ran with (a new
+/// reservation's `reserved_at_ms`, which Redis records and the order document keeps as
+/// its `created_at_ms`, whoever writes it: this request, a retry or the reconciler).
+async fn reserve(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) -> ApiResult<(PurchaseOutcome, i64)> {
     let channel = app.keys.events_channel();
-    let args = PurchaseArgs { order_id, user_id, product_id, now_ms: app.ids.now_ms(), channel: &channel };
+    let now_ms = app.ids.now_ms();
+    let args = PurchaseArgs { order_id, user_id, product_id, now_ms, channel: &channel };
     let mut conn = app.redis.clone();
     #[cfg(feature = "broken")]
     if let Some(broken) = crate::broken::selected(app) {
-        return scripts::purchase_broken(&mut conn, &app.keys.sale(product_id), &args, broken)
+        let outcome = scripts::purchase_broken(&mut conn, &app.keys.sale(product_id), &args, broken)
             .await
-            .map_err(redis_unavailable);
+            .map_err(redis_unavailable)?;
+        return Ok((outcome, now_ms));
     }
-    scripts::purchase(&mut conn, &app.keys.sale(product_id), &args).await.map_err(redis_unavailable)
+    let outcome = scripts::purchase(&mut conn, &app.keys.sale(product_id), &args).await.map_err(redis_unavailable)?;
+    Ok((outcome, now_ms))
 }
 
 /// A 202 promises that the reconciler finishes the order, which it can only do while

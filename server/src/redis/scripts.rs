@@ -24,6 +24,7 @@ script!(LOAD_SALE, "load_sale.lua");
 script!(PAUSE, "pause.lua");
 script!(RESTOCK, "restock.lua");
 script!(CONFIGURE, "configure.lua");
+script!(UNLOAD, "unload.lua");
 script!(RATE_LIMIT, "rate_limit.lua");
 script!(IDEMPOTENCY_BEGIN, "idempotency_begin.lua");
 script!(IDEMPOTENCY_FINISH, "idempotency_finish.lua");
@@ -292,6 +293,7 @@ pub async fn load_sale(
         invocation.arg(order).arg(record);
     }
     invocation.arg(snapshot.tombstones.len()).arg(&snapshot.tombstones);
+    // 0: an init found a sale state already, or the product's tombstone (deleted).
     let written: i64 = invocation.invoke_async(conn).await.context("load_sale script")?;
     if written < 0 {
         anyhow::bail!("the rebuild lock was taken over before the sale state was written");
@@ -345,6 +347,19 @@ pub async fn configure(
         .await
         .context("configure script")?;
     Ok(changed == 1)
+}
+
+/// Removes a deleted product's sale state, leaves its tombstone and publishes
+/// `product_deleted` (see `lua/unload.lua`).
+pub async fn unload(conn: &mut RedisConn, keys: &SaleKeys, channel: &str, product_id: Uuid) -> anyhow::Result<()> {
+    let _: i64 = UNLOAD
+        .key(&keys.script_keys()[..])
+        .arg(channel)
+        .arg(product_id.to_string())
+        .invoke_async(conn)
+        .await
+        .context("unload script")?;
+    Ok(())
 }
 
 /// The decision of one rate-limit check.

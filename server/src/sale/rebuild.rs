@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::reconciler;
 use crate::redis::scripts::{self, LoadMode};
 use crate::sale;
-use crate::sale::product_store::find_product;
+use crate::sale::product_store;
 use crate::state::{App, AppState};
 
 /// Lease of a product's rebuild lock: a holder that dies (its instance killed midway)
@@ -98,7 +98,9 @@ impl Drop for LockGuard {
 }
 
 async fn rebuild_locked(app: &App, product_id: Uuid, fence: &str) -> anyhow::Result<Rebuilt> {
-    let Some(product) = find_product(app, product_id).await? else { return Ok(Rebuilt::NoProduct) };
+    // The product's highest revision, not its document: a copy a slower admin write
+    // left one revision behind must not decide whether the sale exists.
+    let Some(product) = product_store::head(app, product_id).await? else { return Ok(Rebuilt::NoProduct) };
     if product.deleted {
         sale::unload(app, product_id).await?;
         return Ok(Rebuilt::NoProduct);
@@ -114,7 +116,12 @@ async fn rebuild_locked(app: &App, product_id: Uuid, fence: &str) -> anyhow::Res
     // read, so the rebuilt state keeps them.
     let pass = reconciler::reconcile_product(app, product_id, &product, 0, usize::MAX).await?;
     let snapshot = sale::snapshot_from_mongo(app, product_id, &product).await?;
-    scripts::load_sale(&mut conn, &keys, LoadMode::Rebuild { fence }, &snapshot).await?;
+    if !scripts::load_sale(&mut conn, &keys, LoadMode::Rebuild { fence }, &snapshot).await? {
+        // The product was deleted meanwhile: its tombstone stands.
+        return Ok(Rebuilt::NoProduct);
+    }
+    // Admin writes published while this rebuild read MongoDB were overwritten by it.
+    product_store::catch_up_after_load(app, product_id, &product).await?;
     reconciler::reissue(app, product_id, &pass.reissue).await;
     app.sold_out.forget(product_id);
     app.metrics.sale_rebuilds.inc();

@@ -2,7 +2,7 @@
 //! further attempts without touching Redis. It never hides a replay: it keeps the ids of
 //! the orders that hold the product's units, and an attempt whose derived order id is
 //! among them takes the full path. A release or restock event (any stock_updated with
-//! units left) or a lost subscription forgets the product.
+//! units left), the product's deletion or a lost subscription forgets the product.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
@@ -83,7 +83,8 @@ impl SoldOutCache {
 
     /// Applies a sale event: units became available again → forget the product.
     pub fn observe(&self, event: &SaleEvent) {
-        if event.event_type == EventType::StockUpdated && event.remaining.is_some_and(|left| left > 0) {
+        let units_back = event.event_type == EventType::StockUpdated && event.remaining.is_some_and(|left| left > 0);
+        if units_back || event.event_type == EventType::ProductDeleted {
             self.forget(event.product_id);
         }
     }

@@ -82,11 +82,11 @@ pub async fn stock(app: &App, product_id: Uuid) -> anyhow::Result<Option<StockSt
     scripts::stock(&mut conn, &app.keys.sale(product_id)).await
 }
 
-/// Removes a deleted product's sale state.
+/// Removes a deleted product's sale state for good: a tombstone stays that no load or
+/// rebuild writes over.
 pub async fn unload(app: &App, product_id: Uuid) -> anyhow::Result<()> {
-    let keys = app.keys.sale(product_id);
     let mut conn = app.redis.clone();
-    let _: i64 = redis::cmd("DEL").arg(&keys.script_keys()[..]).query_async(&mut conn).await?;
+    scripts::unload(&mut conn, &app.keys.sale(product_id), &app.keys.events_channel(), product_id).await?;
     app.sold_out.forget(product_id);
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin_writes;
 mod auth;
 mod broken;
 mod cluster;

@@ -229,10 +229,13 @@ async fn a_restock_that_missed_redis_is_applied_by_the_next_read() {
     let app = TestApp::spawn().await;
     let product = app.create_product(2, true).await;
     // MongoDB and the cache took a restock whose sale-state step failed.
-    let restocked = flashsale::sale::product_store::add_stock(app.app(), product, 3, app.app().ids.now_ms())
-        .await
-        .expect("mongo")
-        .expect("restocked");
+    let mut restocked =
+        flashsale::sale::product_store::head(app.app(), product).await.expect("mongo").expect("the product");
+    restocked.stock_total += 3;
+    restocked.revision += 1;
+    let revision = flashsale::db::records::ProductRevision::of(&restocked);
+    app.app().db.insert_product_revision(&revision).await.expect("mongo");
+    app.app().db.put_product(&restocked).await.expect("mongo");
     flashsale::sale::product_cache::after_write(app.app(), &restocked).await;
 
     let (_, detail) = get_json(&app, &product_path(product)).await;

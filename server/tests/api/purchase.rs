@@ -1,6 +1,7 @@
 //! The purchase path over HTTP: orders, replays, one per user, keys, sell-out.
 
 use flashsale::auth::extract::Role;
+use flashsale::clock::Clock;
 use flashsale::sale::orders;
 use uuid::Uuid;
 
@@ -406,4 +407,46 @@ async fn a_buyer_past_the_purchase_limit_gets_429_with_retry_after_and_ratelimit
     assert!(headers.get("ratelimit").is_some());
     let stored = orders::orders_of_product(app.app(), product).await.expect("orders");
     assert_eq!(stored.len(), 1, "never an extra unit");
+}
+
+/// A clock that moves one millisecond on every reading, so that two readings taken in
+/// one request always differ.
+struct TickingClock(std::sync::atomic::AtomicI64);
+
+impl Clock for TickingClock {
+    fn now_ms(&self) -> i64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn an_order_is_stored_with_its_reservation_time_whoever_writes_it() {
+    let app = TestApp::spawn().await;
+    let mut config = app.config.clone();
+    config.listen_addr = "127.0.0.1:0".parse().expect("address");
+    let start_ms = flashsale::clock::SystemClock.now_ms();
+    let ids = flashsale::clock::Ids::new(
+        std::sync::Arc::new(TickingClock(start_ms.into())),
+        std::sync::Arc::new(flashsale::clock::OsEntropy),
+    );
+    let ticking = flashsale::startup::RunningServer::start(config, ids).await.expect("ticking instance");
+    let product = app.create_product(3, true).await;
+    let (buyer, user_id) = app.verified_buyer(Role::Buyer).await;
+
+    let url = format!("{}/api/v1/user/buy/{product}", ticking.base_url());
+    let response = buyer.post(url).header("idempotency-key", "timed").send().await.expect("buy");
+    assert_eq!(response.status(), 201);
+
+    // The reservation record the script wrote: "user|unit|reserved_at_ms|state".
+    let order_id = flashsale::clock::derive_order_id(user_id, "timed");
+    let mut redis = app.redis();
+    let record: String = redis::cmd("HGET")
+        .arg(app.app().keys.sale(product).orders)
+        .arg(order_id.to_string())
+        .query_async(&mut redis)
+        .await
+        .expect("the reservation record");
+    let reserved_at_ms: i64 = record.split('|').nth(2).and_then(|at| at.parse().ok()).expect("reserved_at_ms");
+    let stored = orders::find_order(app.app(), order_id).await.expect("mongo").expect("order persisted");
+    assert_eq!(stored.created_at_ms, reserved_at_ms, "the order document keeps the reservation's time");
 }

@@ -11,8 +11,9 @@
 //! FerretDB 1.24 (SQLite) is the real side here, not MongoDB. Where they are known to
 //! differ, nothing here depends on it:
 //! - FerretDB's `findAndModify` applies `$inc` in a separate step from its read (FerretDB
-//!   issue 3040): concurrent restocks lose increments there, MongoDB's do not. The steps
-//!   here run one at a time, so it does not show.
+//!   issue 3040): concurrent restocks lost increments there. The server no longer relies
+//!   on any update being atomic with its read: admin writes claim revisions by inserting
+//!   a unique `_id` (`sale::product_store`), which the steps here compare.
 //! - FerretDB's duplicate-key message names no secondary index: its side reports
 //!   `DuplicateIndex::Unknown`, which agrees with any index the model names.
 //! - A unique index refusing an index build or an update is a duplicate key (11000) on
@@ -25,7 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use flashsale::db::memory::MemoryDb;
-use flashsale::db::records::{MAX_STOCK, OrderDoc, OrderStatus, Product, Role, UnitField, UserDoc, released_marker};
+use flashsale::db::records::{
+    MAX_STOCK, OrderDoc, OrderStatus, Product, ProductRevision, Role, UnitField, UserDoc, released_marker,
+};
 use flashsale::db::{Db, DbError, DuplicateIndex, MEMORY_SCHEME, StoreDump};
 use flashsale_stack::FerretDb;
 use proptest::collection::vec;
@@ -54,7 +57,6 @@ const ORDER_PRODUCTS: &[&str] = &["p1", "p2"];
 /// A buyer slot is a user id (one per user) or the order's own id.
 const BUYER_SLOTS: &[&str] = &["u1", "u2", "o1", "o2"];
 const STOCKS: &[i64] = &[0, 1, 5, MAX_STOCK - 1, MAX_STOCK];
-const QUANTITIES: &[i64] = &[-2, 0, 1, 3, MAX_STOCK];
 
 /// The one FerretDB of this binary, started on first use (blocking: it waits for the port).
 fn ferretdb() -> &'static FerretDb {
@@ -77,9 +79,9 @@ pub enum Step {
     InsertProduct(Product),
     FindProduct(String),
     ListLiveProducts(Option<String>, u32),
-    ReplaceProductFields(String, i64, Product),
-    AddStock(String, i64, i64),
-    MarkProductDeleted(String, i64),
+    PutProduct(Product),
+    InsertProductRevision(ProductRevision),
+    LatestProductRevision(String),
     LiveProductIds,
     InsertOrder(OrderDoc),
     FindOrder(String),
@@ -115,6 +117,7 @@ pub enum Outcome {
     User(Option<UserDoc>),
     Product(Option<Product>),
     Products(Vec<Product>),
+    Revision(Option<ProductRevision>),
     Ids(Vec<String>),
     Order(Option<OrderDoc>),
     Orders(Vec<OrderDoc>),
@@ -175,11 +178,9 @@ impl Step {
             Self::ListLiveProducts(after, limit) => {
                 O::of(db.list_live_products(after.as_deref(), *limit).await, O::Products)
             }
-            Self::ReplaceProductFields(id, current, updated) => {
-                O::of(db.replace_product_fields(id, *current, updated).await, O::Product)
-            }
-            Self::AddStock(id, quantity, now_ms) => O::of(db.add_stock(id, *quantity, *now_ms).await, O::Product),
-            Self::MarkProductDeleted(id, now_ms) => O::of(db.mark_product_deleted(id, *now_ms).await, O::Product),
+            Self::PutProduct(product) => O::of(db.put_product(product).await, |()| O::Done),
+            Self::InsertProductRevision(revision) => O::of(db.insert_product_revision(revision).await, |()| O::Done),
+            Self::LatestProductRevision(id) => O::of(db.latest_product_revision(id).await, O::Revision),
             Self::LiveProductIds => O::of(db.live_product_ids().await, O::Ids),
             Self::InsertOrder(order) => O::of(db.insert_order(order).await, |()| O::Done),
             Self::FindOrder(id) => O::of(db.find_order(id).await, O::Order),
@@ -219,12 +220,12 @@ fn role() -> impl Strategy<Value = Role> {
 fn product() -> impl Strategy<Value = Product> {
     let text = (pick(PRODUCT_IDS), pick(&["n", "é ✓"]), pick(&["", "d"]), 0..=2i64, select(STOCKS), any::<bool>());
     let window = (proptest::option::of(1..=2i64), proptest::option::of(2..=3i64));
-    let versions = (prop::bool::weighted(0.2), 1..=2i64, 1..=3i64);
+    let versions = (prop::bool::weighted(0.2), 1..=2i64, 1..=3i64, 0..=2i64);
     (text, window, versions).prop_map(
         |(
             (id, name, description, price_cents, stock_total, one_per_user),
             (sale_starts_at_ms, sale_ends_at_ms),
-            (deleted, created_at_ms, updated_at_ms),
+            (deleted, created_at_ms, updated_at_ms, revision),
         )| Product {
             id,
             name,
@@ -237,6 +238,7 @@ fn product() -> impl Strategy<Value = Product> {
             deleted,
             created_at_ms,
             updated_at_ms,
+            revision,
         },
     )
 }
@@ -283,11 +285,10 @@ fn product_step() -> impl Strategy<Value = Step> {
         4 => product().prop_map(Step::InsertProduct),
         2 => pick(PRODUCT_IDS).prop_map(Step::FindProduct),
         2 => (proptest::option::of(pick(CURSORS)), limit()).prop_map(|(after, limit)| Step::ListLiveProducts(after, limit)),
-        3 => (pick(PRODUCT_IDS), 1..=3i64, product())
-            .prop_map(|(id, current, updated)| Step::ReplaceProductFields(id, current, updated)),
-        3 => (pick(PRODUCT_IDS), select(QUANTITIES), 1..=4i64)
-            .prop_map(|(id, quantity, now_ms)| Step::AddStock(id, quantity, now_ms)),
-        2 => (pick(PRODUCT_IDS), 1..=4i64).prop_map(|(id, now_ms)| Step::MarkProductDeleted(id, now_ms)),
+        3 => product().prop_map(Step::PutProduct),
+        // Revisions collide often (three products, three revision numbers).
+        4 => product().prop_map(|product| Step::InsertProductRevision(ProductRevision::of(&product))),
+        3 => pick(CURSORS).prop_map(Step::LatestProductRevision),
         1 => Just(Step::LiveProductIds),
     ]
 }

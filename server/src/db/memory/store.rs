@@ -6,10 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use crate::db::records::{MAX_STOCK, OrderDoc, OrderStatus, Product, Role, UnitField, UserDoc, released_marker};
+use crate::db::records::{
+    OrderDoc, OrderStatus, Product, ProductRevision, Role, UnitField, UserDoc, released_marker, revision_range,
+};
 use crate::db::{DbError, DbResult, DuplicateIndex, StoreDump};
-
-use super::ModelError;
 
 /// A document and its place in natural order.
 #[derive(Debug, Clone)]
@@ -104,6 +104,7 @@ pub(super) struct Database {
     emails: Entries<String>,
     products: Collection<Product>,
     orders: Collection<OrderDoc>,
+    product_revisions: Collection<ProductRevision>,
     /// `orders (product_id, unit)`.
     units: Entries<(String, UnitField)>,
     /// `orders (product_id, buyer_slot)`.
@@ -205,44 +206,28 @@ impl Database {
         if limit == 0 { live.collect() } else { live.take(limit as usize).collect() }
     }
 
-    pub(super) fn replace_product_fields(
-        &mut self,
-        id: &str,
-        current_updated_at_ms: i64,
-        updated: &Product,
-    ) -> Option<Product> {
-        let product = self.products.get_mut(id)?;
-        if product.updated_at_ms != current_updated_at_ms || product.deleted {
-            return None;
+    /// `replace_one({_id}, product, {upsert: true})`: a replaced document keeps its place
+    /// in natural order, a new one goes last.
+    pub(super) fn put_product(&mut self, product: &Product) {
+        match self.products.get_mut(&product.id) {
+            Some(stored) => stored.clone_from(product),
+            None => self.products.insert(&product.id, product.clone()),
         }
-        product.name.clone_from(&updated.name);
-        product.description.clone_from(&updated.description);
-        product.price_cents = updated.price_cents;
-        product.one_per_user = updated.one_per_user;
-        product.sale_starts_at_ms = updated.sale_starts_at_ms;
-        product.sale_ends_at_ms = updated.sale_ends_at_ms;
-        product.updated_at_ms = updated.updated_at_ms;
-        Some(product.clone())
     }
 
-    /// `findAndModify` with `stock_total <= MAX_STOCK - quantity`, `$inc` and `$max`.
-    pub(super) fn add_stock(&mut self, id: &str, quantity: i64, now_ms: i64) -> DbResult<Option<Product>> {
-        let Some(product) = self.products.get_mut(id) else { return Ok(None) };
-        if product.deleted || product.stock_total > MAX_STOCK.saturating_sub(quantity) {
-            return Ok(None);
+    pub(super) fn insert_product_revision(&mut self, revision: &ProductRevision) -> DbResult<()> {
+        if self.product_revisions.contains(&revision.id) {
+            return duplicate(DuplicateIndex::Id);
         }
-        // MongoDB refuses an `$inc` that overflows a 64-bit integer.
-        let total = product.stock_total.checked_add(quantity).ok_or(DbError::Other(Box::new(ModelError::Overflow)))?;
-        product.stock_total = total;
-        product.updated_at_ms = product.updated_at_ms.max(now_ms);
-        Ok(Some(product.clone()))
+        self.product_revisions.insert(&revision.id, revision.clone());
+        Ok(())
     }
 
-    pub(super) fn mark_product_deleted(&mut self, id: &str, now_ms: i64) -> Option<Product> {
-        let product = self.products.get_mut(id)?;
-        product.deleted = true;
-        product.updated_at_ms = product.updated_at_ms.max(now_ms);
-        Some(product.clone())
+    /// `find({_id: {$gte: "P:", $lt: "P;"}}).sort({_id: -1}).limit(1)`.
+    pub(super) fn latest_product_revision(&self, product_id: &str) -> Option<ProductRevision> {
+        let (start, end) = revision_range(product_id);
+        let mut range = self.product_revisions.docs.range::<str, _>((Bound::Included(&*start), Bound::Excluded(&*end)));
+        range.next_back().map(|(_, stored)| stored.doc.clone())
     }
 
     pub(super) fn live_product_ids(&self) -> Vec<String> {
@@ -333,6 +318,7 @@ impl Database {
             users: self.users.all_by_id(),
             products: self.products.all_by_id(),
             orders: self.orders.all_by_id(),
+            product_revisions: self.product_revisions.all_by_id(),
         }
     }
 }
