@@ -152,7 +152,7 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_RECONCILE_LEASE_MS", default_value_t = 10_000)]
     pub reconcile_lease_ms: u64,
 
-    /// Lifetime of cached product documents.
+    /// Lifetime of cached product documents; 0 disables the cache.
     #[arg(long, env = "FLASHSALE_PRODUCT_CACHE_TTL_S", default_value_t = 60)]
     pub product_cache_ttl_s: u64,
 
@@ -372,7 +372,81 @@ impl HttpLimits {
     }
 }
 
+/// Fewest and most digits of a one-time code: fewer is guessable within the attempt
+/// limit; more does not fit the code's 64-bit draw and no one types it.
+pub const OTP_DIGITS: std::ops::RangeInclusive<u32> = 4..=10;
+/// Bounds of the Argon2 parameters accepted (memory in KiB, passes, lanes): the
+/// `argon2` crate's own limits, memory capped at 4 GiB per hash.
+pub const ARGON2_M_KIB: std::ops::RangeInclusive<u32> = 8..=4 * 1024 * 1024;
+pub const ARGON2_T: std::ops::RangeInclusive<u32> = 1..=64;
+pub const ARGON2_P: std::ops::RangeInclusive<u32> = 1..=255;
+/// Most wrong codes allowed per issued code.
+pub const MAX_OTP_ATTEMPTS: u32 = 100;
+
 impl Config {
+    /// Checks every setting a wrong value of which would misbehave rather than fail
+    /// (a code of 0 digits is the constant "0"; a zero timeout fails every call; a zero
+    /// rate limit refuses everyone), then the HTTP limits. Run at startup, whatever
+    /// built the configuration (flags, environment, tests, the simulator).
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let invalid = |flag, problem: String| Err(InvalidSetting { flag, problem });
+        let within = |flag, value: u32, range: &std::ops::RangeInclusive<u32>| match range.contains(&value) {
+            true => Ok(()),
+            false => invalid(flag, format!("must be between {} and {} (got {value})", range.start(), range.end())),
+        };
+        within("otp-digits", self.otp_digits, &OTP_DIGITS)?;
+        within("otp-max-attempts", self.otp_max_attempts, &(1..=MAX_OTP_ATTEMPTS))?;
+        within("argon2-m-kib", self.argon2_m_kib, &ARGON2_M_KIB)?;
+        within("argon2-t", self.argon2_t, &ARGON2_T)?;
+        within("argon2-p", self.argon2_p, &ARGON2_P)?;
+        if self.argon2_m_kib < 8 * self.argon2_p {
+            return invalid(
+                "argon2-m-kib",
+                format!("must be at least 8 KiB per lane (8 x --argon2-p = {})", 8 * self.argon2_p),
+            );
+        }
+        within("mongo-pool-size", self.mongo_pool_size, &(1..=u32::MAX))?;
+        let positive: [(&'static str, u64); 15] = [
+            ("session-idle-ttl-s", self.session_idle_ttl_s),
+            ("session-absolute-ttl-s", self.session_absolute_ttl_s),
+            ("otp-ttl-s", self.otp_ttl_s),
+            ("smtp-timeout-ms", self.smtp_timeout_ms),
+            ("otp-outbox-max-len", self.otp_outbox_max_len),
+            ("max-concurrent-hashes", self.max_concurrent_hashes as u64),
+            ("idempotency-ttl-s", self.idempotency_ttl_s),
+            ("idempotency-lease-ms", self.idempotency_lease_ms),
+            ("order-write-timeout-ms", self.order_write_timeout_ms),
+            ("redis-timeout-ms", self.redis_timeout_ms),
+            ("mongo-select-timeout-ms", self.mongo_select_timeout_ms),
+            ("mongo-op-timeout-ms", self.mongo_op_timeout_ms),
+            ("reconcile-interval-ms", self.reconcile_interval_ms),
+            ("reconcile-batch", self.reconcile_batch as u64),
+            ("reconcile-lease-ms", self.reconcile_lease_ms),
+        ];
+        // `product-cache-ttl-s` may be 0: no cache.
+        let more = [("max-body-bytes", self.max_body_bytes as u64)];
+        let limits = &self.limits;
+        let rates: [(&'static str, u32); 7] = [
+            ("login-per-ip-per-min", limits.login_per_ip_per_min),
+            ("login-per-account-per-min", limits.login_per_account_per_min),
+            ("register-per-ip-per-min", limits.register_per_ip_per_min),
+            ("otp-per-user-per-min", limits.otp_per_user_per_min),
+            ("purchase-per-user-per-min", limits.purchase_per_user_per_min),
+            ("purchase-per-ip-per-min", limits.purchase_per_ip_per_min),
+            ("reads-per-ip-per-min", limits.reads_per_ip_per_min),
+        ];
+        let zero = positive.into_iter().chain(more).chain(rates.map(|(flag, rate)| (flag, u64::from(rate))));
+        for (flag, value) in zero {
+            if value == 0 {
+                return invalid(flag, "must be at least 1".to_owned());
+            }
+        }
+        if self.session_absolute_ttl_s < self.session_idle_ttl_s {
+            return invalid("session-absolute-ttl-s", "must not be shorter than --session-idle-ttl-s".to_owned());
+        }
+        self.http.validate()
+    }
+
     /// Settings for a local run against the given backends, parsed from no arguments
     /// (defaults) plus the given overrides; used by tests, the simulator and `dev`.
     pub fn for_local(redis_url: &str, mongo_url: &str, database: &str, key_prefix: &str) -> Self {
@@ -432,6 +506,29 @@ mod tests {
             "http-max-connections-per-client"
         );
         assert_eq!(refused(|l| l.shutdown_drain_timeout_ms = 0), "http-shutdown-drain-timeout-ms");
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_a_setting_out_of_range_is_refused_by_its_flag() {
+        let config = Config::for_local("redis://r", "mongodb://m", "db", "p");
+        config.validate().expect("defaults are valid");
+        let refused = |adjust: fn(&mut Config)| {
+            let mut changed = config.clone();
+            adjust(&mut changed);
+            changed.validate().expect_err("out of range").flag
+        };
+        assert_eq!(refused(|c| c.otp_digits = 0), "otp-digits");
+        assert_eq!(refused(|c| c.otp_digits = 20), "otp-digits");
+        assert_eq!(refused(|c| c.otp_max_attempts = 0), "otp-max-attempts");
+        assert_eq!(refused(|c| c.argon2_t = 0), "argon2-t");
+        assert_eq!(refused(|c| c.argon2_p = 4096), "argon2-p");
+        assert_eq!(refused(|c| (c.argon2_m_kib, c.argon2_p) = (16, 4)), "argon2-m-kib");
+        assert_eq!(refused(|c| c.mongo_pool_size = 0), "mongo-pool-size");
+        assert_eq!(refused(|c| c.redis_timeout_ms = 0), "redis-timeout-ms");
+        assert_eq!(refused(|c| c.max_body_bytes = 0), "max-body-bytes");
+        assert_eq!(refused(|c| c.limits.purchase_per_user_per_min = 0), "purchase-per-user-per-min");
+        assert_eq!(refused(|c| c.session_absolute_ttl_s = c.session_idle_ttl_s - 1), "session-absolute-ttl-s");
+        assert_eq!(refused(|c| c.http.max_connections = 0), "http-max-connections");
     }
 
     #[test]

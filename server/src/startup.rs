@@ -35,7 +35,7 @@ const SAFE_EVICTION_POLICIES: &[&str] = &["noeviction"];
 /// Connects to the backends, checks them, creates indexes: a ready-to-serve state.
 pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
     install_crypto_provider();
-    config.http.validate()?;
+    config.validate()?;
     let redis_timeout = Duration::from_millis(config.redis_timeout_ms);
     let mut redis = RedisConn::connect(&config.redis_url, redis_timeout).await?;
     let policies = crate::redis::eviction_policies(&mut redis).await?;

@@ -1,5 +1,6 @@
 //! The middleware stack: request ids, tracing spans, body limits, panics as problems,
-//! per-route metrics, and problem+json for unknown routes and methods.
+//! per-route metrics, problem+json for unknown routes and methods, and the headers every
+//! answer carries (`nosniff`, `no-store`).
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -83,7 +84,8 @@ where
         Box::pin(
             async move {
                 let Ok(response) = future.await;
-                let response = as_problem(&app, response);
+                let mut response = as_problem(&app, response);
+                protect(response.headers_mut());
                 let status = response.status();
                 let elapsed = started.elapsed();
                 app.metrics.record_http(method, route, status.as_u16(), elapsed);
@@ -98,6 +100,17 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// Headers every answer carries: `X-Content-Type-Options: nosniff` (a browser never
+/// reads a JSON answer as something else), and `Cache-Control: no-store` unless the
+/// handler chose a policy: every answer is dynamic (live stock) or personal (profile,
+/// sessions, orders), and no shared cache may keep one.
+fn protect(headers: &mut axum::http::HeaderMap) {
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, axum::http::HeaderValue::from_static("nosniff"));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
     }
 }
 

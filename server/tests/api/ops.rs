@@ -17,6 +17,36 @@ async fn health_and_readiness_answer_when_both_backends_do() {
 }
 
 #[tokio::test]
+async fn every_answer_is_nosniff_and_personal_or_live_ones_are_never_stored_by_a_cache() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(2, true).await;
+    let (buyer, _) = app.verified_buyer(flashsale::db::records::Role::Buyer).await;
+    let requests = [
+        buyer.get(app.url("/api/v1/user/profile")),
+        buyer.get(app.url(&format!("/api/v1/products/{product}"))),
+        buyer.get(app.url("/api/v1/products")),
+        buyer.post(app.url(&format!("/api/v1/user/buy/{product}"))).header("idempotency-key", "h"),
+        app.client()
+            .post(app.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({"email": "a@b.co", "password": "wrong-password"})),
+        app.client().post(app.url("/api/v1/auth/verify-otp")).json(&serde_json::json!({"code": "000000"})),
+        app.client().get(app.url("/api/v1/no-such-route")),
+        app.client().get(app.url("/healthz")),
+    ];
+    for request in requests {
+        let response = request.send().await.expect("request");
+        let (status, url) = (response.status(), response.url().path().to_owned());
+        let headers = response.headers();
+        assert_eq!(
+            headers.get("x-content-type-options").map(|v| v.as_bytes()),
+            Some(&b"nosniff"[..]),
+            "{status} {url}"
+        );
+        assert_eq!(headers.get("cache-control").map(|v| v.as_bytes()), Some(&b"no-store"[..]), "{status} {url}");
+    }
+}
+
+#[tokio::test]
 async fn metrics_count_requests_per_route_template() {
     let app = TestApp::spawn().await;
     app.client().get(app.url("/healthz")).send().await.expect("healthz");
