@@ -71,6 +71,8 @@ pub enum ApiError {
     Unavailable { retry_after_s: u64 },
     #[error("{0}")]
     TooManyConnections(String),
+    #[error("not ready: {0}")]
+    NotReady(String),
     #[error("internal error")]
     Internal(anyhow::Error),
 }
@@ -121,6 +123,7 @@ impl ApiError {
             Self::SalePaused { .. } => (S::SERVICE_UNAVAILABLE, "sale-paused", "Sale paused"),
             Self::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
             Self::TooManyConnections(_) => (S::SERVICE_UNAVAILABLE, "too-many-connections", "Too many connections"),
+            Self::NotReady(_) => (S::SERVICE_UNAVAILABLE, "not-ready", "Not ready"),
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
@@ -148,7 +151,7 @@ impl ApiError {
                 Some(limit.retry_after_s)
             }
             Self::SalePaused { retry_after_s } | Self::Unavailable { retry_after_s } => Some(*retry_after_s),
-            Self::TooManyConnections(_) => Some(1),
+            Self::TooManyConnections(_) | Self::NotReady(_) => Some(1),
             // The body was not read to its end: the connection cannot carry another request.
             Self::RequestTimeout { .. } => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

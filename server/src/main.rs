@@ -91,8 +91,10 @@ fn init_tracing() {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen_addr).await.context("binding the listener")?;
-    tracing::info!(addr = %listener.local_addr()?, "serving");
+    // "serving" only once every startup check passed (configuration, eviction policy,
+    // indexes): a server that refuses to start never said it served.
     let app = flashsale::startup::build_state(config, Ids::system()).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving");
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     flashsale::startup::serve(listener, app, shutdown).await

@@ -30,7 +30,7 @@ use crate::state::{App, AppState};
 use crate::{auth, events, products, purchase, sale};
 
 /// Eviction policies under which Redis never drops a key to make room.
-const SAFE_EVICTION_POLICIES: &[&str] = &["noeviction"];
+pub const SAFE_EVICTION_POLICIES: &[&str] = &["noeviction"];
 
 /// Connects to the backends, checks them, creates indexes: a ready-to-serve state.
 pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {

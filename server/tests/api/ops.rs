@@ -99,6 +99,35 @@ async fn every_response_carries_a_request_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_as_a_problem_once_redis_is_switched_to_an_evicting_policy_at_runtime() {
+    let app = TestApp::spawn_with_own_backends(RedisPersistence::None, |_| {}).await;
+    let set_policy = |policy: &'static str| {
+        let mut conn = app.redis();
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory-policy")
+                .arg(policy)
+                .query_async(&mut conn)
+                .await
+                .expect("config set");
+        }
+    };
+    set_policy("allkeys-lru").await;
+    let response = app.client().get(app.url("/readyz")).send().await.expect("readyz");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert!(response.headers().contains_key("retry-after"));
+    let problem: serde_json::Value = response.json().await.expect("problem");
+    assert_eq!(problem["type"], "/problems/not-ready");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("allkeys-lru")), "{problem}");
+
+    set_policy("noeviction").await;
+    let ready = app.client().get(app.url("/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_refuses_to_start_on_a_redis_that_may_evict_keys() {
     let (redis, mongo) = tokio::task::spawn_blocking(|| {
         (RedisServer::start(RedisPersistence::None).expect("redis"), FerretDb::start().expect("ferretdb"))

@@ -58,4 +58,10 @@ async fn with_mongodb_down_catalogue_order_and_login_reads_answer_503_with_retry
     let credentials: Value = json!({ "email": email, "password": PRECOMPUTED_PASSWORD });
     let login = client.post(app.url("/api/v1/auth/login")).json(&credentials).send().await.expect("login");
     assert_unavailable("a login", login).await;
+    let ready = client.get(app.url("/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.headers()[CONTENT_TYPE], "application/problem+json");
+    let problem = json_body(&ready.bytes().await.expect("body"));
+    assert_eq!(problem["type"], "/problems/not-ready", "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("MongoDB")), "{problem}");
 }
