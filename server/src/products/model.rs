@@ -82,6 +82,59 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> 
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// A JSON integer as JSON Schema's `"type": "integer"` (the OpenAPI description's) has
+/// it: any number whose value is a whole number, so `3`, `3.0` and `3e0` are the same 3;
+/// `3.5` and anything outside the 64-bit range are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Integral(pub i64);
+
+impl<'de> Deserialize<'de> for Integral {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Integral;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole number within the 64-bit range")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Integral, E> {
+                Ok(Integral(value))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Integral, E> {
+                i64::try_from(value).map(Integral).map_err(|_| E::custom(format!("{value} is past the 64-bit range")))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Integral, E> {
+                // -2^63 is exact as an f64; 2^63 is the first value past the range.
+                const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+                if value.fract() != 0.0 || !(-LIMIT..LIMIT).contains(&value) {
+                    return Err(E::custom(format!("{value} is not a whole number within the 64-bit range")));
+                }
+                Ok(Integral(value as i64))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+fn integral<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    Integral::deserialize(deserializer).map(|value| value.0)
+}
+
+fn optional_integral<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    Option::<Integral>::deserialize(deserializer).map(|value| value.map(|value| value.0))
+}
+
+fn present_integral<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    integral(deserializer).map(Some)
+}
+
+fn nullable_integral<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<i64>>, D::Error> {
+    optional_integral(deserializer).map(Some)
+}
+
 /// `POST /products`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,13 +142,15 @@ pub struct CreateProduct {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    #[serde(deserialize_with = "integral")]
     pub price_cents: i64,
+    #[serde(deserialize_with = "integral")]
     pub stock: i64,
     #[serde(default = "default_true")]
     pub one_per_user: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_integral")]
     pub sale_starts_at_ms: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_integral")]
     pub sale_ends_at_ms: Option<i64>,
 }
 
@@ -132,13 +187,13 @@ pub struct UpdateProduct {
     pub name: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_integral")]
     pub price_cents: Option<i64>,
     #[serde(default, deserialize_with = "present")]
     pub one_per_user: Option<bool>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "nullable_integral")]
     pub sale_starts_at_ms: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "nullable_integral")]
     pub sale_ends_at_ms: Option<Option<i64>>,
 }
 
@@ -185,6 +240,7 @@ impl UpdateProduct {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestockRequest {
+    #[serde(deserialize_with = "integral")]
     pub quantity: i64,
 }
 
@@ -322,6 +378,22 @@ mod tests {
         assert_eq!(updated.sale_ends_at_ms, Some(500));
         assert_eq!(updated.updated_at_ms, 12);
         assert_eq!(update.apply(&product(None, None), 5).expect("valid").updated_at_ms, 10, "never goes back");
+    }
+
+    #[test]
+    fn integers_are_whole_numbers_by_value_as_json_schema_has_them() {
+        let create: CreateProduct =
+            serde_json::from_str(r#"{"name": "n", "price_cents": 100.0, "stock": 3e0, "sale_ends_at_ms": 5.0}"#)
+                .expect("whole numbers written with a fraction or an exponent");
+        assert_eq!((create.price_cents, create.stock, create.sale_ends_at_ms), (100, 3, Some(5)));
+        let update: UpdateProduct =
+            serde_json::from_str(r#"{"price_cents": 7.0, "sale_starts_at_ms": null}"#).expect("valid update");
+        assert_eq!((update.price_cents, update.sale_starts_at_ms), (Some(7), Some(None)));
+        assert_eq!(serde_json::from_str::<RestockRequest>(r#"{"quantity": 2.0}"#).expect("2.0").quantity, 2);
+        for refused in [r#"{"quantity": 2.5}"#, r#"{"quantity": 1e19}"#, r#"{"quantity": 9223372036854775808}"#] {
+            assert!(serde_json::from_str::<RestockRequest>(refused).is_err(), "{refused}");
+        }
+        assert!(serde_json::from_str::<UpdateProduct>(r#"{"price_cents": null}"#).is_err(), "null is not a price");
     }
 
     #[test]
