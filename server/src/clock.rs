@@ -191,7 +191,7 @@ mod tests {
         struct Steps(Mutex<Vec<i64>>);
         impl Clock for Steps {
             fn now_ms(&self) -> i64 {
-                let mut steps = self.0.lock().unwrap();
+                let mut steps = self.0.lock().expect("the test clock");
                 if steps.len() > 1 { steps.remove(0) } else { steps[0] }
             }
         }

@@ -103,6 +103,11 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_MAX_CONCURRENT_HASHES", default_value_t = 8)]
     pub max_concurrent_hashes: usize,
 
+    /// Server-Sent Event streams open at once on this instance; past it a new one is
+    /// refused (503 `too-many-connections`, Retry-After) and the others go on.
+    #[arg(long, env = "FLASHSALE_MAX_EVENT_STREAMS", default_value_t = 1_000)]
+    pub max_event_streams: usize,
+
     /// Completed idempotency records are kept this long.
     #[arg(long, env = "FLASHSALE_IDEMPOTENCY_TTL_S", default_value_t = 86_400)]
     pub idempotency_ttl_s: u64,
@@ -406,13 +411,14 @@ impl Config {
             );
         }
         within("mongo-pool-size", self.mongo_pool_size, &(1..=u32::MAX))?;
-        let positive: [(&'static str, u64); 15] = [
+        let positive: [(&'static str, u64); 16] = [
             ("session-idle-ttl-s", self.session_idle_ttl_s),
             ("session-absolute-ttl-s", self.session_absolute_ttl_s),
             ("otp-ttl-s", self.otp_ttl_s),
             ("smtp-timeout-ms", self.smtp_timeout_ms),
             ("otp-outbox-max-len", self.otp_outbox_max_len),
             ("max-concurrent-hashes", self.max_concurrent_hashes as u64),
+            ("max-event-streams", self.max_event_streams as u64),
             ("idempotency-ttl-s", self.idempotency_ttl_s),
             ("idempotency-lease-ms", self.idempotency_lease_ms),
             ("order-write-timeout-ms", self.order_write_timeout_ms),

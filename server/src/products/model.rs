@@ -77,11 +77,6 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> R
     T::deserialize(deserializer).map(Some)
 }
 
-/// Deserializes a field where absent (`None`), `null` (`Some(None)`) and a value differ.
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
-}
-
 /// A JSON integer as JSON Schema's `"type": "integer"` (the OpenAPI description's) has
 /// it: any number whose value is a whole number, so `3`, `3.0` and `3e0` are the same 3;
 /// `3.5` and anything outside the 64-bit range are refused.
@@ -131,6 +126,7 @@ fn present_integral<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option
     integral(deserializer).map(Some)
 }
 
+/// A field where absent (`None`), `null` (`Some(None)`) and a value differ.
 fn nullable_integral<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<i64>>, D::Error> {
     optional_integral(deserializer).map(Some)
 }

@@ -47,6 +47,24 @@ async fn every_answer_is_nosniff_and_personal_or_live_ones_are_never_stored_by_a
 }
 
 #[tokio::test]
+async fn event_streams_past_the_bound_are_refused_with_a_problem_and_the_open_ones_go_on() {
+    let app = TestApp::spawn_with(|config| config.max_event_streams = 2).await;
+    let first = reqwest::Client::new().get(app.url("/api/v1/events")).send().await.expect("sse");
+    let second = reqwest::Client::new().get(app.url("/api/v1/events")).send().await.expect("sse");
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+
+    let third = reqwest::Client::new().get(app.url("/api/v1/events")).send().await.expect("sse");
+    assert_eq!(third.status(), 503);
+    assert_eq!(third.headers()["content-type"], "application/problem+json");
+    assert!(third.headers().contains_key("retry-after"));
+    let problem: serde_json::Value = third.json().await.expect("problem");
+    assert_eq!(problem["type"], "/problems/too-many-connections", "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("event streams")), "{problem}");
+    assert_eq!(app.client().get(app.url("/healthz")).send().await.expect("healthz").status(), 200);
+    drop((first, second));
+}
+
+#[tokio::test]
 async fn metrics_count_requests_per_route_template() {
     let app = TestApp::spawn().await;
     app.client().get(app.url("/healthz")).send().await.expect("healthz");
