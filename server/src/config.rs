@@ -103,6 +103,13 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_MAX_CONCURRENT_HASHES", default_value_t = 8)]
     pub max_concurrent_hashes: usize,
 
+    /// Password checks (logins, registrations) allowed to wait for a hash slot; past
+    /// `max_concurrent_hashes` + this, a new one is refused at once (503 `busy`,
+    /// Retry-After) before any store is read, so a flood of logins cannot queue honest
+    /// ones behind it for seconds.
+    #[arg(long, env = "FLASHSALE_MAX_QUEUED_HASHES", default_value_t = 16)]
+    pub max_queued_hashes: usize,
+
     /// Server-Sent Event streams open at once on this instance; past it a new one is
     /// refused (503 `too-many-connections`, Retry-After) and the others go on.
     #[arg(long, env = "FLASHSALE_MAX_EVENT_STREAMS", default_value_t = 1_000)]

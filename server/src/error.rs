@@ -73,6 +73,8 @@ pub enum ApiError {
     TooManyConnections(String),
     #[error("not ready: {0}")]
     NotReady(String),
+    #[error("too many password checks in progress; retry shortly")]
+    Busy,
     #[error("internal error")]
     Internal(anyhow::Error),
 }
@@ -124,6 +126,7 @@ impl ApiError {
             Self::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
             Self::TooManyConnections(_) => (S::SERVICE_UNAVAILABLE, "too-many-connections", "Too many connections"),
             Self::NotReady(_) => (S::SERVICE_UNAVAILABLE, "not-ready", "Not ready"),
+            Self::Busy => (S::SERVICE_UNAVAILABLE, "busy", "Server busy"),
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
@@ -151,7 +154,7 @@ impl ApiError {
                 Some(limit.retry_after_s)
             }
             Self::SalePaused { retry_after_s } | Self::Unavailable { retry_after_s } => Some(*retry_after_s),
-            Self::TooManyConnections(_) | Self::NotReady(_) => Some(1),
+            Self::TooManyConnections(_) | Self::NotReady(_) | Self::Busy => Some(1),
             // The body was not read to its end: the connection cannot carry another request.
             Self::RequestTimeout { .. } => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub replays_from_memory: Counter,
     pub reconciled_orders: Counter,
     pub sale_rebuilds: Counter,
+    /// Logins and registrations refused at once because the password-check queue was full.
+    pub password_checks_shed: Counter,
 }
 
 impl Default for Metrics {
@@ -109,6 +111,7 @@ impl Metrics {
         let replays_from_memory = Counter::default();
         let reconciled_orders = Counter::default();
         let sale_rebuilds = Counter::default();
+        let password_checks_shed = Counter::default();
         registry.register("http_requests", "HTTP requests answered", http_requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency", http_latency_seconds.clone());
         registry.register("product_cache_hits", "Product cache hits", product_cache_hits.clone());
@@ -126,6 +129,11 @@ impl Metrics {
         );
         registry.register("reconciled_orders", "Reservations persisted by the reconciler", reconciled_orders.clone());
         registry.register("sale_rebuilds", "Sale states rebuilt from MongoDB", sale_rebuilds.clone());
+        registry.register(
+            "password_checks_shed",
+            "Logins and registrations refused because the password-check queue was full",
+            password_checks_shed.clone(),
+        );
         let outcome_counters = PURCHASE_OUTCOMES
             .iter()
             .map(|&outcome| {
@@ -144,6 +152,7 @@ impl Metrics {
             replays_from_memory,
             reconciled_orders,
             sale_rebuilds,
+            password_checks_shed,
         }
     }
 

@@ -61,6 +61,8 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
     let dummy_password_hash = auth::password::dummy_hash(&config)?;
     let otp_sender = auth::otp::OtpSender::from_config(&config)?;
     let hashing = tokio::sync::Semaphore::new(config.max_concurrent_hashes.max(1));
+    let password_admission =
+        Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_hashes.max(1) + config.max_queued_hashes));
     let event_streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams.max(1)));
     Ok(Arc::new_cyclic(|this| App {
         keys: Keys::new(config.key_prefix.clone()),
@@ -76,6 +78,7 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
         known_sessions: crate::auth::session::KnownSessions::default(),
         replays: crate::purchase::replays::Replays::default(),
         hashing,
+        password_admission,
         event_streams,
         dummy_password_hash,
         otp_sender,

@@ -36,6 +36,8 @@ pub struct App {
     pub product_writes: crate::sale::product_store::ProductWriteLocks,
     /// Bounds the password hashes computed at once (each takes `argon2_m_kib` of memory).
     pub hashing: Semaphore,
+    /// Admission of password checks: running plus waiting hashes (see `password::admit`).
+    pub password_admission: Arc<Semaphore>,
     /// Bounds the Server-Sent Event streams open at once (`max_event_streams`).
     pub event_streams: Arc<Semaphore>,
     /// A hash verified for unknown users, so that their login takes as long as a real one.

@@ -77,6 +77,7 @@ pub async fn register(
     let email = users::normalise_email(&body.email);
     users::validate_email(&email)?;
     users::validate_password(&body.password)?;
+    let _admitted = password::admit(&app)?;
     let hash = password::hash_password(&app, body.password).await?;
     let role = users::configured_role(&app, &email);
     if users::insert_user(&app, &email, &hash, role).await?.is_some() {
@@ -100,7 +101,9 @@ pub async fn login(
     ratelimit::check(&app, Action::Login, Scope::Ip(ip), limits.login_per_ip_per_min).await?;
     let account = Scope::Account(users::account_hash(&email));
     ratelimit::check(&app, Action::Login, account, limits.login_per_account_per_min).await?;
+    let admitted = password::admit(&app)?;
     let user = authenticate(&app, &email, body.password).await?;
+    drop(admitted);
     let user_id = user.uuid()?;
     let role = promote_configured_admin(&app, &user).await?;
     // Rotation: whatever session the client held before is gone after a login.

@@ -5,7 +5,10 @@ use anyhow::Context;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
 use crate::state::App;
 
 pub fn hasher(config: &Config) -> anyhow::Result<Argon2<'static>> {
@@ -22,6 +25,18 @@ pub fn dummy_hash(config: &Config) -> anyhow::Result<String> {
         .hash_password(b"no user has this password", &salt)
         .map_err(|err| anyhow::anyhow!("dummy hash: {err}"))?;
     Ok(hash.to_string())
+}
+
+/// Admission to one password check (a login or a registration), taken before any store
+/// is read: at most `max_concurrent_hashes` hashes run and `max_queued_hashes` wait for
+/// a slot. Past that the request is shed at once (503 `busy`, Retry-After) instead of
+/// joining a queue that a flood of wrong passwords keeps seconds long. Held until the
+/// request's check is done.
+pub fn admit(app: &App) -> ApiResult<OwnedSemaphorePermit> {
+    app.password_admission.clone().try_acquire_owned().map_err(|_| {
+        app.metrics.password_checks_shed.inc();
+        ApiError::Busy
+    })
 }
 
 /// The PHC string of `password` under the configured parameters and a fresh salt.

@@ -588,3 +588,35 @@ async fn with_redis_down_auth_fails_closed_with_503() {
     post(&app, "/api/v1/auth/otp", None, Some(&pre), &[]).await.assert_problem(503, "unavailable");
     get(&app, "/api/v1/user/profile", Some(&pre)).await.assert_problem(503, "unavailable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_past_the_password_queue_is_shed_at_once_and_an_honest_login_then_succeeds() {
+    let app = TestApp::spawn_with(|config| {
+        config.max_concurrent_hashes = 1;
+        config.max_queued_hashes = 1;
+        // Spread over many addresses, each within its budget: only the queue bounds it.
+        config.limits.login_per_ip_per_min = 10_000;
+        config.limits.login_per_account_per_min = 10_000;
+    })
+    .await;
+    let emails: Vec<String> = (0..24).map(|_| fresh_email()).collect();
+    let flood = futures::future::join_all(emails.iter().map(|email| login(&app, email, "a wrong password"))).await;
+
+    let refused: Vec<&Answer> = flood.iter().filter(|answer| answer.status == 503).collect();
+    let checked = flood.iter().filter(|answer| answer.status == 401).count();
+    assert_eq!(refused.len() + checked, flood.len(), "only 401 or 503: {flood:?}");
+    assert!(checked >= 1 && !refused.is_empty(), "{checked} checked, {} shed", refused.len());
+    for answer in refused {
+        answer.assert_problem(503, "busy");
+        assert_eq!(answer.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    }
+    let shed = app.app().metrics.password_checks_shed.get();
+    assert_eq!(shed, flood.iter().filter(|answer| answer.status == 503).count() as u64);
+
+    // Once the flood is answered, the queue is empty again: the owner logs in.
+    let email = fresh_email();
+    flashsale::auth::users::create_user_with_hash(app.app(), &email, PRECOMPUTED_HASH, Role::Buyer)
+        .await
+        .expect("user");
+    assert_eq!(login(&app, &email, PRECOMPUTED_PASSWORD).await.status, 200);
+}
