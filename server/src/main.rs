@@ -102,7 +102,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn dev(mut config: Config) -> anyhow::Result<()> {
     // Local processes by default; FLASHSALE_BACKEND=containers (with the `containers`
-    // feature and a Docker engine) starts redis:7 and mongo:7 containers instead.
+    // feature and a Docker API, e.g. `eval "$(scripts/containers env)"`) starts the
+    // FLASHSALE_REDIS_IMAGE and FLASHSALE_MONGO_IMAGE containers (redis:7, mongo:7).
     let kind = BackendKind::from_env()?;
     let stack = start_backends(kind, RedisPersistence::AppendOnly)
         .await

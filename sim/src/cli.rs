@@ -93,8 +93,9 @@ pub struct RunOptions {
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
-    /// Where the backends run: local processes, or Docker containers (needs the
-    /// `containers` feature and a Docker engine; single Redis only).
+    /// Where the backends run: local processes, or containers (needs the `containers`
+    /// feature and a Docker API: `eval "$(scripts/containers env)"`; single Redis only;
+    /// the plan's blackholes become network partitions of the container).
     #[arg(long, value_enum, default_value_t = BackendChoice::Local)]
     pub backend: BackendChoice,
     /// `real`: real processes, interleavings differ per run. `det`: the emulated stores

@@ -159,13 +159,56 @@ async fn container_op(
     Ok(format!("{op:?} the {backend:?} container"))
 }
 
+/// Cutting a container off its network, or connecting it again.
+#[derive(Debug, Clone, Copy)]
+enum PartitionOp {
+    Cut,
+    Heal,
+}
+
+/// On the containers backend, the plan's blackhole is a real network partition: the
+/// container is disconnected from its network (`ContainerStack::partition`) while the
+/// proxies keep passing. Seen from the server it is the same fault (connections open,
+/// nothing answers), without the proxy in the middle deciding it; connections opened
+/// before it may stay dead after it heals. `None` on local processes: the proxies do it.
+async fn partition_op(targets: &Targets, backend: Backend, op: PartitionOp) -> anyhow::Result<Option<String>> {
+    #[cfg(feature = "containers")]
+    {
+        use flashsale_stack::ContainerRole;
+        let containers = targets.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner).containers.clone();
+        if let Some(stack) = containers {
+            let role = match backend {
+                Backend::Redis => ContainerRole::Redis,
+                Backend::Mongo => ContainerRole::Mongo,
+            };
+            return Ok(Some(match op {
+                PartitionOp::Cut => {
+                    stack.partition(role).await?;
+                    format!("the {backend:?} container disconnected from its network (partition)")
+                }
+                PartitionOp::Heal => {
+                    stack.heal_partition(role).await?;
+                    format!("the {backend:?} container connected to its network again")
+                }
+            }));
+        }
+    }
+    let _ = (targets, backend, op);
+    Ok(None)
+}
+
 async fn fire(targets: &Targets, fault: &Fault) -> anyhow::Result<String> {
     match *fault {
         Fault::ProxyLatency { target, latency_ms } => {
             Ok(set_proxies(targets, target, ProxyMode::Latency { ms: latency_ms }))
         }
         Fault::ProxyReset { target } => Ok(set_proxies(targets, target, ProxyMode::Reset)),
-        Fault::ProxyBlackhole { target } => Ok(set_proxies(targets, target, ProxyMode::Blackhole)),
+        Fault::ProxyBlackhole { target } => {
+            if let Some(detail) = partition_op(targets, target, PartitionOp::Cut).await? {
+                return Ok(detail);
+            }
+            Ok(set_proxies(targets, target, ProxyMode::Blackhole))
+        }
         Fault::ProxySlowClose { target, delay_ms } => {
             Ok(set_proxies(targets, target, ProxyMode::SlowClose { ms: delay_ms }))
         }
@@ -193,10 +236,15 @@ async fn fire(targets: &Targets, fault: &Fault) -> anyhow::Result<String> {
 
 async fn heal(targets: &Targets, fault: &Fault) -> anyhow::Result<String> {
     match *fault {
-        Fault::ProxyLatency { target, .. }
-        | Fault::ProxyReset { target }
-        | Fault::ProxyBlackhole { target }
-        | Fault::ProxySlowClose { target, .. } => Ok(heal_proxies(targets, target)),
+        Fault::ProxyBlackhole { target } => {
+            if let Some(detail) = partition_op(targets, target, PartitionOp::Heal).await? {
+                return Ok(detail);
+            }
+            Ok(heal_proxies(targets, target))
+        }
+        Fault::ProxyLatency { target, .. } | Fault::ProxyReset { target } | Fault::ProxySlowClose { target, .. } => {
+            Ok(heal_proxies(targets, target))
+        }
         Fault::Pause { target } => process_op(targets, target, ProcessOp::Resume).await,
         Fault::KillRestart { target, persistent } => {
             process_op(targets, target, ProcessOp::Restart { keep_data: persistent }).await
@@ -228,6 +276,8 @@ pub async fn heal_all(targets: &Targets) -> anyhow::Result<()> {
     // not a failure here.
     for target in [Backend::Redis, Backend::Mongo] {
         let _ = process_op(targets, target, ProcessOp::Resume).await;
+        // Likewise, healing a container that is not partitioned is refused.
+        let _ = partition_op(targets, target, PartitionOp::Heal).await;
     }
     for url in &direct_redis_urls(targets) {
         let _ = redis_command(url, redis::cmd("CLIENT").arg("UNPAUSE")).await;

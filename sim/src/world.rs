@@ -72,8 +72,10 @@ pub enum BackendChoice {
     /// `redis-server` and FerretDB child processes on free ports (the default).
     #[default]
     Local,
-    /// `redis:7` and `mongo:7` Docker containers (`testcontainers`; needs the
-    /// `containers` feature and a Docker engine; single Redis only).
+    /// Redis and MongoDB containers (`ContainerStack`: `FLASHSALE_REDIS_IMAGE` and
+    /// `FLASHSALE_MONGO_IMAGE`, by default `redis:7` and `mongo:7`; needs the
+    /// `containers` feature and a Docker API, e.g. `scripts/containers`'s Podman; single
+    /// Redis only).
     Containers,
 }
 

@@ -4,8 +4,10 @@
 //! [`RedisCluster`] runs several `redis-server` processes as one Redis Cluster.
 //!
 //! With the `containers` feature and `FLASHSALE_BACKEND=containers`, [`start_backends`]
-//! gives the same backends from Docker containers (`redis:7`, `mongo:7`) instead; that
-//! path is compiled and linted in CI but untested there (no Docker engine).
+//! gives the same backends from containers instead ([`ContainerStack`]: the images of
+//! `FLASHSALE_REDIS_IMAGE` and `FLASHSALE_MONGO_IMAGE`, `redis:7` and `mongo:7` by
+//! default), through a Docker API; `scripts/test-containers` runs the tests that way on
+//! the project's local Podman engine.
 
 mod cluster;
 #[cfg(feature = "containers")]
@@ -21,7 +23,10 @@ use anyhow::{Context, bail};
 
 pub use cluster::{CLUSTER_NODE_TIMEOUT_MS, CLUSTER_SLOTS, RedisCluster, RedisClusterOptions};
 #[cfg(feature = "containers")]
-pub use containers::{ContainerRole, ContainerStack};
+pub use containers::{
+    CONTAINER_HOST_ENV, ContainerRole, ContainerStack, DEFAULT_MONGO_IMAGE, DEFAULT_REDIS_IMAGE, MONGO_IMAGE_ENV,
+    REDIS_IMAGE_ENV,
+};
 pub use process::{FerretDb, RedisPersistence, RedisServer};
 
 /// How long a backend may take to accept connections after it was started.
@@ -99,8 +104,8 @@ pub enum BackendKind {
     /// `redis-server` and FerretDB child processes ([`LocalStack`]).
     #[default]
     Local,
-    /// `redis:7` and `mongo:7` Docker containers (`ContainerStack`); needs the
-    /// `containers` feature and a Docker engine.
+    /// Redis and MongoDB containers (`ContainerStack`); needs the `containers` feature
+    /// and a Docker API (`DOCKER_HOST`).
     Containers,
 }
 
@@ -166,7 +171,7 @@ impl Backends {
 
 /// Starts one Redis and one MongoDB-compatible backend of the given kind. The local
 /// processes are started on a blocking thread; containers need the `containers` feature
-/// and a Docker engine.
+/// and a Docker API.
 pub async fn start_backends(kind: BackendKind, persistence: RedisPersistence) -> anyhow::Result<Backends> {
     match kind {
         BackendKind::Local => {

@@ -3,10 +3,12 @@
 //! so tests run in parallel without sharing state. The shared backends are local
 //! `redis-server` and FerretDB processes on free ports; with `FLASHSALE_BACKEND=memory`
 //! the server's own emulated stores in this process (`memory://` URLs: nothing is
-//! started); with `FLASHSALE_BACKEND=containers` (and `--features containers`) `redis:7`
-//! and `mongo:7` Docker containers. Tests that break a backend start their own local
-//! processes with [`TestApp::spawn_with_own_backends`], whatever the setting: the memory
-//! lane of `scripts/test` skips them by name (`MEMORY_SKIPS` there says which and why).
+//! started); with `FLASHSALE_BACKEND=containers` (and `--features containers`)
+//! containers (`FLASHSALE_REDIS_IMAGE`, `FLASHSALE_MONGO_IMAGE`; `redis:7` and `mongo:7`
+//! by default; `scripts/test-containers` runs them on a local Podman engine). Tests that
+//! break a backend start their own local processes with
+//! [`TestApp::spawn_with_own_backends`], whatever the setting: the memory lane of
+//! `scripts/test` skips them by name (`MEMORY_SKIPS` there says which and why).
 
 use std::sync::{Arc, Mutex, OnceLock};
 
