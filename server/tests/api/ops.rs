@@ -110,6 +110,50 @@ async fn the_openapi_description_is_served_and_names_the_purchase_route() {
 }
 
 #[tokio::test]
+async fn the_openapi_bounds_are_the_ones_the_server_enforces() {
+    use flashsale::auth::users::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
+    let app = TestApp::spawn().await;
+    let spec: serde_json::Value =
+        app.client().get(app.url("/openapi.json")).send().await.expect("openapi").json().await.expect("json");
+    let schemas = &spec["components"]["schemas"];
+    let register = &spec["paths"]["/api/v1/auth/register"]["post"]["requestBody"]["content"]["application/json"];
+    assert_eq!(register["schema"]["$ref"], "#/components/schemas/Registration");
+    let password = &schemas["Registration"]["properties"]["password"];
+    assert_eq!(password["minLength"], MIN_PASSWORD_CHARS);
+    assert_eq!(password["maxLength"], MAX_PASSWORD_CHARS);
+    for schema in ["CreateProduct", "UpdateProduct"] {
+        let name = &schemas[schema]["properties"]["name"];
+        assert_eq!(name["maxLength"], flashsale::db::records::MAX_NAME_CHARS, "{schema}");
+        assert!(name["pattern"].as_str().is_some_and(|p| p.contains("\\u0000-\\u001F")), "{schema}: {name}");
+    }
+
+    // At the bounds the schema names, the server answers as it says.
+    let status_of = |body: serde_json::Value| {
+        let request = reqwest::Client::new().post(app.url("/api/v1/auth/register")).json(&body);
+        async move { request.send().await.expect("register").status().as_u16() }
+    };
+    let email = || format!("{}@example.test", uuid::Uuid::new_v4().simple());
+    for (chars, expected) in [
+        (MIN_PASSWORD_CHARS - 1, 422),
+        (MIN_PASSWORD_CHARS, 202),
+        (MAX_PASSWORD_CHARS, 202),
+        (MAX_PASSWORD_CHARS + 1, 422),
+    ] {
+        let body = serde_json::json!({ "email": email(), "password": "p".repeat(chars) });
+        assert_eq!(status_of(body).await, expected, "a password of {chars} characters");
+    }
+    let (admin, _) = app.verified_buyer(flashsale::db::records::Role::Admin).await;
+    let create = |price: serde_json::Value| {
+        let request = admin
+            .post(app.url("/api/v1/products"))
+            .json(&serde_json::json!({"name": "n", "price_cents": price, "stock": 1.0}));
+        async move { request.send().await.expect("create").status().as_u16() }
+    };
+    assert_eq!(create(serde_json::json!(100.0)).await, 201, "a whole number written with a fraction");
+    assert_eq!(create(serde_json::json!(2.5)).await, 422, "not a whole number");
+}
+
+#[tokio::test]
 async fn every_response_carries_a_request_id() {
     let app = TestApp::spawn().await;
     let response = app.client().get(app.url("/healthz")).send().await.expect("healthz");
