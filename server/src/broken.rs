@@ -66,6 +66,14 @@ pub enum Broken {
     /// Breaks: conservation (a sold-out answer while a unit was free; at the end free
     /// units + orders = stock still holds, with one unit never sold).
     PrematureSoldOut,
+    /// A group commit of order writes (`sale::order_writes`) tells every member other
+    /// than its leader that its order was stored, whatever MongoDB answered for it: a
+    /// member whose insert failed (the batch failed as a whole, or its own document did)
+    /// answers 201 and is confirmed in Redis with no document in MongoDB.
+    ///
+    /// Breaks: no lost acknowledged order, conservation (a unit confirmed in Redis that no
+    /// MongoDB order holds).
+    GroupCommitAcksFailures,
 }
 
 /// The broken variant this instance runs, if any.
@@ -98,6 +106,11 @@ pub fn phantom_id(app: &App, mut order: OrderDoc) -> OrderDoc {
         order.id = app.ids.new_record_id().to_string();
     }
     order
+}
+
+/// [`Broken::GroupCommitAcksFailures`]: a member's outcome, acknowledged whatever it was.
+pub fn group_commit_outcome(broken: Option<Broken>, outcome: crate::db::DbResult<()>) -> crate::db::DbResult<()> {
+    if broken == Some(Broken::GroupCommitAcksFailures) { Ok(()) } else { outcome }
 }
 
 #[cfg(test)]

@@ -128,6 +128,16 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_ORDER_WRITE_TIMEOUT_MS", default_value_t = 1_500)]
     pub order_write_timeout_ms: u64,
 
+    /// Orders one group commit writes at most (one unordered `insert_many` shared by the
+    /// winning purchases that reach MongoDB together); 1 writes each order on its own.
+    #[arg(long, env = "FLASHSALE_ORDER_BATCH_MAX", default_value_t = 64)]
+    pub order_batch_max: u32,
+
+    /// Group commits in flight at once on this instance; orders arriving while all are in
+    /// flight wait for the next one to take them (no wait at all while fewer are in flight).
+    #[arg(long, env = "FLASHSALE_ORDER_BATCHES_IN_FLIGHT", default_value_t = 4)]
+    pub order_batches_in_flight: u32,
+
     /// Timeout of one Redis command; past it the request fails closed.
     #[arg(long, env = "FLASHSALE_REDIS_TIMEOUT_MS", default_value_t = 1_000)]
     pub redis_timeout_ms: u64,
@@ -392,6 +402,11 @@ pub const OTP_DIGITS: std::ops::RangeInclusive<u32> = 4..=10;
 pub const ARGON2_M_KIB: std::ops::RangeInclusive<u32> = 8..=4 * 1024 * 1024;
 pub const ARGON2_T: std::ops::RangeInclusive<u32> = 1..=64;
 pub const ARGON2_P: std::ops::RangeInclusive<u32> = 1..=255;
+/// Orders in one group commit: past a thousand documents an `insert_many` is split by
+/// the driver and one slow document delays every answer in it.
+pub const ORDER_BATCH_MAX: std::ops::RangeInclusive<u32> = 1..=1_000;
+/// Group commits in flight on one instance (each holds one MongoDB connection).
+pub const ORDER_BATCHES_IN_FLIGHT: std::ops::RangeInclusive<u32> = 1..=256;
 /// Most wrong codes allowed per issued code.
 pub const MAX_OTP_ATTEMPTS: u32 = 100;
 
@@ -418,6 +433,8 @@ impl Config {
             );
         }
         within("mongo-pool-size", self.mongo_pool_size, &(1..=u32::MAX))?;
+        within("order-batch-max", self.order_batch_max, &ORDER_BATCH_MAX)?;
+        within("order-batches-in-flight", self.order_batches_in_flight, &ORDER_BATCHES_IN_FLIGHT)?;
         let positive: [(&'static str, u64); 16] = [
             ("session-idle-ttl-s", self.session_idle_ttl_s),
             ("session-absolute-ttl-s", self.session_absolute_ttl_s),

@@ -89,6 +89,10 @@ pub struct Metrics {
     pub sale_rebuilds: Counter,
     /// Logins and registrations refused at once because the password-check queue was full.
     pub password_checks_shed: Counter,
+    /// Group commits of order writes, and the orders they carried (their ratio is the
+    /// mean batch size).
+    pub order_group_commits: Counter,
+    pub orders_group_committed: Counter,
 }
 
 impl Default for Metrics {
@@ -112,6 +116,8 @@ impl Metrics {
         let reconciled_orders = Counter::default();
         let sale_rebuilds = Counter::default();
         let password_checks_shed = Counter::default();
+        let order_group_commits = Counter::default();
+        let orders_group_committed = Counter::default();
         registry.register("http_requests", "HTTP requests answered", http_requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency", http_latency_seconds.clone());
         registry.register("product_cache_hits", "Product cache hits", product_cache_hits.clone());
@@ -134,6 +140,12 @@ impl Metrics {
             "Logins and registrations refused because the password-check queue was full",
             password_checks_shed.clone(),
         );
+        registry.register(
+            "order_group_commits",
+            "Group commits of order writes (one insert_many each)",
+            order_group_commits.clone(),
+        );
+        registry.register("orders_group_committed", "Orders written by group commits", orders_group_committed.clone());
         let outcome_counters = PURCHASE_OUTCOMES
             .iter()
             .map(|&outcome| {
@@ -153,6 +165,8 @@ impl Metrics {
             reconciled_orders,
             sale_rebuilds,
             password_checks_shed,
+            order_group_commits,
+            orders_group_committed,
         }
     }
 

@@ -64,6 +64,7 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
     let password_admission =
         Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_hashes.max(1) + config.max_queued_hashes));
     let event_streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams.max(1)));
+    let order_writes = crate::sale::order_writes::OrderWrites::new(&config);
     Ok(Arc::new_cyclic(|this| App {
         keys: Keys::new(config.key_prefix.clone()),
         config,
@@ -75,6 +76,7 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
         sold_out: SoldOutCache::default(),
         rebuilds: RebuildFlights::default(),
         product_writes: Default::default(),
+        order_writes,
         known_sessions: crate::auth::session::KnownSessions::default(),
         replays: crate::purchase::replays::Replays::default(),
         hashing,

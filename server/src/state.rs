@@ -32,6 +32,8 @@ pub struct App {
     pub replays: crate::purchase::replays::Replays,
     /// The sale-state rebuilds running in this instance.
     pub rebuilds: RebuildFlights,
+    /// The group commits of this instance's order writes.
+    pub order_writes: crate::sale::order_writes::OrderWrites,
     /// Serialises this instance's admin writes to one product.
     pub product_writes: crate::sale::product_store::ProductWriteLocks,
     /// Bounds the password hashes computed at once (each takes `argon2_m_kib` of memory).

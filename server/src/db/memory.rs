@@ -14,7 +14,8 @@
 //! Not modelled: queries other than the ones the server makes, write concerns, the
 //! driver's connection pool and the operation gate of [`crate::db::MongoDb::bounded`]
 //! (an operation here holds no connection), partial effects of one multi-document
-//! operation other than `insert_many`'s, and FerretDB's non-atomic `findAndModify`.
+//! operation other than `insert_many`'s (ordered for users, unordered for orders), and
+//! FerretDB's non-atomic `findAndModify`.
 
 mod store;
 
@@ -243,6 +244,12 @@ impl MemoryDb {
 
     pub async fn insert_order(&self, order: &OrderDoc) -> DbResult<()> {
         self.run(|db| db.insert_order(order)).await
+    }
+
+    /// Each order inserted in turn, as an unordered `insert_many` applies them: a
+    /// duplicate fails that document only. Faults act on the operation as a whole.
+    pub async fn insert_orders(&self, orders: &[OrderDoc]) -> DbResult<Vec<DbResult<()>>> {
+        self.run(|db| Ok(orders.iter().map(|order| db.insert_order(order)).collect())).await
     }
 
     pub async fn find_order(&self, id: &str) -> DbResult<Option<OrderDoc>> {

@@ -245,6 +245,14 @@ impl Db {
         dispatch!(self.insert_order(order))
     }
 
+    /// Inserts orders in one unordered `insert_many` (a group commit). `Err` when the
+    /// operation as a whole failed: nothing is known of any order, each may or may not be
+    /// stored. Otherwise one outcome per order, in order: stored, or that document's own
+    /// failure (`DuplicateKey` as [`Db::insert_order`] reports it); the others are stored.
+    pub async fn insert_orders(&self, orders: &[OrderDoc]) -> DbResult<Vec<DbResult<()>>> {
+        dispatch!(self.insert_orders(orders))
+    }
+
     pub async fn find_order(&self, id: &str) -> DbResult<Option<OrderDoc>> {
         dispatch!(self.find_order(id))
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
-use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::error::{ErrorKind, InsertManyError, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::Semaphore;
@@ -268,6 +268,17 @@ impl MongoDb {
         Ok(())
     }
 
+    pub async fn insert_orders(&self, orders: &[OrderDoc]) -> DbResult<Vec<DbResult<()>>> {
+        if orders.is_empty() {
+            // The driver refuses an empty insert_many; MongoDB's answer to none is none.
+            return Ok(Vec::new());
+        }
+        match self.bounded(self.orders().insert_many(orders).ordered(false)).await {
+            Ok(_) => Ok(orders.iter().map(|_| Ok(())).collect()),
+            Err(err) => outcomes_of_insert_many(err, orders.len()),
+        }
+    }
+
     pub async fn find_order(&self, id: &str) -> DbResult<Option<OrderDoc>> {
         self.run(self.orders().find_one(doc! { "_id": id })).await
     }
@@ -384,6 +395,31 @@ pub fn index_in_message(message: &str) -> DuplicateIndex {
         .split_once(" index: ")
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .map_or(DuplicateIndex::Unknown, DuplicateIndex::from_name)
+}
+
+/// Each document's outcome of an unordered `insert_many` that failed: when the server
+/// answered with per-document write errors and nothing else went wrong, the documents
+/// without one are stored and each error belongs to its document; any other failure
+/// (a write concern error, I/O, a timeout) leaves every document unknown: `Err`.
+fn outcomes_of_insert_many(err: mongodb::error::Error, count: usize) -> DbResult<Vec<DbResult<()>>> {
+    let ErrorKind::InsertMany(InsertManyError { write_errors: Some(errors), write_concern_error: None, .. }) =
+        err.kind.as_ref()
+    else {
+        return Err(classify(err));
+    };
+    let mut outcomes: Vec<DbResult<()>> = (0..count).map(|_| Ok(())).collect();
+    for error in errors {
+        let Some(outcome) = outcomes.get_mut(error.index) else {
+            // An index past the batch: the answer is not about these documents.
+            return Err(DbError::Other(Box::new(err.clone())));
+        };
+        *outcome = Err(if error.code == DUPLICATE_KEY {
+            DbError::DuplicateKey { index: index_in_message(&error.message) }
+        } else {
+            DbError::Other(Box::new(err.clone()))
+        });
+    }
+    Ok(outcomes)
 }
 
 /// The class of a driver error: duplicate key, unavailable, or other.

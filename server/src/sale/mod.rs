@@ -3,7 +3,8 @@
 //!
 //! - [`state`] (re-exported here): first load, restock, window changes, unload, and the
 //!   snapshot of the sale state that MongoDB implies.
-//! - [`orders`]: order documents and their insert, duplicates resolved by reading.
+//! - [`orders`]: order documents and their insert, duplicates resolved by reading;
+//!   [`order_writes`]: the group commit those inserts go through.
 //! - [`rebuild`]: rebuild of a product's sale state from MongoDB, and the watcher of
 //!   Redis restarts. [`reconciler`]: persists or releases reservations left behind.
 //! - [`sold_out`]: the in-process sold-out shortcut.
@@ -14,6 +15,7 @@
 //! (plus the `DEL` of [`state::unload`] and the reconciler's `ZREM`/`HDEL` of entries it
 //! resolved); `products` and `purchase` import it and never each other.
 
+pub mod order_writes;
 pub mod orders;
 pub mod product_cache;
 pub mod product_store;

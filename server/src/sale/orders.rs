@@ -60,11 +60,12 @@ pub enum Persisted {
     Conflict(Conflict),
 }
 
-/// Inserts a confirmed order; a duplicate key is resolved by reading MongoDB, never by
+/// Inserts a confirmed order (in a group commit with others that arrive together,
+/// `order_writes`); a duplicate key is resolved by reading MongoDB, never by
 /// trusting which index the error names (FerretDB names none). A store failure is a
 /// [`DbError`] inside the `anyhow::Error`.
 pub async fn persist(app: &App, order: &OrderDoc) -> anyhow::Result<Persisted> {
-    match app.db.insert_order(order).await {
+    match app.order_writes.insert(&app.db, &app.metrics, order).await {
         Ok(()) => return Ok(Persisted::Inserted),
         Err(DbError::DuplicateKey { index: _ }) => {}
         Err(err) => return Err(err.into()),

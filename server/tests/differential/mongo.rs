@@ -84,6 +84,8 @@ pub enum Step {
     LatestProductRevision(String),
     LiveProductIds,
     InsertOrder(OrderDoc),
+    /// A group commit: one unordered `insert_many`.
+    InsertOrders(Vec<OrderDoc>),
     FindOrder(String),
     FindOrderByUnit(String, i64),
     ConfirmedOrdersOfUser(String, u32),
@@ -121,6 +123,8 @@ pub enum Outcome {
     Ids(Vec<String>),
     Order(Option<OrderDoc>),
     Orders(Vec<OrderDoc>),
+    /// One outcome per document of a multi-document write.
+    Each(Vec<Outcome>),
     Failed(ErrorClass),
 }
 
@@ -141,6 +145,7 @@ impl Outcome {
     pub fn agrees_with(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::Failed(ErrorClass::DuplicateKey(a)), Self::Failed(ErrorClass::DuplicateKey(b))) => a.compatible(*b),
+            (Self::Each(a), Self::Each(b)) => a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.agrees_with(b)),
             _ => self == other,
         }
     }
@@ -183,6 +188,9 @@ impl Step {
             Self::LatestProductRevision(id) => O::of(db.latest_product_revision(id).await, O::Revision),
             Self::LiveProductIds => O::of(db.live_product_ids().await, O::Ids),
             Self::InsertOrder(order) => O::of(db.insert_order(order).await, |()| O::Done),
+            Self::InsertOrders(orders) => O::of(db.insert_orders(orders).await, |outcomes| {
+                O::Each(outcomes.into_iter().map(|outcome| O::of(outcome, |()| O::Done)).collect())
+            }),
             Self::FindOrder(id) => O::of(db.find_order(id).await, O::Order),
             Self::FindOrderByUnit(product_id, unit) => O::of(db.find_order_by_unit(product_id, *unit).await, O::Order),
             Self::ConfirmedOrdersOfUser(user_id, limit) => {
@@ -297,6 +305,8 @@ fn order_step() -> impl Strategy<Value = Step> {
     prop_oneof![
         1 => Just(Step::EnsureIndexes),
         8 => order().prop_map(Step::InsertOrder),
+        // Batches that collide with each other and with stored orders.
+        3 => vec(order(), 0..=4).prop_map(Step::InsertOrders),
         2 => pick(ORDER_IDS).prop_map(Step::FindOrder),
         2 => (pick(ORDER_PRODUCTS), 1..=3i64).prop_map(|(product_id, unit)| Step::FindOrderByUnit(product_id, unit)),
         2 => (pick(USER_IDS), limit()).prop_map(|(user_id, limit)| Step::ConfirmedOrdersOfUser(user_id, limit)),
@@ -485,6 +495,37 @@ async fn a_second_order_of_one_buyer_is_refused_by_both_sides() {
     real.close().await;
     outcome.unwrap_or_else(|mismatch| panic!("{mismatch}"));
     assert_eq!(kept.expect("the model's collections"), 1, "the buyer's second order is refused");
+}
+
+/// A group commit (one unordered `insert_many`) that meets a stored order's unit and, inside
+/// itself, a buyer's second order: those two documents fail alone, each with its own
+/// duplicate key, and every other member is stored.
+#[cfg(not(feature = "memory-broken"))]
+#[tokio::test]
+async fn a_group_commit_fails_only_its_duplicate_members_on_both_sides() {
+    let order = |id: &str, unit: i64, user: &str| OrderDoc {
+        id: id.to_owned(),
+        product_id: "p1".to_owned(),
+        user_id: user.to_owned(),
+        unit: UnitField::Unit(unit),
+        buyer_slot: user.to_owned(),
+        status: OrderStatus::Confirmed,
+        created_at_ms: 1,
+    };
+    let batch = vec![order("o2", 1, "u2"), order("o3", 2, "u3"), order("o4", 3, "u3"), order("o5", 4, "u5")];
+    let steps = vec![Step::EnsureIndexes, Step::InsertOrder(order("o1", 1, "u1")), Step::InsertOrders(batch.clone())];
+    let real = Real::open().await;
+    let pair = Pair::open(&real, &steps).await;
+    let outcome = pair.run_steps(&steps).await;
+    let each = Step::InsertOrders(batch).run(&pair.model).await;
+    let kept = pair.model.dump().await.map(|dump| dump.orders.into_iter().map(|o| o.id).collect::<Vec<_>>());
+    pair.close();
+    real.close().await;
+    outcome.unwrap_or_else(|mismatch| panic!("{mismatch}"));
+    assert_eq!(kept.expect("the model's collections"), ["o1", "o3", "o5"]);
+    // Run again, every member is now a duplicate of its own stored document or of o1/o3.
+    let Outcome::Each(again) = each else { panic!("a group commit answers per document: {each:?}") };
+    assert!(again.iter().all(|o| matches!(o, Outcome::Failed(ErrorClass::DuplicateKey(_)))), "{again:?}");
 }
 
 #[cfg(feature = "memory-broken")]

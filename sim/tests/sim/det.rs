@@ -48,6 +48,7 @@ fn a_small_sweep_holds_every_invariant_and_reaches_every_item() {
                 topology: flashsale_sim::plan::Topology::Single,
                 faults: FaultMix::Default,
                 duration_ms: 10_000,
+                partition: false,
             }
             .options(seed),
         )
@@ -95,6 +96,7 @@ mod broken_plans {
         (Broken::DropPending, "broken-drop_pending.json", Invariant::NoLostOrder),
         (Broken::Phantom, "broken-phantom.json", Invariant::NoLostOrder),
         (Broken::PrematureSoldOut, "broken-premature_sold_out.json", Invariant::Conservation),
+        (Broken::GroupCommitAcksFailures, "broken-group_commit_acks_failures.json", Invariant::NoLostOrder),
     ];
 
     fn load(file: &str) -> Plan {
