@@ -715,6 +715,7 @@ mod tests {
             topology: Topology::Single,
             fault_mix: FaultMix::None,
             duration_ms: 5_000,
+            partition: false,
         })
         .expect("plan");
         plan.products[0].one_per_user = true;

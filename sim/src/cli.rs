@@ -57,6 +57,11 @@ pub struct Shape {
     /// Length of the sale in milliseconds (faults in its first 60%).
     #[arg(long, default_value_t = 40_000)]
     pub duration_ms: u64,
+    /// Add a network partition of Redis or MongoDB to the default faults: a container
+    /// disconnected from its network on `--backend containers`, a proxy blackhole on
+    /// local processes, hanging commands in det mode.
+    #[arg(long)]
+    pub partition: bool,
 }
 
 impl Shape {
@@ -70,6 +75,7 @@ impl Shape {
             topology: self.topology,
             fault_mix: self.faults,
             duration_ms: self.duration_ms,
+            partition: self.partition,
         }
     }
 }
@@ -95,7 +101,7 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Where the backends run: local processes, or containers (needs the `containers`
     /// feature and a Docker API: `eval "$(scripts/containers env)"`; single Redis only;
-    /// the plan's blackholes become network partitions of the container).
+    /// `--partition` adds a network partition of a container to the plan).
     #[arg(long, value_enum, default_value_t = BackendChoice::Local)]
     pub backend: BackendChoice,
     /// `real`: real processes, interleavings differ per run. `det`: the emulated stores
@@ -248,23 +254,25 @@ mod tests {
 
     #[test]
     fn a_replay_command_parses_back_into_the_same_plan() {
-        let plan = crate::plan::Plan::generate(
-            Shape {
-                buyers: 300,
-                products: 2,
-                stock: 20,
-                instances: 2,
-                topology: Topology::Cluster,
-                faults: FaultMix::MongoOutage,
-                duration_ms: 12_000,
-            }
-            .options(42),
-        )
-        .expect("plan");
-        let command = crate::runner::replay_command(&plan, BackendChoice::Containers, None);
-        let parsed = parse_replay(&command).expect("parses");
-        assert_eq!(parsed.run.backend, BackendChoice::Containers);
-        let again = crate::plan::Plan::generate(parsed.plan.shape.options(parsed.plan.seed)).expect("plan");
-        assert_eq!(again.hash(), plan.hash());
+        let shape = Shape {
+            buyers: 300,
+            products: 2,
+            stock: 20,
+            instances: 2,
+            topology: Topology::Cluster,
+            faults: FaultMix::MongoOutage,
+            duration_ms: 12_000,
+            partition: false,
+        };
+        let with_partition =
+            Shape { topology: Topology::Single, faults: FaultMix::Default, partition: true, ..shape.clone() };
+        for shape in [shape, with_partition] {
+            let plan = crate::plan::Plan::generate(shape.options(42)).expect("plan");
+            let command = crate::runner::replay_command(&plan, BackendChoice::Containers, None);
+            let parsed = parse_replay(&command).expect("parses");
+            assert_eq!(parsed.run.backend, BackendChoice::Containers);
+            let again = crate::plan::Plan::generate(parsed.plan.shape.options(parsed.plan.seed)).expect("plan");
+            assert_eq!(again.hash(), plan.hash(), "{command}");
+        }
     }
 }

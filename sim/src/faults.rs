@@ -166,11 +166,11 @@ enum PartitionOp {
     Heal,
 }
 
-/// On the containers backend, the plan's blackhole is a real network partition: the
+/// On the containers backend, a [`Fault::Partition`] is a real network partition: the
 /// container is disconnected from its network (`ContainerStack::partition`) while the
-/// proxies keep passing. Seen from the server it is the same fault (connections open,
-/// nothing answers), without the proxy in the middle deciding it; connections opened
-/// before it may stay dead after it heals. `None` on local processes: the proxies do it.
+/// proxies keep passing. Seen from the server it is a blackhole without the proxy in the
+/// middle deciding it: connections opened before it die without a FIN or a RST and may
+/// stay dead after it heals. `None` on local processes: the proxies blackhole instead.
 async fn partition_op(targets: &Targets, backend: Backend, op: PartitionOp) -> anyhow::Result<Option<String>> {
     #[cfg(feature = "containers")]
     {
@@ -203,11 +203,13 @@ async fn fire(targets: &Targets, fault: &Fault) -> anyhow::Result<String> {
             Ok(set_proxies(targets, target, ProxyMode::Latency { ms: latency_ms }))
         }
         Fault::ProxyReset { target } => Ok(set_proxies(targets, target, ProxyMode::Reset)),
-        Fault::ProxyBlackhole { target } => {
+        Fault::ProxyBlackhole { target } => Ok(set_proxies(targets, target, ProxyMode::Blackhole)),
+        Fault::Partition { target } => {
             if let Some(detail) = partition_op(targets, target, PartitionOp::Cut).await? {
                 return Ok(detail);
             }
-            Ok(set_proxies(targets, target, ProxyMode::Blackhole))
+            let detail = set_proxies(targets, target, ProxyMode::Blackhole);
+            Ok(format!("{detail} (no network of its own on local processes: a proxy blackhole)"))
         }
         Fault::ProxySlowClose { target, delay_ms } => {
             Ok(set_proxies(targets, target, ProxyMode::SlowClose { ms: delay_ms }))
@@ -236,15 +238,16 @@ async fn fire(targets: &Targets, fault: &Fault) -> anyhow::Result<String> {
 
 async fn heal(targets: &Targets, fault: &Fault) -> anyhow::Result<String> {
     match *fault {
-        Fault::ProxyBlackhole { target } => {
+        Fault::Partition { target } => {
             if let Some(detail) = partition_op(targets, target, PartitionOp::Heal).await? {
                 return Ok(detail);
             }
             Ok(heal_proxies(targets, target))
         }
-        Fault::ProxyLatency { target, .. } | Fault::ProxyReset { target } | Fault::ProxySlowClose { target, .. } => {
-            Ok(heal_proxies(targets, target))
-        }
+        Fault::ProxyLatency { target, .. }
+        | Fault::ProxyReset { target }
+        | Fault::ProxySlowClose { target, .. }
+        | Fault::ProxyBlackhole { target } => Ok(heal_proxies(targets, target)),
         Fault::Pause { target } => process_op(targets, target, ProcessOp::Resume).await,
         Fault::KillRestart { target, persistent } => {
             process_op(targets, target, ProcessOp::Restart { keep_data: persistent }).await

@@ -62,6 +62,10 @@ pub struct PlanOptions {
     pub topology: Topology,
     pub fault_mix: FaultMix,
     pub duration_ms: u64,
+    /// One network partition of Redis or MongoDB added to the default faults
+    /// (`--partition`). Not serialised when off, so plans without it hash as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partition: bool,
 }
 
 impl PlanOptions {
@@ -81,6 +85,9 @@ impl PlanOptions {
         }
         if self.duration_ms < MIN_DURATION_MS {
             return Err(format!("duration must be at least {MIN_DURATION_MS} ms"));
+        }
+        if self.partition && self.fault_mix != FaultMix::Default {
+            return Err("a partition is added to the default faults: use it with `--faults default`".into());
         }
         if self.fault_mix != FaultMix::None && self.duration_ms < MIN_FAULTED_DURATION_MS {
             return Err(format!("a run with faults must last at least {MIN_FAULTED_DURATION_MS} ms"));
@@ -173,6 +180,11 @@ pub enum Fault {
     ProxySlowClose { target: Backend, delay_ms: u64 },
     /// The proxy accepts but never answers.
     ProxyBlackhole { target: Backend },
+    /// The store cut off the network and connected again: on the containers backend its
+    /// container is disconnected from its network (connections die without a FIN or a
+    /// RST, new ones find no route); on local processes, which have no network of their
+    /// own, the proxies swallow the traffic as a blackhole does.
+    Partition { target: Backend },
     /// SIGSTOP, then SIGCONT after the fault's duration.
     Pause { target: Backend },
     /// SIGKILL and restart; for Redis, with or without persistence.
@@ -405,6 +417,9 @@ fn default_faults(rng: &mut ChaCha8Rng, options: &PlanOptions, window: u64) -> V
     if options.instances > 1 {
         kinds.push(Fault::KillInstance { instance: rng.random_range(0..options.instances) });
     }
+    if options.partition {
+        kinds.push(Fault::Partition { target: backend(rng) });
+    }
     // Fisher-Yates with the plan's stream (not `SliceRandom`, whose algorithm may change).
     for i in (1..kinds.len()).rev() {
         kinds.swap(i, rng.random_range(0..=i));
@@ -436,6 +451,7 @@ impl Fault {
             | Self::ProxyReset { target }
             | Self::ProxySlowClose { target, .. }
             | Self::ProxyBlackhole { target }
+            | Self::Partition { target }
             | Self::Pause { target }
             | Self::KillRestart { target, .. } => Some(*target),
             Self::ClientPauseWrite => Some(Backend::Redis),
@@ -463,6 +479,7 @@ mod tests {
             topology: Topology::Single,
             fault_mix: FaultMix::Default,
             duration_ms: 60_000,
+            partition: false,
         }
     }
 
@@ -494,6 +511,24 @@ mod tests {
         let mongo = plan.faults.iter().position(|f| f.fault.target() == Some(Backend::Mongo)).expect("a Mongo fault");
         assert!(loss < mongo, "Redis data loss is planned after a MongoDB fault");
         assert!(plan.buyers.iter().filter(|b| b.via_http_login).count() > 0);
+    }
+
+    #[test]
+    fn a_partition_is_one_more_default_fault_and_leaves_plans_without_it_as_they_were() {
+        let without = Plan::generate(options(3)).expect("plan");
+        let json = serde_json::to_string(&without).expect("json");
+        assert!(!json.contains("partition"), "a plan without a partition names one: {json}");
+        let with = Plan::generate(PlanOptions { partition: true, ..options(3) }).expect("plan");
+        let partitions = with.faults.iter().filter(|f| matches!(f.fault, Fault::Partition { .. })).count();
+        assert_eq!(partitions, 1);
+        assert_eq!(with.faults.len(), without.faults.len() + 1);
+        assert!(with.faults.windows(2).all(|w| w[0].at_ms + w[0].duration_ms <= w[1].at_ms), "faults overlap");
+        let back: Plan = serde_json::from_str(&serde_json::to_string(&with).expect("json")).expect("parse");
+        assert_eq!(back, with);
+        assert!(
+            Plan::generate(PlanOptions { partition: true, fault_mix: FaultMix::Swarm, ..options(3) }).is_err(),
+            "a partition outside the default faults is accepted"
+        );
     }
 
     #[test]

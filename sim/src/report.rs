@@ -326,6 +326,7 @@ fn fault_label(fault: &Fault) -> String {
             format!("proxy slow close {delay_ms} ms → {}", backend_name(*target))
         }
         Fault::ProxyBlackhole { target } => format!("proxy blackhole → {}", backend_name(*target)),
+        Fault::Partition { target } => format!("network partition → {}", backend_name(*target)),
         Fault::Pause { target } => format!("pause (SIGSTOP) {}", backend_name(*target)),
         Fault::KillRestart { target, persistent } => {
             format!("kill+restart {}{}", backend_name(*target), if *persistent { "" } else { " (no persistence)" })
@@ -1277,6 +1278,7 @@ mod tests {
             topology: Topology::Single,
             fault_mix: FaultMix::MongoOutage,
             duration_ms: 10_000,
+            partition: false,
         })
         .expect("plan")
     }

@@ -142,6 +142,9 @@ pub fn replay_command(plan: &Plan, backend: BackendChoice, broken: Option<&str>)
         faults.unwrap_or_default(),
         o.duration_ms
     );
+    if o.partition {
+        command.push_str(" --partition");
+    }
     if backend == BackendChoice::Containers {
         command.push_str(" --backend containers");
     }

@@ -95,12 +95,12 @@ impl Coverage {
 const FAULT_KINDS: &[&str] = &[
     "fault: Redis latency",
     "fault: Redis refusing connections",
-    "fault: Redis hanging (blackhole, pause, CLIENT PAUSE WRITE)",
+    "fault: Redis hanging (blackhole, partition, pause, CLIENT PAUSE WRITE)",
     "fault: Redis restarted empty (data loss, new run_id)",
     "fault: Redis restarted from its data",
     "fault: MongoDB slow",
     "fault: MongoDB unavailable",
-    "fault: MongoDB stalled (blackhole, pause)",
+    "fault: MongoDB stalled (blackhole, partition, pause)",
 ];
 
 fn fault_kind(fault: &Fault) -> &'static str {
@@ -110,6 +110,7 @@ fn fault_kind(fault: &Fault) -> &'static str {
         }
         Fault::ProxyReset { target: Backend::Redis } => FAULT_KINDS[1],
         Fault::ProxyBlackhole { target: Backend::Redis }
+        | Fault::Partition { target: Backend::Redis }
         | Fault::Pause { target: Backend::Redis }
         | Fault::ClientPauseWrite => FAULT_KINDS[2],
         Fault::KillRestart { target: Backend::Redis, persistent: false } => FAULT_KINDS[3],
@@ -120,7 +121,9 @@ fn fault_kind(fault: &Fault) -> &'static str {
         Fault::ProxyReset { target: Backend::Mongo } | Fault::KillRestart { target: Backend::Mongo, .. } => {
             FAULT_KINDS[6]
         }
-        Fault::ProxyBlackhole { target: Backend::Mongo } | Fault::Pause { target: Backend::Mongo } => FAULT_KINDS[7],
+        Fault::ProxyBlackhole { target: Backend::Mongo }
+        | Fault::Partition { target: Backend::Mongo }
+        | Fault::Pause { target: Backend::Mongo } => FAULT_KINDS[7],
         Fault::KillInstance { .. } => ITEMS[5],
     }
 }

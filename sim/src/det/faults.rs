@@ -133,12 +133,15 @@ fn fire(targets: &DetTargets, fault: &Fault) -> String {
             "MongoDB unavailable".to_owned()
         }
         Fault::ProxyBlackhole { target: Backend::Redis }
+        | Fault::Partition { target: Backend::Redis }
         | Fault::Pause { target: Backend::Redis }
         | Fault::ClientPauseWrite => {
             redis.hang();
             "Redis commands hang".to_owned()
         }
-        Fault::ProxyBlackhole { target: Backend::Mongo } | Fault::Pause { target: Backend::Mongo } => {
+        Fault::ProxyBlackhole { target: Backend::Mongo }
+        | Fault::Partition { target: Backend::Mongo }
+        | Fault::Pause { target: Backend::Mongo } => {
             mongo.make_slow(MONGO_STALL);
             "MongoDB operations stall".to_owned()
         }

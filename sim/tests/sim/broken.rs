@@ -67,6 +67,7 @@ async fn skipping_the_per_user_check_sells_a_buyer_two_units() {
             topology: Topology::Single,
             faults: FaultMix::None,
             duration_ms: 12_000,
+            partition: false,
         }
         .options(23),
     )

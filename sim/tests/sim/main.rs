@@ -25,6 +25,7 @@ pub fn small(seed: u64, faults: FaultMix) -> Plan {
             topology: Topology::Single,
             faults,
             duration_ms: 12_000,
+            partition: false,
         }
         .options(seed),
     )
