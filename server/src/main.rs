@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flashsale::clock::Ids;
 use flashsale::config::{Config, OtpDelivery};
+use flashsale::http::healthcheck::HealthcheckArgs;
 use flashsale_stack::{BackendKind, RedisPersistence, start_backends};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -33,6 +34,9 @@ enum Command {
     /// Administration.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// GET this instance's /readyz (or `--url`) once: exit 0 on a 2xx answer, 1 otherwise.
+    /// The health check of the container images, which have no curl.
+    Healthcheck(HealthcheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(config) => serve(config).await,
         Command::Dev(config) => dev(config).await,
+        Command::Healthcheck(args) => healthcheck(args).await,
         Command::Admin(AdminCommand::Promote { email, config }) => {
             let app = flashsale::startup::build_state(config, Ids::system()).await?;
             flashsale::auth::users::set_role(&app, &email, flashsale::auth::extract::Role::Admin).await?;
@@ -98,6 +103,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     flashsale::startup::serve(listener, app, shutdown).await
+}
+
+/// Exit status of `flashsale healthcheck` when the target is not healthy.
+const UNHEALTHY: i32 = 1;
+
+async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let url = args.target_url();
+    match flashsale::http::healthcheck::check(&url, Duration::from_millis(args.timeout_ms)).await {
+        Ok(status) => {
+            println!("{url}: answered {status}");
+            Ok(())
+        }
+        Err(error) => {
+            // One line for the engine's health log, not an error report with a backtrace.
+            eprintln!("unhealthy: {error}");
+            std::process::exit(UNHEALTHY)
+        }
+    }
 }
 
 async fn dev(mut config: Config) -> anyhow::Result<()> {

@@ -1,9 +1,11 @@
 //! HTTP plumbing shared by every domain: extractors whose rejections are problem+json,
 //! the operational endpoints, the middleware stack, and the accept loop with its
-//! connection bounds.
+//! connection bounds; and the client side of the operational endpoints, the probe of
+//! `flashsale healthcheck`.
 
 pub mod connections;
 pub mod extract;
+pub mod healthcheck;
 pub mod middleware;
 pub mod ops;
 

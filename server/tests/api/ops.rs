@@ -190,6 +190,26 @@ async fn readiness_fails_as_a_problem_once_redis_is_switched_to_an_evicting_poli
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_probe_passes_on_a_ready_server_and_fails_once_it_is_not_ready() {
+    use flashsale::http::healthcheck::{ProbeError, check, readiness_url};
+    let app = TestApp::spawn_with_own_backends(RedisPersistence::None, |_| {}).await;
+    let url = readiness_url(app.server.addr);
+    let timeout = std::time::Duration::from_secs(5);
+    assert_eq!(check(&url, timeout).await.expect("a ready server is healthy"), 200);
+
+    let mut conn = app.redis();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut conn)
+        .await
+        .expect("config set");
+    let error = check(&url, timeout).await.expect_err("a server that is not ready is unhealthy");
+    assert!(matches!(error, ProbeError::Unhealthy { status: 503, .. }), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_refuses_to_start_on_a_redis_that_may_evict_keys() {
     let (redis, mongo) = tokio::task::spawn_blocking(|| {
         (RedisServer::start(RedisPersistence::None).expect("redis"), FerretDb::start().expect("ferretdb"))
