@@ -160,22 +160,21 @@ async fn every_response_carries_a_request_id() {
     assert!(response.headers().get("x-request-id").is_some());
 }
 
+/// `CONFIG SET maxmemory-policy <policy>` on a test's own Redis.
+async fn set_eviction_policy(conn: &mut impl redis::aio::ConnectionLike, policy: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg(policy)
+        .query_async(conn)
+        .await
+        .expect("config set");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_as_a_problem_once_redis_is_switched_to_an_evicting_policy_at_runtime() {
     let app = TestApp::spawn_with_own_backends(RedisPersistence::None, |_| {}).await;
-    let set_policy = |policy: &'static str| {
-        let mut conn = app.redis();
-        async move {
-            let _: () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("maxmemory-policy")
-                .arg(policy)
-                .query_async(&mut conn)
-                .await
-                .expect("config set");
-        }
-    };
-    set_policy("allkeys-lru").await;
+    set_eviction_policy(&mut app.redis(), "allkeys-lru").await;
     let response = app.client().get(app.url("/readyz")).send().await.expect("readyz");
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["content-type"], "application/problem+json");
@@ -184,7 +183,7 @@ async fn readiness_fails_as_a_problem_once_redis_is_switched_to_an_evicting_poli
     assert_eq!(problem["type"], "/problems/not-ready");
     assert!(problem["detail"].as_str().is_some_and(|d| d.contains("allkeys-lru")), "{problem}");
 
-    set_policy("noeviction").await;
+    set_eviction_policy(&mut app.redis(), "noeviction").await;
     let ready = app.client().get(app.url("/readyz")).send().await.expect("readyz");
     assert_eq!(ready.status(), 200);
 }
@@ -197,14 +196,7 @@ async fn the_healthcheck_probe_passes_on_a_ready_server_and_fails_once_it_is_not
     let timeout = std::time::Duration::from_secs(5);
     assert_eq!(check(&url, timeout).await.expect("a ready server is healthy"), 200);
 
-    let mut conn = app.redis();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("allkeys-lru")
-        .query_async(&mut conn)
-        .await
-        .expect("config set");
+    set_eviction_policy(&mut app.redis(), "allkeys-lru").await;
     let error = check(&url, timeout).await.expect_err("a server that is not ready is unhealthy");
     assert!(matches!(error, ProbeError::Unhealthy { status: 503, .. }), "{error}");
 }
@@ -218,13 +210,7 @@ async fn the_server_refuses_to_start_on_a_redis_that_may_evict_keys() {
     .expect("backends");
     let client = redis::Client::open(redis.url()).expect("client");
     let mut conn = client.get_multiplexed_async_connection().await.expect("conn");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("allkeys-lru")
-        .query_async(&mut conn)
-        .await
-        .expect("config set");
+    set_eviction_policy(&mut conn, "allkeys-lru").await;
 
     let refused = flashsale::startup::build_state(test_config(&redis.url(), &mongo.url()), Ids::system()).await;
     let message = format!("{:?}", refused.expect_err("must refuse to start"));
