@@ -23,6 +23,10 @@ pub enum ApiError {
     MalformedBody(String),
     #[error("{0}")]
     InvalidBody(String),
+    /// A valid request that the target's current state refuses (a restock past the
+    /// stock limit, an update whose window ends before the stored start).
+    #[error("{0}")]
+    StateConflict(String),
     #[error("request body larger than {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
     #[error("the request body did not arrive within {limit_ms} ms")]
@@ -99,6 +103,7 @@ impl ApiError {
             Self::BadRequest(_) => (S::BAD_REQUEST, "bad-request", "Bad request"),
             Self::MalformedBody(_) => (S::BAD_REQUEST, "malformed-body", "Malformed request body"),
             Self::InvalidBody(_) => (S::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body"),
+            Self::StateConflict(_) => (S::CONFLICT, "state-conflict", "Conflicts with the current state"),
             Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
             Self::RequestTimeout { .. } => (S::REQUEST_TIMEOUT, "request-timeout", "Request timeout"),
             Self::UnsupportedMediaType => {

@@ -74,9 +74,11 @@ pub async fn register(
 ) -> ApiResult<Response> {
     let limit = app.config.limits.register_per_ip_per_min;
     ratelimit::check(&app, Action::Register, Scope::Ip(ip), limit).await?;
-    let email = users::normalise_email(&body.email);
-    users::validate_email(&email)?;
+    // Checked as sent (trimmed), as the description's pattern has it: lowercasing may
+    // lengthen an address ('İ' becomes two characters).
+    users::validate_email(body.email.trim())?;
     users::validate_password(&body.password)?;
+    let email = users::normalise_email(&body.email);
     let _admitted = password::admit(&app)?;
     let hash = password::hash_password(&app, body.password).await?;
     let role = users::configured_role(&app, &email);
@@ -150,7 +152,7 @@ async fn promote_configured_admin(app: &App, user: &users::UserDoc) -> ApiResult
 /// `POST /auth/otp`: a new code for the current pre-OTP session; the old code dies.
 pub async fn resend_otp(State(app): State<AppState>, user: SessionUser) -> ApiResult<Response> {
     if user.otp_verified {
-        return Err(ApiError::BadRequest("this session is already verified".into()));
+        return Err(ApiError::StateConflict("this session is already verified".into()));
     }
     let limit = app.config.limits.otp_per_user_per_min;
     ratelimit::check(&app, Action::Otp, Scope::User(user.user_id), limit).await?;

@@ -30,7 +30,8 @@ pub fn account_hash(normalised_email: &str) -> String {
     sha256_hex(normalised_email.as_bytes())
 }
 
-/// Checks a normalised email address; the error says what is wrong.
+/// Checks an email address, trimmed; the error says what is wrong. The rules are the
+/// `pattern` of the OpenAPI description's `email` fields.
 pub fn validate_email(email: &str) -> Result<(), ApiError> {
     let invalid = |why: &str| Err(ApiError::InvalidBody(format!("email: {why}")));
     if email.is_empty() || email.chars().count() > MAX_EMAIL_CHARS {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::live;
 use super::model::{
     CreateProduct, ListQuery, MAX_STOCK, Product, ProductPage, ProductView, RestockRequest, UpdateProduct,
-    validate_quantity,
+    UpdateRefusal, validate_quantity,
 };
 use crate::auth::extract::AdminUser;
 use crate::error::{ApiError, ApiResult, redis_unavailable};
@@ -114,7 +114,10 @@ pub async fn update(
     let now_ms = app.ids.now_ms();
     let (product, live) = store::revise(&app, id, |current| {
         let current = live_or_not_found(current)?;
-        Ok(Change::To(body.apply(current, now_ms).map_err(ApiError::InvalidBody)?))
+        Ok(Change::To(body.apply(current, now_ms).map_err(|refusal| match refusal {
+            UpdateRefusal::Invalid(why) => ApiError::InvalidBody(why),
+            UpdateRefusal::Conflict(why) => ApiError::StateConflict(why),
+        })?))
     })
     .await?;
     live.map_err(redis_unavailable)?;
@@ -138,7 +141,10 @@ pub async fn restock(
     let (product, live) = store::revise(&app, id, |current| {
         let current = live_or_not_found(current)?;
         if current.stock_total > MAX_STOCK - body.quantity {
-            return Err(ApiError::InvalidBody(format!("restock would take the stock past {MAX_STOCK}")));
+            return Err(ApiError::StateConflict(format!(
+                "restock would take the stock from {} past {MAX_STOCK}",
+                current.stock_total
+            )));
         }
         let mut next = current.clone();
         next.stock_total += body.quantity;

@@ -193,28 +193,29 @@ pub struct UpdateProduct {
     pub sale_ends_at_ms: Option<Option<i64>>,
 }
 
+/// Why an update is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateRefusal {
+    /// The body breaks a rule on its own (an answer of 422).
+    Invalid(String),
+    /// The body is valid, but the product it would make is not: its sale would end
+    /// before the stored start, or start after the stored end (an answer of 409).
+    Conflict(String),
+}
+
 impl UpdateProduct {
-    /// The product with this update applied, every bound checked.
-    pub fn apply(&self, current: &Product, now_ms: i64) -> Result<Product, String> {
-        if self.name.is_none()
-            && self.description.is_none()
-            && self.price_cents.is_none()
-            && self.one_per_user.is_none()
-            && self.sale_starts_at_ms.is_none()
-            && self.sale_ends_at_ms.is_none()
-        {
-            return Err("the update names no field".to_owned());
-        }
+    /// The product with this update applied, every bound checked: first the body's own
+    /// fields, then the product they make with the stored ones.
+    pub fn apply(&self, current: &Product, now_ms: i64) -> Result<Product, UpdateRefusal> {
+        self.check().map_err(UpdateRefusal::Invalid)?;
         let mut product = current.clone();
         if let Some(name) = &self.name {
-            product.name = validate_name(name)?;
+            product.name = validate_name(name).map_err(UpdateRefusal::Invalid)?;
         }
         if let Some(description) = &self.description {
-            validate_description(description)?;
             product.description.clone_from(description);
         }
         if let Some(price_cents) = self.price_cents {
-            validate_price(price_cents)?;
             product.price_cents = price_cents;
         }
         if let Some(one_per_user) = self.one_per_user {
@@ -226,9 +227,32 @@ impl UpdateProduct {
         if let Some(ends) = self.sale_ends_at_ms {
             product.sale_ends_at_ms = ends;
         }
-        validate_window(product.sale_starts_at_ms, product.sale_ends_at_ms)?;
+        validate_window(product.sale_starts_at_ms, product.sale_ends_at_ms).map_err(UpdateRefusal::Conflict)?;
         product.updated_at_ms = now_ms.max(current.updated_at_ms);
         Ok(product)
+    }
+
+    /// The rules the body must keep whatever product it is applied to.
+    fn check(&self) -> Result<(), String> {
+        if self.name.is_none()
+            && self.description.is_none()
+            && self.price_cents.is_none()
+            && self.one_per_user.is_none()
+            && self.sale_starts_at_ms.is_none()
+            && self.sale_ends_at_ms.is_none()
+        {
+            return Err("the update names no field".to_owned());
+        }
+        if let Some(name) = &self.name {
+            validate_name(name)?;
+        }
+        if let Some(description) = &self.description {
+            validate_description(description)?;
+        }
+        if let Some(price_cents) = self.price_cents {
+            validate_price(price_cents)?;
+        }
+        validate_window(self.sale_starts_at_ms.flatten(), self.sale_ends_at_ms.flatten())
     }
 }
 
@@ -403,7 +427,17 @@ mod tests {
     #[test]
     fn an_update_checks_the_window_it_produces() {
         let update = UpdateProduct { sale_ends_at_ms: Some(Some(50)), ..UpdateProduct::default() };
-        assert!(update.apply(&product(Some(100), None), 10).is_err());
+        let refusal = update.apply(&product(Some(100), None), 10).expect_err("ends before the stored start");
+        assert!(matches!(refusal, UpdateRefusal::Conflict(_)), "{refusal:?}");
+        assert!(update.apply(&product(Some(40), None), 10).is_ok());
+    }
+
+    #[test]
+    fn an_update_whose_own_window_is_inverted_is_invalid_whatever_is_stored() {
+        let update =
+            UpdateProduct { sale_starts_at_ms: Some(Some(90)), sale_ends_at_ms: Some(Some(50)), ..Default::default() };
+        let refusal = update.apply(&product(None, None), 10).expect_err("ends before it starts");
+        assert!(matches!(refusal, UpdateRefusal::Invalid(_)), "{refusal:?}");
     }
 
     #[test]

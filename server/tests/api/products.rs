@@ -219,8 +219,11 @@ async fn a_restock_raises_the_live_stock_and_the_recorded_total() {
     assert_eq!(get_json(&app, &product_path(product)).await.1["remaining"], 4);
     let stored = find_product(app.app(), product).await.expect("mongo").expect("stored");
     assert_eq!(stored.stock_total, 5);
+    // A valid quantity the stored total refuses is a conflict with the product's state
+    // (409), not an invalid body: the description allows it.
     let (status, _, problem) = send(admin.post(&restock_url).json(&json!({ "quantity": MAX_STOCK }))).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(problem["type"], "/problems/state-conflict", "{problem}");
     assert_eq!(find_product(app.app(), product).await.expect("mongo").expect("stored").stock_total, 5);
 }
 
@@ -286,6 +289,12 @@ async fn a_sale_that_has_not_started_says_so_and_refuses_purchases_until_opened(
     assert_eq!(detail["remaining"], 2);
     assert_eq!(status, 409);
     assert_eq!(json_body(&refused)["type"], "/problems/sale-not-started");
+    // An end the body allows but the stored start refuses: a conflict, nothing changed.
+    let (status, _, conflict) =
+        send(admin.put(app.url(&product_path(product))).json(&json!({ "sale_ends_at_ms": now }))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(conflict["type"], "/problems/state-conflict", "{conflict}");
+    assert_eq!(get_json(&app, &product_path(product)).await.1["sale_ends_at_ms"], Value::Null);
     let (status, _, _) =
         send(admin.put(app.url(&product_path(product))).json(&json!({ "sale_starts_at_ms": null }))).await;
     assert_eq!(status, StatusCode::OK);
@@ -355,6 +364,7 @@ async fn invalid_product_bodies_get_a_4xx_problem_and_never_a_500() {
         (&update, json!({ "name": null }).to_string(), 422),
         (&update, json!({ "sale_ends_at_ms": "soon" }).to_string(), 422),
         (&update, "not json".to_owned(), 400),
+        (&update, json!({ "sale_starts_at_ms": 20, "sale_ends_at_ms": 10 }).to_string(), 422),
         (&restock, json!({ "quantity": 0 }).to_string(), 422),
         (&restock, json!({ "quantity": -3 }).to_string(), 422),
         (&restock, json!({ "quantity": 1, "extra": 1 }).to_string(), 422),
