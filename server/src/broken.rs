@@ -74,6 +74,14 @@ pub enum Broken {
     /// Breaks: no lost acknowledged order, conservation (a unit confirmed in Redis that no
     /// MongoDB order holds).
     GroupCommitAcksFailures,
+    /// The idempotency record is keyed by the key string alone, not by the user and the
+    /// key: a buyer who sends a key another buyer already used on the same product gets
+    /// that buyer's stored answer replayed, with the other buyer's order (or 409
+    /// `idempotency-in-flight` while it runs).
+    ///
+    /// Breaks: idempotency (an answer names an order that is not the one derived from its
+    /// own user and key: it went to a user it does not belong to).
+    ReplayAcrossUsers,
 }
 
 /// The broken variant this instance runs, if any.
@@ -106,6 +114,12 @@ pub fn phantom_id(app: &App, mut order: OrderDoc) -> OrderDoc {
         order.id = app.ids.new_record_id().to_string();
     }
     order
+}
+
+/// [`Broken::ReplayAcrossUsers`]: whose idempotency record a request reads and writes
+/// (one shared owner for every user).
+pub fn idempotency_owner(app: &App, user_id: Uuid) -> Uuid {
+    if is(app, Broken::ReplayAcrossUsers) { Uuid::nil() } else { user_id }
 }
 
 /// [`Broken::GroupCommitAcksFailures`]: a member's outcome, acknowledged whatever it was.

@@ -181,7 +181,11 @@ impl Outcome {
 impl Ctx<'_> {
     fn new_key(&mut self) -> String {
         self.keys_made += 1;
-        format!("b{}-k{}", self.buyer.plan.index, self.keys_made)
+        if self.buyer.plan.shared_keys {
+            format!("k{}", self.keys_made)
+        } else {
+            format!("b{}-k{}", self.buyer.plan.index, self.keys_made)
+        }
     }
 
     fn past_deadline(&self) -> bool {

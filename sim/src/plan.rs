@@ -166,6 +166,11 @@ pub struct BuyerPlan {
     pub via_http_login: bool,
     /// The instance it talks to first.
     pub instance: usize,
+    /// Names its Idempotency-Keys `k1`, `k2`, ... as a client with a per-install counter
+    /// does, so other buyers send the same key strings (else `b<index>-k<n>`): an answer
+    /// stored for one user must never be replayed to another.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_keys: bool,
 }
 
 /// One fault at a planned moment.
@@ -328,8 +333,12 @@ fn plan_buyer(rng: &mut ChaCha8Rng, options: &PlanOptions, products: &[ProductPl
         start_at_ms,
         via_http_login: rng.random_range(0..100) < HTTP_LOGIN_PERCENT,
         instance: rng.random_range(0..options.instances),
+        shared_keys: index % SHARED_KEYS_EVERY == SHARED_KEYS_EVERY - 1,
     }
 }
+
+/// One buyer in this many names its keys as every other such buyer does (`shared_keys`).
+const SHARED_KEYS_EVERY: usize = 3;
 
 fn plan_faults(rng: &mut ChaCha8Rng, options: &PlanOptions, products: &[ProductPlan]) -> Vec<FaultPlan> {
     let window = (options.duration_ms * FAULT_WINDOW_PERCENT / 100).max(1);

@@ -54,6 +54,9 @@ pub fn fingerprint(product_id: Uuid) -> String {
 }
 
 pub async fn begin(app: &App, user_id: Uuid, key: &str, product_id: Uuid, order_id: Uuid) -> Result<Begin, ApiError> {
+    #[cfg(feature = "broken")]
+    let record_key = app.keys.idempotency(crate::broken::idempotency_owner(app, user_id), key);
+    #[cfg(not(feature = "broken"))]
     let record_key = app.keys.idempotency(user_id, key);
     let fingerprint = fingerprint(product_id);
     #[cfg(feature = "broken")]

@@ -120,7 +120,11 @@ pub async fn purchase_broken(
         Broken::Oversell => &PURCHASE_OVERSELL,
         Broken::DoubleBuy => &PURCHASE_DOUBLE_BUY,
         Broken::PrematureSoldOut => &PURCHASE_PREMATURE_SOLD_OUT,
-        Broken::NewOrderOnReplay | Broken::DropPending | Broken::Phantom | Broken::GroupCommitAcksFailures => &PURCHASE,
+        Broken::NewOrderOnReplay
+        | Broken::DropPending
+        | Broken::Phantom
+        | Broken::GroupCommitAcksFailures
+        | Broken::ReplayAcrossUsers => &PURCHASE,
     };
     run_purchase(script, conn, keys, args).await
 }

@@ -97,6 +97,7 @@ mod broken_plans {
         (Broken::Phantom, "broken-phantom.json", Invariant::NoLostOrder),
         (Broken::PrematureSoldOut, "broken-premature_sold_out.json", Invariant::Conservation),
         (Broken::GroupCommitAcksFailures, "broken-group_commit_acks_failures.json", Invariant::NoLostOrder),
+        (Broken::ReplayAcrossUsers, "broken-replay_across_users.json", Invariant::Idempotency),
     ];
 
     fn load(file: &str) -> Plan {
