@@ -82,6 +82,13 @@ pub enum Broken {
     /// Breaks: idempotency (an answer names an order that is not the one derived from its
     /// own user and key: it went to a user it does not belong to).
     ReplayAcrossUsers,
+    /// The product detail's `remaining` counts one unit too many (unit numbers start at
+    /// 1, and the count forgets it): one unit left is shown after the last was sold, the
+    /// full stock plus one before the first.
+    ///
+    /// Breaks: stock seen is possible (a read shows a unit free that a confirmed order
+    /// holds). The sale itself is untouched.
+    StockOffByOne,
 }
 
 /// The broken variant this instance runs, if any.
@@ -120,6 +127,11 @@ pub fn phantom_id(app: &App, mut order: OrderDoc) -> OrderDoc {
 /// (one shared owner for every user).
 pub fn idempotency_owner(app: &App, user_id: Uuid) -> Uuid {
     if is(app, Broken::ReplayAcrossUsers) { Uuid::nil() } else { user_id }
+}
+
+/// [`Broken::StockOffByOne`]: the `remaining` a product detail reports.
+pub fn reported_remaining(app: &App, remaining: i64) -> i64 {
+    if is(app, Broken::StockOffByOne) { remaining + 1 } else { remaining }
 }
 
 /// [`Broken::GroupCommitAcksFailures`]: a member's outcome, acknowledged whatever it was.

@@ -35,10 +35,14 @@ pub enum Invariant {
     NoPhantom,
     /// 7. Free units + live orders = stock; no sold-out answer while units were left.
     Conservation,
+    /// 8. Every `remaining` a buyer saw is one the history allows: no more than the stock
+    ///    less the orders confirmed before the read began, no less than the stock less
+    ///    every key that may hold a unit by the time it ended.
+    StockSeen,
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 7] = [
+    pub const ALL: [Invariant; 8] = [
         Self::NoOversell,
         Self::NonNegativeStock,
         Self::OnePerUser,
@@ -46,6 +50,7 @@ impl Invariant {
         Self::NoLostOrder,
         Self::NoPhantom,
         Self::Conservation,
+        Self::StockSeen,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +62,7 @@ impl Invariant {
             Self::NoLostOrder => "no lost acknowledged order",
             Self::NoPhantom => "no phantom order",
             Self::Conservation => "conservation",
+            Self::StockSeen => "stock seen is possible",
         }
     }
 }
@@ -282,6 +288,7 @@ pub fn check(plan: &Plan, ids: &Identities, history: &History, state: &FinalStat
         no_lost_order(ids, history, state),
         no_phantom(state, &requested, &maybe_bought, &user_buyer),
         conservation(plan, history, state),
+        stock_seen(plan, history, state),
     ];
     let self_checks = self_checks(plan, history, state);
     Report { verdicts, self_checks }
@@ -554,6 +561,73 @@ fn last_redis_data_loss_ms(history: &History) -> Option<u64> {
         .max()
 }
 
+/// Invariant 8. A unit is taken at its reservation and stays taken while its order lives:
+/// a read that began after an order's 201 (the order in MongoDB, so counted by any
+/// rebuild) cannot show that unit free; a read cannot show fewer units than the stock
+/// less every key of that product that may have reserved one by the time it ended (an
+/// order, or an unknown outcome; a key reserves at most one unit). Stock is never
+/// changed during a run, so `plan` has each product's stock.
+fn stock_seen(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
+    let mut c = Collector::new(Invariant::StockSeen);
+    let products = plan.products.len();
+    // Per product: when each still-live order was first confirmed, and when each key
+    // first had a request that may have reserved, both sorted.
+    let mut confirmed: Vec<HashMap<Uuid, u64>> = vec![HashMap::new(); products];
+    let mut reserving: Vec<HashMap<(usize, &str), u64>> = vec![HashMap::new(); products];
+    for op in &history.ops {
+        let OpKind::Buy { product, key } = &op.kind else { continue };
+        if *product >= products {
+            continue;
+        }
+        if let Outcome::Ok { status: 201, order_id, .. } = &op.outcome {
+            let at = confirmed[*product].entry(*order_id).or_insert(op.complete_ms);
+            *at = (*at).min(op.complete_ms);
+        }
+        if matches!(op.outcome, Outcome::Ok { .. } | Outcome::Info { .. }) {
+            let at = reserving[*product].entry((op.buyer, key.as_str())).or_insert(op.invoke_ms);
+            *at = (*at).min(op.invoke_ms);
+        }
+    }
+    let live: HashSet<Uuid> =
+        state.products.iter().flat_map(live_orders).filter_map(|order| order.order_id.parse().ok()).collect();
+    let sorted = |times: Vec<u64>| {
+        let mut times = times;
+        times.sort_unstable();
+        times
+    };
+    let confirmed: Vec<Vec<u64>> = confirmed
+        .into_iter()
+        .map(|orders| sorted(orders.into_iter().filter(|(id, _)| live.contains(id)).map(|(_, at)| at).collect()))
+        .collect();
+    let reserving: Vec<Vec<u64>> = reserving.into_iter().map(|keys| sorted(keys.into_values().collect())).collect();
+    for op in &history.ops {
+        let (OpKind::Read { product }, Outcome::Read { remaining }) = (&op.kind, &op.outcome) else { continue };
+        let Some(stock) = plan.products.get(*product).map(|p| p.stock) else { continue };
+        c.check();
+        // Orders confirmed strictly before the read began; keys reserving no later than it ended.
+        let taken = confirmed[*product].partition_point(|at| *at < op.invoke_ms) as i64;
+        let may_hold = reserving[*product].partition_point(|at| *at <= op.complete_ms) as i64;
+        if *remaining > stock - taken {
+            c.violate(
+                format!("a read showed {remaining} left, but {taken} of {stock} units were confirmed before it began"),
+                Some(*product),
+                vec![op.buyer],
+                Some(op.complete_ms),
+            );
+        } else if *remaining < stock - may_hold {
+            c.violate(
+                format!(
+                    "a read showed {remaining} left, but at most {may_hold} of {stock} units could be reserved by its end"
+                ),
+                Some(*product),
+                vec![op.buyer],
+                Some(op.complete_ms),
+            );
+        }
+    }
+    c.finish()
+}
+
 fn conservation(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
     let mut c = Collector::new(Invariant::Conservation);
     let loss_ms = last_redis_data_loss_ms(history);
@@ -806,6 +880,39 @@ mod tests {
         let violated = violated(&report);
         assert!(violated.contains(&Invariant::NoOversell));
         assert!(violated.contains(&Invariant::NonNegativeStock));
+    }
+
+    fn read(seq: u64, buyer: usize, at: u64, remaining: i64) -> Op {
+        Op {
+            seq,
+            buyer,
+            instance: 0,
+            kind: OpKind::Read { product: 0 },
+            invoke_ms: at,
+            complete_ms: at + 1,
+            outcome: Outcome::Read { remaining },
+        }
+    }
+
+    fn stock_seen_held(reads: Vec<Op>) -> bool {
+        let mut history = good_history();
+        history.ops.extend(reads);
+        let report = check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3));
+        !violated(&report).contains(&Invariant::StockSeen)
+    }
+
+    #[test]
+    fn every_remaining_seen_lies_between_the_confirmed_orders_and_the_keys_that_may_hold_a_unit() {
+        // Before any request: the whole stock. While "b" is unknown: 1 or 2 (not 0: only
+        // two keys could hold a unit, "c" was refused). After both 201s: none.
+        assert!(stock_seen_held(vec![read(10, 2, 0, 2), read(11, 2, 10, 1), read(12, 2, 40, 0)]));
+        assert!(!stock_seen_held(vec![read(10, 2, 40, 1)]), "a unit shown free after both were confirmed");
+        assert!(!stock_seen_held(vec![read(10, 2, 0, 3)]), "more than the stock");
+        // A read that ended at 0: only key "a" (sent at 0) could hold a unit by then.
+        let early = Op { complete_ms: 0, ..read(10, 2, 0, 0) };
+        assert!(!stock_seen_held(vec![early]), "two units gone when one key could hold one");
+        // A read begun at the very moment of a 201 need not see it.
+        assert!(stock_seen_held(vec![read(10, 2, 5, 2)]));
     }
 
     #[test]

@@ -40,7 +40,12 @@ pub async fn live_stock(app: &App, product: &Product) -> LiveStock {
         }
     };
     match state {
-        Some(state) => LiveStock { remaining: Some(catch_up(app, id, product, &state).await), paused: state.paused },
+        Some(state) => {
+            let remaining = catch_up(app, id, product, &state).await;
+            #[cfg(feature = "broken")]
+            let remaining = crate::broken::reported_remaining(app, remaining);
+            LiveStock { remaining: Some(remaining), paused: state.paused }
+        }
         None => LiveStock::default(),
     }
 }

@@ -124,7 +124,8 @@ pub async fn purchase_broken(
         | Broken::DropPending
         | Broken::Phantom
         | Broken::GroupCommitAcksFailures
-        | Broken::ReplayAcrossUsers => &PURCHASE,
+        | Broken::ReplayAcrossUsers
+        | Broken::StockOffByOne => &PURCHASE,
     };
     run_purchase(script, conn, keys, args).await
 }

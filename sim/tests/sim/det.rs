@@ -98,6 +98,7 @@ mod broken_plans {
         (Broken::PrematureSoldOut, "broken-premature_sold_out.json", Invariant::Conservation),
         (Broken::GroupCommitAcksFailures, "broken-group_commit_acks_failures.json", Invariant::NoLostOrder),
         (Broken::ReplayAcrossUsers, "broken-replay_across_users.json", Invariant::Idempotency),
+        (Broken::StockOffByOne, "broken-stock_off_by_one.json", Invariant::StockSeen),
     ];
 
     fn load(file: &str) -> Plan {
