@@ -89,6 +89,14 @@ pub enum Broken {
     /// Breaks: stock seen is possible (a read shows a unit free that a confirmed order
     /// holds). The sale itself is untouched.
     StockOffByOne,
+    /// A winning purchase is confirmed in Redis and answered 201 at once; its MongoDB
+    /// write runs afterwards in a task of its own, its failure only logged. Fast, and
+    /// right whenever MongoDB is up and the instance lives on.
+    ///
+    /// Breaks: no lost acknowledged order (a 201 whose write then failed, or whose
+    /// instance died first, has no document), conservation (Redis holds an order MongoDB
+    /// does not).
+    AckBeforeWrite,
 }
 
 /// The broken variant this instance runs, if any.

@@ -279,6 +279,10 @@ fn response(order_id: Uuid, product_id: Uuid, unit: i64, status: &'static str) -
 /// Writes the order to MongoDB within the configured time; 202 pending otherwise.
 async fn persist(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
     let Reservation { order_id, product_id, unit, .. } = *reservation;
+    #[cfg(feature = "broken")]
+    if crate::broken::is(app, crate::broken::Broken::AckBeforeWrite) {
+        return ack_before_write(app, reservation).await;
+    }
     // The product (for its one-per-user rule) comes from the cache on the hot path; the
     // lookup and the insert share the write timeout.
     let write = async {
@@ -333,6 +337,27 @@ async fn persist(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
             }
         }
     }
+}
+
+/// [`Broken::AckBeforeWrite`](crate::broken::Broken::AckBeforeWrite): confirmed in Redis
+/// and answered 201 before MongoDB has the order, which is written afterwards.
+#[cfg(feature = "broken")]
+async fn ack_before_write(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
+    let Reservation { order_id, product_id, unit, .. } = *reservation;
+    let product = crate::sale::product_cache::load_product(app, product_id)
+        .await
+        .map_err(|_| ApiError::Unavailable { retry_after_s: 1 })?;
+    let order = OrderDoc::confirmed(reservation, product.one_per_user);
+    let mut conn = app.redis.clone();
+    scripts::confirm(&mut conn, &app.keys.sale(product_id), order_id).await.map_err(redis_unavailable)?;
+    if let Some(app) = app.shared() {
+        tokio::spawn(async move {
+            if let Err(err) = orders::persist(&app, &order).await {
+                tracing::warn!(error = %err, %order_id, "order write after the answer failed");
+            }
+        });
+    }
+    Ok(Bought::Confirmed(response(order_id, product_id, unit, "confirmed")))
 }
 
 /// After a sold-out answer, remembers the product in process with the orders that hold

@@ -125,7 +125,8 @@ pub async fn purchase_broken(
         | Broken::Phantom
         | Broken::GroupCommitAcksFailures
         | Broken::ReplayAcrossUsers
-        | Broken::StockOffByOne => &PURCHASE,
+        | Broken::StockOffByOne
+        | Broken::AckBeforeWrite => &PURCHASE,
     };
     run_purchase(script, conn, keys, args).await
 }
