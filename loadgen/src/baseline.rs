@@ -6,8 +6,13 @@
 //!   on a sold-out sale (the same keys, arguments and path as the server's call);
 //! - `healthz`: `GET /healthz` of the same server (HTTP and the framework, no backend);
 //! - `sold_out`, `replay`, `winner`: `POST /api/v1/user/buy/{id}` on its three paths;
+//!   around `winner`, the server's group-commit counters (`/metrics`) give the mean
+//!   number of orders one `insert_many` carried;
 //! - `mongo_insert`: raw `insert_one` of an order-sized document into MongoDB, the
-//!   floor under the winner path.
+//!   floor under the winner path without group commit;
+//! - `mongo_insert_many`: raw unordered `insert_many` of order-sized documents at the
+//!   batch size the winner path reached in the same repetition (its rate in documents
+//!   per second): the floor under the winner path with group commit.
 //!
 //! The HTTP and MongoDB measures use this crate's closed-loop driver ([`closed_loop`]:
 //! `CONCURRENCY` workers, each waiting for its answer). HTTP goes through the bare driver
@@ -20,7 +25,11 @@
 //! own with as many workers ([`DEFAULT_DRIVER_THREADS`], `--driver-threads`). One is also
 //! the setting that favours the raw side here: `redis-benchmark --threads 2` was slower
 //! than its default on two cores, which would flatter every ratio. The open-loop runs,
-//! compared with no other driver, get a worker per core.
+//! compared with no other driver, get a worker per core: the sold-out path at fractions
+//! of its closed-loop rate, and the winner path at [`WINNER_OPEN_LOOP_FRACTION`] of its own.
+
+mod group_commits;
+mod mongo;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -38,6 +47,9 @@ use crate::buyers::Buyer;
 use crate::hgrm::percentile_summary;
 use crate::openloop::{self, OpenLoopConfig, closed_loop};
 use crate::wire::{self, WireClient};
+
+pub use group_commits::{GroupCommits, MAX_INSERT_MANY_BATCH};
+pub use mongo::BASELINE_COLLECTION;
 
 /// Threads both drivers run on unless told otherwise: `redis-benchmark`'s default.
 pub const DEFAULT_DRIVER_THREADS: usize = 1;
@@ -63,6 +75,23 @@ pub const OPEN_LOOP_WARMUP: Duration = Duration::from_millis(500);
 pub const OPEN_LOOP_LANES: usize = 64;
 /// How late an open-loop lane may send a request before it drops (and counts) it instead.
 pub const OPEN_LOOP_MAX_LAG: Duration = Duration::from_secs(1);
+/// Longest wait for the server's `/metrics` around the winner measure.
+pub const METRICS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Fraction of the winner path's own closed-loop rate its open-loop run goes at.
+pub const WINNER_OPEN_LOOP_FRACTION: f64 = 0.5;
+/// p99 each path should stay under in the open loop at half its capacity.
+pub const SOLD_OUT_P99_TARGET: Duration = Duration::from_millis(10);
+pub const WINNER_P99_TARGET: Duration = Duration::from_millis(50);
+/// What each ratio to a physical limit should reach.
+pub const SOLD_OUT_TO_EVALSHA_TARGET: f64 = 1.0;
+pub const REPLAY_TO_EVALSHA_TARGET: f64 = 0.5;
+pub const WINNER_TO_INSERT_TARGET: f64 = 3.0;
+pub const WINNER_TO_INSERT_MANY_TARGET: f64 = 0.5;
+/// Names of the ratios, as the report and `summary.json` give them.
+pub const RATIO_SOLD_OUT_TO_EVALSHA: &str = "sold-out path ÷ raw EVALSHA";
+pub const RATIO_REPLAY_TO_EVALSHA: &str = "replay path ÷ raw EVALSHA";
+pub const RATIO_WINNER_TO_INSERT: &str = "winner path ÷ raw MongoDB insert";
+pub const RATIO_WINNER_TO_INSERT_MANY: &str = "winner path ÷ raw MongoDB insert_many (same batch size)";
 
 /// What one baseline measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -74,11 +103,20 @@ pub enum Measure {
     Replay,
     Winner,
     MongoInsert,
+    MongoInsertMany,
 }
 
 impl Measure {
-    pub const ALL: [Self; 6] =
-        [Self::Evalsha, Self::Healthz, Self::SoldOut, Self::Replay, Self::Winner, Self::MongoInsert];
+    /// In the order they run: `mongo_insert_many` after `winner`, whose batch size it takes.
+    pub const ALL: [Self; 7] = [
+        Self::Evalsha,
+        Self::Healthz,
+        Self::SoldOut,
+        Self::Replay,
+        Self::Winner,
+        Self::MongoInsert,
+        Self::MongoInsertMany,
+    ];
 
     pub fn describe(self) -> &'static str {
         match self {
@@ -88,6 +126,20 @@ impl Measure {
             Self::Replay => "POST buy, replay of a stored 201",
             Self::Winner => "POST buy, winner path (reserve, MongoDB insert, confirm)",
             Self::MongoInsert => "MongoDB insert_one of an order document",
+            Self::MongoInsertMany => "MongoDB unordered insert_many of order documents at the winner's batch size",
+        }
+    }
+
+    /// The name `summary.json` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Evalsha => "evalsha",
+            Self::Healthz => "healthz",
+            Self::SoldOut => "sold_out",
+            Self::Replay => "replay",
+            Self::Winner => "winner",
+            Self::MongoInsert => "mongo_insert",
+            Self::MongoInsertMany => "mongo_insert_many",
         }
     }
 }
@@ -102,6 +154,12 @@ pub struct Sample {
     pub p99_us: u64,
     /// Answers other than the one the path should give.
     pub unexpected: u64,
+    /// Orders per MongoDB write: for `winner`, the mean over its group commits (`None`
+    /// when it made none); for `mongo_insert_many`, the documents of each call; 1 for
+    /// `mongo_insert`; `None` for the rest.
+    pub documents_per_write: Option<f64>,
+    /// For `winner`: the group commits over the measure and the orders they carried.
+    pub group_commits: Option<GroupCommits>,
 }
 
 /// Median and range of a figure over the repetitions.
@@ -134,9 +192,11 @@ pub struct Ratio {
     pub target: Option<f64>,
 }
 
-/// An open-loop run at a fraction of the sold-out capacity.
+/// An open-loop run of one path at a fraction of its capacity.
 #[derive(Debug, Clone, Serialize)]
 pub struct OpenLoopPoint {
+    /// `sold_out` or `winner`.
+    pub path: Measure,
     pub fraction: f64,
     pub rate_per_s: f64,
     pub achieved_per_s: f64,
@@ -148,6 +208,15 @@ pub struct OpenLoopPoint {
     pub unexpected: u64,
 }
 
+/// The winner path's open-loop run, and the units of its product around it (the run
+/// must never sell the product out, or its answers would stop being the winner path's).
+#[derive(Debug, Clone, Serialize)]
+pub struct WinnerOpenLoop {
+    pub point: OpenLoopPoint,
+    pub units_left_before: i64,
+    pub units_left_after: i64,
+}
+
 /// Everything the baselines measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Baselines {
@@ -156,6 +225,8 @@ pub struct Baselines {
     pub rates: BTreeMap<Measure, Spread>,
     pub ratios: Vec<Ratio>,
     pub open_loop: Vec<OpenLoopPoint>,
+    /// The winner path at [`WINNER_OPEN_LOOP_FRACTION`] of its own closed-loop rate.
+    pub winner_open_loop: Option<WinnerOpenLoop>,
     /// CPU time the load generator's own threads spent per `/healthz` request, µs.
     pub driver_cpu_us_per_request: Option<f64>,
     /// Threads of each driver (`redis-benchmark` and the HTTP driver).
@@ -233,15 +304,28 @@ pub async fn run(setup: &Setup, repetitions: usize, progress: impl Fn(&str)) -> 
     );
     let (driver, http) = Driver::connect(setup.driver_threads, &setup.base_url).await?;
     let sha = load_script(&setup.admin).await?;
+    let metrics_client = reqwest::Client::builder().timeout(METRICS_TIMEOUT).build().context("a /metrics client")?;
     let mut samples = Vec::new();
     let mut driver_cpu = Vec::new();
     for repetition in 1..=repetitions {
+        // The winner's batch size of this repetition, for the raw insert_many after it.
+        let mut batch = 1;
         for measure in Measure::ALL {
-            progress(&format!("baseline {}/{repetitions}: {}", repetition, measure.describe()));
+            let label = match measure {
+                Measure::MongoInsertMany => format!("{} ({batch} per call)", measure.describe()),
+                _ => measure.describe().to_owned(),
+            };
+            progress(&format!("baseline {repetition}/{repetitions}: {label}"));
             let before = loadgen_cpu_ticks();
             let sample = match measure {
                 Measure::Evalsha => evalsha(setup, &sha, repetition).await?,
-                Measure::MongoInsert => mongo_insert(setup, repetition).await,
+                Measure::MongoInsert => mongo::insert_one(setup, repetition).await,
+                Measure::MongoInsertMany => mongo::insert_many(setup, repetition, batch).await,
+                Measure::Winner => {
+                    let sample = winner_measure(setup, &driver, &http, &metrics_client, repetition).await?;
+                    batch = sample.group_commits.map_or(1, GroupCommits::batch_size);
+                    sample
+                }
                 _ => http_measure(setup, &driver, &http, measure, repetition).await?,
             };
             if measure == Measure::Healthz {
@@ -255,13 +339,84 @@ pub async fn run(setup: &Setup, repetitions: usize, progress: impl Fn(&str)) -> 
             samples.push(sample);
         }
     }
-    let rates = Measure::ALL
+    let rates = rates_of(&samples);
+    let ratios = ratios_of(&samples, repetitions);
+    // Latency is compared with no other driver: the open loop gets a worker per core, so
+    // that the scheduler switching one driver thread out does not stall every lane at once.
+    drop(http);
+    drop(driver);
+    let open_loop_threads = open_loop_driver_threads();
+    let (open_loop, winner_open_loop) = open_loop_runs(setup, open_loop_threads, &rates, &progress).await?;
+    Ok(Baselines {
+        repetitions,
+        samples,
+        rates,
+        ratios,
+        open_loop,
+        winner_open_loop,
+        driver_cpu_us_per_request: Spread::of(&driver_cpu).map(|s| s.median),
+        driver_threads: setup.driver_threads,
+        open_loop_threads,
+    })
+}
+
+/// The winner measure, with the server's group commits over it (counter deltas, warmup
+/// included: every request of the measure has its answer before the second reading).
+async fn winner_measure(
+    setup: &Setup,
+    driver: &Driver,
+    http: &Arc<WireClient>,
+    metrics_client: &reqwest::Client,
+    repetition: usize,
+) -> anyhow::Result<Sample> {
+    let before = group_commits::read(metrics_client, &setup.base_url).await?;
+    let mut sample = http_measure(setup, driver, http, Measure::Winner, repetition).await?;
+    let commits = group_commits::read(metrics_client, &setup.base_url).await?.since(before);
+    sample.documents_per_write = commits.mean_batch();
+    sample.group_commits = Some(commits);
+    Ok(sample)
+}
+
+/// The open-loop runs on a driver of `threads` workers: the sold-out path at each of
+/// [`OPEN_LOOP_FRACTIONS`] of its median rate, then the winner path at
+/// [`WINNER_OPEN_LOOP_FRACTION`] of its own (if it answered at all).
+async fn open_loop_runs(
+    setup: &Setup,
+    threads: usize,
+    rates: &BTreeMap<Measure, Spread>,
+    progress: &impl Fn(&str),
+) -> anyhow::Result<(Vec<OpenLoopPoint>, Option<WinnerOpenLoop>)> {
+    let (driver, http) = Driver::connect(threads, &setup.base_url).await?;
+    let capacity = rates.get(&Measure::SoldOut).map_or(0.0, |s| s.median);
+    let mut open_loop = Vec::new();
+    for fraction in OPEN_LOOP_FRACTIONS {
+        progress(&format!("open loop at {:.0}% of the sold-out capacity ({capacity:.0}/s)", fraction * 100.0));
+        open_loop.push(open_loop_point(setup, &driver, &http, Measure::SoldOut, capacity * fraction, fraction).await?);
+    }
+    let winner_capacity = rates.get(&Measure::Winner).map_or(0.0, |s| s.median);
+    if winner_capacity <= 0.0 {
+        return Ok((open_loop, None));
+    }
+    progress(&format!(
+        "open loop of the winner path at {:.0}% of its capacity ({winner_capacity:.0}/s)",
+        WINNER_OPEN_LOOP_FRACTION * 100.0
+    ));
+    Ok((open_loop, Some(winner_open_loop(setup, &driver, &http, winner_capacity).await?)))
+}
+
+/// Median and range of each measure's rate over the repetitions.
+fn rates_of(samples: &[Sample]) -> BTreeMap<Measure, Spread> {
+    Measure::ALL
         .iter()
         .filter_map(|m| {
             let values: Vec<f64> = samples.iter().filter(|s| s.measure == *m).map(|s| s.rate_per_s).collect();
             Spread::of(&values).map(|spread| (*m, spread))
         })
-        .collect::<BTreeMap<_, _>>();
+        .collect()
+}
+
+/// Each ratio, taken per repetition (its two measures ran seconds apart), as median and range.
+fn ratios_of(samples: &[Sample], repetitions: usize) -> Vec<Ratio> {
     let ratio = |name: &str, top: Measure, bottom: Measure, target: Option<f64>| {
         let values: Vec<f64> = (1..=repetitions)
             .filter_map(|rep| {
@@ -271,39 +426,23 @@ pub async fn run(setup: &Setup, repetitions: usize, progress: impl Fn(&str)) -> 
             .collect();
         Spread::of(&values).map(|spread| Ratio { name: name.to_owned(), spread, target })
     };
-    let ratios = [
-        ratio("sold-out path ÷ raw EVALSHA", Measure::SoldOut, Measure::Evalsha, Some(1.0)),
-        ratio("replay path ÷ raw EVALSHA", Measure::Replay, Measure::Evalsha, Some(0.5)),
-        ratio("winner path ÷ raw MongoDB insert", Measure::Winner, Measure::MongoInsert, None),
+    [
+        ratio(RATIO_SOLD_OUT_TO_EVALSHA, Measure::SoldOut, Measure::Evalsha, Some(SOLD_OUT_TO_EVALSHA_TARGET)),
+        ratio(RATIO_REPLAY_TO_EVALSHA, Measure::Replay, Measure::Evalsha, Some(REPLAY_TO_EVALSHA_TARGET)),
+        ratio(RATIO_WINNER_TO_INSERT, Measure::Winner, Measure::MongoInsert, Some(WINNER_TO_INSERT_TARGET)),
+        ratio(
+            RATIO_WINNER_TO_INSERT_MANY,
+            Measure::Winner,
+            Measure::MongoInsertMany,
+            Some(WINNER_TO_INSERT_MANY_TARGET),
+        ),
         ratio("sold-out path ÷ /healthz", Measure::SoldOut, Measure::Healthz, None),
         ratio("replay path ÷ /healthz", Measure::Replay, Measure::Healthz, None),
         ratio("winner path ÷ /healthz", Measure::Winner, Measure::Healthz, None),
     ]
     .into_iter()
     .flatten()
-    .collect();
-    let capacity = rates.get(&Measure::SoldOut).map_or(0.0, |s| s.median);
-    // Latency is compared with no other driver: the open loop gets a worker per core, so
-    // that the scheduler switching one driver thread out does not stall every lane at once.
-    drop(http);
-    drop(driver);
-    let open_loop_threads = open_loop_driver_threads();
-    let (driver, http) = Driver::connect(open_loop_threads, &setup.base_url).await?;
-    let mut open_loop = Vec::new();
-    for fraction in OPEN_LOOP_FRACTIONS {
-        progress(&format!("open loop at {:.0}% of the sold-out capacity ({capacity:.0}/s)", fraction * 100.0));
-        open_loop.push(open_loop_point(setup, &driver, &http, capacity * fraction, fraction).await?);
-    }
-    Ok(Baselines {
-        repetitions,
-        samples,
-        rates,
-        ratios,
-        open_loop,
-        driver_cpu_us_per_request: Spread::of(&driver_cpu).map(|s| s.median),
-        driver_threads: setup.driver_threads,
-        open_loop_threads,
-    })
+    .collect()
 }
 
 /// Threads of the open-loop driver: one per core the process may use.
@@ -364,6 +503,8 @@ async fn evalsha(setup: &Setup, sha: &str, repetition: usize) -> anyhow::Result<
         p50_us: (p50_ms * 1000.0) as u64,
         p99_us: (p99_ms * 1000.0) as u64,
         unexpected: 0,
+        documents_per_write: None,
+        group_commits: None,
     })
 }
 
@@ -435,58 +576,52 @@ fn buy_request(host: &str, path: &str, buyer: &Buyer, key: &str) -> Vec<u8> {
 fn sample_of(measure: Measure, repetition: usize, result: openloop::ClosedLoopResult) -> Sample {
     let summary = percentile_summary(&result.latency);
     let unexpected = result.by_outcome.iter().filter(|(k, _)| k.as_str() != "ok").map(|(_, n)| *n).sum();
-    Sample { measure, repetition, rate_per_s: result.rate_per_s, p50_us: summary.p50, p99_us: summary.p99, unexpected }
+    Sample {
+        measure,
+        repetition,
+        rate_per_s: result.rate_per_s,
+        p50_us: summary.p50,
+        p99_us: summary.p99,
+        unexpected,
+        documents_per_write: None,
+        group_commits: None,
+    }
 }
 
-/// The raw single-document insert, on a MongoDB client of the load generator's own (the
-/// server reaches MongoDB only through its store seam, which has no raw collection).
-async fn mongo_insert(setup: &Setup, repetition: usize) -> Sample {
-    let config = &setup.admin.config;
-    let client = match mongodb::Client::with_uri_str(&config.mongo_url).await {
-        Ok(client) => client,
-        // A URL the server itself connected with: only a parse error can land here.
-        Err(_) => {
-            return Sample {
-                measure: Measure::MongoInsert,
-                repetition,
-                rate_per_s: 0.0,
-                p50_us: 0,
-                p99_us: 0,
-                unexpected: 1,
-            };
-        }
-    };
-    let collection = client.database(&config.mongo_database).collection::<mongodb::bson::Document>(BASELINE_COLLECTION);
-    let product = setup.winner_product.to_string();
-    let result = closed_loop(CONCURRENCY, MEASURE, WARMUP, move |index| {
-        let (collection, product) = (collection.clone(), product.clone());
-        async move {
-            let document = mongodb::bson::doc! {
-                "_id": Uuid::now_v7().to_string(),
-                "product_id": product,
-                "user_id": Uuid::nil().to_string(),
-                "unit": i64::try_from(index).unwrap_or(i64::MAX),
-                "buyer_slot": Uuid::now_v7().to_string(),
-                "status": "confirmed",
-                "created_at_ms": 0_i64,
-            };
-            match collection.insert_one(document).await {
-                Ok(_) => "ok".to_owned(),
-                Err(_) => "unexpected:error".to_owned(),
-            }
-        }
-    })
-    .await;
-    sample_of(Measure::MongoInsert, repetition, result)
+/// The winner path at [`WINNER_OPEN_LOOP_FRACTION`] of `capacity` (its median
+/// closed-loop rate), after making sure its product has a unit for every request the run
+/// can send, so that every answer is the winner path's and never a sold-out.
+async fn winner_open_loop(
+    setup: &Setup,
+    driver: &Driver,
+    http: &Arc<WireClient>,
+    capacity: f64,
+) -> anyhow::Result<WinnerOpenLoop> {
+    let rate = capacity * WINNER_OPEN_LOOP_FRACTION;
+    let units_left_before = units_left(setup).await?;
+    let most_requests = (rate * (OPEN_LOOP_WARMUP + OPEN_LOOP_RUN).as_secs_f64()).ceil();
+    anyhow::ensure!(
+        most_requests < units_left_before as f64,
+        "the winner product has {units_left_before} units left, fewer than the {most_requests} purchases of its \
+         open-loop run at {rate:.0}/s"
+    );
+    let point = open_loop_point(setup, driver, http, Measure::Winner, rate, WINNER_OPEN_LOOP_FRACTION).await?;
+    Ok(WinnerOpenLoop { point, units_left_before, units_left_after: units_left(setup).await? })
 }
 
-/// Scratch collection of the raw insert measure.
-pub const BASELINE_COLLECTION: &str = "loadgen_insert_baseline";
+/// Units of the winner product still for sale, as its sale state in Redis says.
+async fn units_left(setup: &Setup) -> anyhow::Result<i64> {
+    let state = flashsale::sale::stock(&setup.admin, setup.winner_product).await.context("the winner's stock")?;
+    Ok(state.context("the winner product has no sale state")?.remaining())
+}
 
+/// An open-loop run of `path` (`SoldOut` or `Winner`) at `rate`: new keys, dealt over the
+/// buyers round-robin, as the closed-loop measure of the same path sends them.
 async fn open_loop_point(
     setup: &Setup,
     driver: &Driver,
     http: &Arc<WireClient>,
+    path: Measure,
     rate: f64,
     fraction: f64,
 ) -> anyhow::Result<OpenLoopPoint> {
@@ -497,17 +632,22 @@ async fn open_loop_point(
         max_lag: OPEN_LOOP_MAX_LAG,
         warmup: OPEN_LOOP_WARMUP,
     };
-    let buy_path = format!("/api/v1/user/buy/{}", setup.sold_out_product);
+    let (product, expected) = match path {
+        Measure::Winner => (setup.winner_product, 201..=202),
+        _ => (setup.sold_out_product, 409..=409),
+    };
+    let buy_path = format!("/api/v1/user/buy/{product}");
+    let run_tag = Uuid::now_v7().simple().to_string();
     let (http, buyers) = (Arc::clone(http), Arc::new(setup.buyers.clone()));
     let result = driver
         .run(async move {
             openloop::run(&config, move |index| {
                 let buyer = &buyers[usize::try_from(index).unwrap_or(0) % buyers.len().max(1)];
-                let request = buy_request(http.host(), &buy_path, buyer, &format!("open-{index}"));
-                let http = Arc::clone(&http);
+                let request = buy_request(http.host(), &buy_path, buyer, &format!("open-{run_tag}-{index}"));
+                let (http, expected) = (Arc::clone(&http), expected.clone());
                 async move {
                     match http.send(&request).await {
-                        Ok(409) => "ok".to_owned(),
+                        Ok(status) if expected.contains(&status) => "ok".to_owned(),
                         Ok(status) => format!("unexpected:{status}"),
                         Err(_) => "unexpected:no-answer".to_owned(),
                     }
@@ -518,6 +658,7 @@ async fn open_loop_point(
         .await?;
     let summary = percentile_summary(&result.all);
     Ok(OpenLoopPoint {
+        path,
         fraction,
         rate_per_s: rate,
         achieved_per_s: result.achieved_rate_per_s,
@@ -577,6 +718,51 @@ mod tests {
         assert_eq!((spread.median, spread.min, spread.max), (2.0, 1.0, 3.0));
         assert_eq!(Spread::of(&[4.0, 1.0]).expect("values").median, 2.5);
         assert!(Spread::of(&[]).is_none());
+    }
+
+    fn sample(measure: Measure, repetition: usize, rate_per_s: f64) -> Sample {
+        Sample {
+            measure,
+            repetition,
+            rate_per_s,
+            p50_us: 0,
+            p99_us: 0,
+            unexpected: 0,
+            documents_per_write: None,
+            group_commits: None,
+        }
+    }
+
+    #[test]
+    fn the_winner_is_compared_with_each_raw_insert_of_its_own_repetition() {
+        let samples = [
+            sample(Measure::Winner, 1, 3_000.0),
+            sample(Measure::MongoInsert, 1, 1_000.0),
+            sample(Measure::MongoInsertMany, 1, 4_000.0),
+            sample(Measure::Winner, 2, 2_400.0),
+            sample(Measure::MongoInsert, 2, 1_200.0),
+            sample(Measure::MongoInsertMany, 2, 6_000.0),
+        ];
+        let ratios = ratios_of(&samples, 2);
+        let find = |name: &str| ratios.iter().find(|r| r.name == name).expect(name);
+        let insert = find(RATIO_WINNER_TO_INSERT);
+        assert_eq!((insert.spread.min, insert.spread.max), (2.0, 3.0), "3000/1000 and 2400/1200");
+        assert_eq!(insert.target, Some(WINNER_TO_INSERT_TARGET));
+        let insert_many = find(RATIO_WINNER_TO_INSERT_MANY);
+        assert_eq!((insert_many.spread.min, insert_many.spread.max), (0.4, 0.75), "2400/6000 and 3000/4000");
+        assert_eq!(insert_many.target, Some(WINNER_TO_INSERT_MANY_TARGET));
+        assert!(ratios.iter().all(|r| r.name != RATIO_SOLD_OUT_TO_EVALSHA), "no sold-out samples, no ratio");
+        assert_eq!(rates_of(&samples)[&Measure::MongoInsertMany].median, 5_000.0);
+    }
+
+    #[test]
+    fn every_measure_has_its_summary_name() {
+        for measure in Measure::ALL {
+            assert_eq!(serde_json::to_value(measure).expect("serialized"), measure.name());
+        }
+        let winner = Measure::ALL.iter().position(|m| *m == Measure::Winner);
+        let insert_many = Measure::ALL.iter().position(|m| *m == Measure::MongoInsertMany);
+        assert!(winner < insert_many, "insert_many takes the batch size the winner measure just reached");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   three at once);
 //!   [`record`]: what they saw, per route and outcome; [`crowd`]: goose's settings they share.
 //! - [`check`]: the correctness check after the load.
+//! - [`costs`]: what a request, a sold unit, a rebuild, a reconciler pass and a login cost as a
+//!   sale grows, measured at a few sizes.
 //! - [`report`]: the report folder; [`machine`]: what it was measured on.
 //! - [`openloop`]: an open-loop driver (fixed arrival rate, each request timed from its planned
 //!   send time, so coordinated omission cannot hide stalls) and a closed-loop helper for capacity.
@@ -23,6 +25,7 @@ pub mod baseline;
 pub mod browse;
 pub mod buyers;
 pub mod check;
+pub mod costs;
 pub mod crowd;
 pub mod hgrm;
 pub mod machine;

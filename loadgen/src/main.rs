@@ -1,7 +1,8 @@
 //! `flashsale-loadgen`: the load generator. `sale` puts thousands of verified buyers on
 //! one product at once (goose), checks the outcome against MongoDB and Redis, and
 //! writes a report folder under `reports/`; `browse` has shoppers read the catalogue;
-//! `auth` is a sign-up rush at production password-hashing cost; `mixed` all three at once.
+//! `auth` is a sign-up rush at production password-hashing cost; `mixed` all three at once;
+//! `costs` measures what a sale's costs become as it grows.
 //! Exit status: 0 when the correctness check passed, 1 when it failed (latency figures
 //! never fail a run), 2 on a usage or setup error.
 
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use flashsale_loadgen::costs::{CostsOptions, Sizes, costs};
 use flashsale_loadgen::run::{
     AuthOptions, BrowseOptions, MixedOptions, Place, RunOutcome, SaleOptions, auth, browse, mixed, sale,
 };
@@ -46,6 +48,40 @@ enum Command {
     /// Shoppers, buyers on a product on sale, and newcomers signing up, at once for a
     /// while; latency per route, the cache's hit ratio, and every scenario's check.
     Mixed(MixedArgs),
+    /// What a request, a sold unit, a rebuild, a reconciler pass and a login cost as a sale
+    /// grows: each measured at a few sizes on a local stack, written as a report folder.
+    Costs(CostsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CostsArgs {
+    /// A tenth of the largest sizes, about a minute (a smoke test of the command).
+    #[arg(long)]
+    quick: bool,
+    /// Stocks of the products whose purchase paths are measured (comma-separated, ascending).
+    #[arg(long, value_delimiter = ',')]
+    stocks: Option<Vec<usize>>,
+    /// Orders of the products whose rebuild is timed.
+    #[arg(long, value_delimiter = ',')]
+    rebuild_orders: Option<Vec<usize>>,
+    /// Live products of the reconciler passes.
+    #[arg(long, value_delimiter = ',')]
+    live_products: Option<Vec<usize>>,
+    /// Server instances answering the sold-out path.
+    #[arg(long, value_delimiter = ',')]
+    instances: Option<Vec<usize>>,
+    /// Users in the collection when logins are timed.
+    #[arg(long, value_delimiter = ',')]
+    users: Option<Vec<usize>>,
+    /// Folder of all reports; this run writes `<date>-costs/` in it.
+    #[arg(long, default_value = "reports")]
+    report_dir: PathBuf,
+    /// Name of this run's folder (default `<date>-costs`).
+    #[arg(long)]
+    name: Option<String>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,6 +236,7 @@ fn main() -> ExitCode {
         Command::Browse(args) => runtime.block_on(run_browse(args)),
         Command::Auth(args) => runtime.block_on(run_auth(args)),
         Command::Mixed(args) => runtime.block_on(run_mixed(args)),
+        Command::Costs(args) => runtime.block_on(run_costs(args)),
     }
 }
 
@@ -257,6 +294,33 @@ async fn run_mixed(args: MixedArgs) -> ExitCode {
         place,
     };
     finish(mixed(&options).await)
+}
+
+async fn run_costs(args: CostsArgs) -> ExitCode {
+    let base = if args.quick { Sizes::quick() } else { Sizes::full() };
+    let sizes = Sizes {
+        stocks: args.stocks.unwrap_or(base.stocks),
+        rebuild_orders: args.rebuild_orders.unwrap_or(base.rebuild_orders),
+        live_products: args.live_products.unwrap_or(base.live_products),
+        instances: args.instances.unwrap_or(base.instances),
+        users: args.users.unwrap_or(base.users),
+    };
+    let place = Place {
+        target: TargetOptions::default(),
+        reports_root: args.report_dir,
+        name: args.name,
+        progress: !args.quiet,
+    };
+    match costs(&CostsOptions { sizes, place }).await {
+        Ok(dir) => {
+            println!("report: {}", dir.join(flashsale_loadgen::costs::render::README).display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("flashsale-loadgen: {err:#}");
+            ExitCode::from(SETUP_FAILED)
+        }
+    }
 }
 
 /// Prints the check and where the report is; the exit status says whether the check passed.

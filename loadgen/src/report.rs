@@ -324,6 +324,88 @@ fn cache_markdown(md: &mut String, cache: &CacheFigures) {
     let _ = writeln!(md, "| {} | {} | {ratio} |\n", cache.hits, cache.misses);
 }
 
+/// The documents each MongoDB write carried, per repetition: "-" for measures without writes.
+fn documents_per_write(samples: &[&baseline::Sample]) -> String {
+    let values: Vec<String> =
+        samples.iter().filter_map(|s| s.documents_per_write).map(|documents| format!("{documents:.1}")).collect();
+    if values.is_empty() { "-".to_owned() } else { values.join(", ") }
+}
+
+/// How the winner's orders reached MongoDB, per repetition, and what the raw `insert_many` ran at.
+fn group_commit_markdown(md: &mut String, b: &Baselines) {
+    let winners: Vec<&baseline::Sample> = b.samples.iter().filter(|s| s.measure == Measure::Winner).collect();
+    if winners.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nThe winner path's group commits, from the server's `/metrics` (`order_group_commits` and \
+         `orders_group_committed`, read before and after each winner measure, warmup included): their mean \
+         batch, rounded, is the batch size of the raw `insert_many` of the same repetition, whose rate counts \
+         documents per second.\n"
+    );
+    let _ = writeln!(md, "| repetition | group commits | orders | mean batch | insert_many batch size |");
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|");
+    for winner in winners {
+        let batch = b
+            .samples
+            .iter()
+            .find(|s| s.measure == Measure::MongoInsertMany && s.repetition == winner.repetition)
+            .and_then(|s| s.documents_per_write)
+            .map_or_else(|| "-".to_owned(), |d| format!("{d:.0}"));
+        let (commits, orders) = winner.group_commits.map_or((0, 0), |g| (g.commits, g.orders));
+        let mean = winner.documents_per_write.map_or_else(|| "none".to_owned(), |m| format!("{m:.2}"));
+        let _ = writeln!(md, "| {} | {commits} | {orders} | {mean} | {batch} |", winner.repetition);
+    }
+}
+
+fn open_loop_row(md: &mut String, point: &baseline::OpenLoopPoint) {
+    let _ = writeln!(
+        md,
+        "| {:.0}% | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
+        point.fraction * 100.0,
+        point.rate_per_s,
+        point.achieved_per_s,
+        ms(point.p50_us),
+        ms(point.p99_us),
+        ms(point.p999_us),
+        ms(point.max_us),
+        point.dropped,
+        point.unexpected
+    );
+}
+
+/// "4.55 ms, under the 10 ms target."
+fn p99_verdict(p99_us: u64, target: std::time::Duration) -> String {
+    let verdict = if u128::from(p99_us) < target.as_micros() { "under" } else { "**over**" };
+    format!("{} ms, {verdict} the {} ms target.", ms(p99_us), target.as_millis())
+}
+
+fn winner_open_loop_markdown(md: &mut String, winner: &baseline::WinnerOpenLoop) {
+    let point = &winner.point;
+    let _ = writeln!(
+        md,
+        "\nThe winner path (reserve, group-committed MongoDB insert, confirm) at {:.0}% of its own median \
+         closed-loop rate, the same way: a new key per request, dealt over the buyers, on the product without \
+         the one-per-user rule, which had {} units left before the run and {} after (it never sold out).\n",
+        point.fraction * 100.0,
+        winner.units_left_before,
+        winner.units_left_after
+    );
+    let _ = writeln!(
+        md,
+        "| load | planned per s | achieved per s | p50 ms | p99 ms | p99.9 ms | max ms | dropped | unexpected |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    open_loop_row(md, point);
+    let _ = writeln!(
+        md,
+        "\nWinner p99 at {:.0}% of its capacity: {}",
+        point.fraction * 100.0,
+        p99_verdict(point.p99_us, baseline::WINNER_P99_TARGET)
+    );
+}
+
 fn baselines_markdown(md: &mut String, b: &Baselines) {
     let _ = writeln!(md, "## Against the physical limit\n");
     let _ = writeln!(
@@ -351,8 +433,12 @@ fn baselines_markdown(md: &mut String, b: &Baselines) {
             None => "Its CPU cost per request could not be read from /proc.".to_owned(),
         }
     );
-    let _ = writeln!(md, "| measure | what | median per s | range per s | p50 ms | p99 ms | unexpected answers |");
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| measure | what | median per s | range per s | p50 ms | p99 ms | documents per write, by repetition | \
+         unexpected answers |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
     for measure in Measure::ALL {
         let Some(spread) = b.rates.get(&measure) else { continue };
         let samples: Vec<&baseline::Sample> = b.samples.iter().filter(|s| s.measure == measure).collect();
@@ -362,16 +448,18 @@ fn baselines_markdown(md: &mut String, b: &Baselines) {
         let unexpected: u64 = samples.iter().map(|s| s.unexpected).sum();
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.0} to {:.0} | {} | {} | {unexpected} |",
-            serde_json::to_value(measure).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            "| {} | {} | {:.0} | {:.0} to {:.0} | {} | {} | {} | {unexpected} |",
+            measure.name(),
             measure.describe(),
             spread.median,
             spread.min,
             spread.max,
             median_sample.map_or_else(|| "-".to_owned(), |s| ms(s.p50_us)),
             median_sample.map_or_else(|| "-".to_owned(), |s| ms(s.p99_us)),
+            documents_per_write(&samples),
         );
     }
+    group_commit_markdown(md, b);
     let _ = writeln!(md, "\n| ratio (per repetition) | median | range | target | |");
     let _ = writeln!(md, "|---|---:|---:|---:|---|");
     for ratio in &b.ratios {
@@ -409,23 +497,13 @@ fn baselines_markdown(md: &mut String, b: &Baselines) {
     );
     let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for point in &b.open_loop {
-        let _ = writeln!(
-            md,
-            "| {:.0}% | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
-            point.fraction * 100.0,
-            point.rate_per_s,
-            point.achieved_per_s,
-            ms(point.p50_us),
-            ms(point.p99_us),
-            ms(point.p999_us),
-            ms(point.max_us),
-            point.dropped,
-            point.unexpected
-        );
+        open_loop_row(md, point);
     }
     if let Some(half) = b.open_loop.iter().find(|p| (p.fraction - 0.5).abs() < 1e-9) {
-        let verdict = if half.p99_us < 10_000 { "under" } else { "**over**" };
-        let _ = writeln!(md, "\np99 at 50% of capacity: {} ms, {verdict} the 10 ms target.", ms(half.p99_us));
+        let _ = writeln!(md, "\np99 at 50% of capacity: {}", p99_verdict(half.p99_us, baseline::SOLD_OUT_P99_TARGET));
+    }
+    if let Some(winner) = &b.winner_open_loop {
+        winner_open_loop_markdown(md, winner);
     }
     let limits = short_ratio_limits(b);
     if !limits.is_empty() {
@@ -449,7 +527,7 @@ fn short_ratio_limits(b: &Baselines) -> Vec<String> {
         format!(", while the load generator's own driver spent {us:.0} µs of CPU per request on the same cores")
     });
     let mut lines = Vec::new();
-    if short("sold-out path ÷ raw EVALSHA") {
+    if short(baseline::RATIO_SOLD_OUT_TO_EVALSHA) {
         if let (Some(sold_out), Some(healthz), Some(evalsha)) =
             (median(Measure::SoldOut), median(Measure::Healthz), median(Measure::Evalsha))
         {
@@ -464,7 +542,7 @@ fn short_ratio_limits(b: &Baselines) -> Vec<String> {
             ));
         }
     }
-    if short("replay path ÷ raw EVALSHA") {
+    if short(baseline::RATIO_REPLAY_TO_EVALSHA) {
         if let (Some(replay), Some(sold_out)) = (median(Measure::Replay), median(Measure::SoldOut)) {
             lines.push(format!(
                 "**Replay path**: the stored answer comes from the instance's memory, after one Redis round trip \
@@ -473,7 +551,36 @@ fn short_ratio_limits(b: &Baselines) -> Vec<String> {
             ));
         }
     }
+    if short(baseline::RATIO_WINNER_TO_INSERT) || short(baseline::RATIO_WINNER_TO_INSERT_MANY) {
+        if let Some(line) = winner_limit(b) {
+            lines.push(line);
+        }
+    }
     lines
+}
+
+/// What this run's figures say of the winner path: the batches its group commits reached,
+/// and what MongoDB itself did with one document and with a batch of that size.
+fn winner_limit(b: &Baselines) -> Option<String> {
+    let median = |measure: Measure| b.rates.get(&measure).map(|spread| spread.median).filter(|rate| *rate > 0.0);
+    let (winner, insert, insert_many) =
+        (median(Measure::Winner)?, median(Measure::MongoInsert)?, median(Measure::MongoInsertMany)?);
+    let batches: Vec<f64> =
+        b.samples.iter().filter(|s| s.measure == Measure::Winner).filter_map(|s| s.documents_per_write).collect();
+    let batch = baseline::Spread::of(&batches).map_or_else(
+        || "no group commit (each order its own insert)".to_owned(),
+        |spread| format!("group commits of {:.1} orders on average (median of the repetitions)", spread.median),
+    );
+    Some(format!(
+        "**Winner path**: its {} closed-loop workers reached MongoDB in {batch}. At that batch size raw MongoDB \
+         wrote {insert_many:.0} documents per s in unordered `insert_many` calls, {:.2}× its {insert:.0} single \
+         inserts per s: the most the winner path could reach against raw insert with batches of that size. The \
+         winner path reached {winner:.0} orders per s, {:.2}× of that `insert_many` rate (medians), with a \
+         Redis reservation, a confirmation and an HTTP request around every order.",
+        baseline::CONCURRENCY,
+        insert_many / insert,
+        winner / insert_many
+    ))
 }
 
 #[cfg(test)]
@@ -510,10 +617,11 @@ mod tests {
             samples: Vec::new(),
             rates,
             ratios: vec![
-                ratio("sold-out path ÷ raw EVALSHA", sold_out / 80_000.0, 1.0),
-                ratio("replay path ÷ raw EVALSHA", replay / 80_000.0, 0.5),
+                ratio(baseline::RATIO_SOLD_OUT_TO_EVALSHA, sold_out / 80_000.0, 1.0),
+                ratio(baseline::RATIO_REPLAY_TO_EVALSHA, replay / 80_000.0, 0.5),
             ],
             open_loop: Vec::new(),
+            winner_open_loop: None,
             driver_cpu_us_per_request: Some(7.0),
             driver_threads: 1,
             open_loop_threads: 2,
@@ -531,6 +639,82 @@ mod tests {
         assert_eq!(limits.len(), 2);
         assert!(limits[1].contains("0.50× of the sold-out path"), "{limits:?}");
         assert!(short_ratio_limits(&baselines(90_000.0, 45_000.0)).is_empty(), "nothing short, nothing to explain");
+    }
+
+    /// Baselines with a winner path at `winner` orders per s, raw inserts at 1,000 per s
+    /// and raw `insert_many` at `insert_many` documents per s, in batches of 8.
+    fn winner_baselines(winner: f64, insert_many: f64) -> Baselines {
+        let mut b = baselines(90_000.0, 45_000.0);
+        let spread = |median: f64| baseline::Spread { median, min: median, max: median };
+        for (measure, rate) in
+            [(Measure::Winner, winner), (Measure::MongoInsert, 1_000.0), (Measure::MongoInsertMany, insert_many)]
+        {
+            b.rates.insert(measure, spread(rate));
+        }
+        let sample = |measure, rate_per_s, documents_per_write, group_commits| baseline::Sample {
+            measure,
+            repetition: 1,
+            rate_per_s,
+            p50_us: 1_000,
+            p99_us: 9_000,
+            unexpected: 0,
+            documents_per_write,
+            group_commits,
+        };
+        let commits = baseline::GroupCommits { commits: 400, orders: 3_160 };
+        b.samples = vec![
+            sample(Measure::Winner, winner, commits.mean_batch(), Some(commits)),
+            sample(Measure::MongoInsert, 1_000.0, Some(1.0), None),
+            sample(Measure::MongoInsertMany, insert_many, Some(8.0), None),
+        ];
+        for (name, value, target) in [
+            (baseline::RATIO_WINNER_TO_INSERT, winner / 1_000.0, baseline::WINNER_TO_INSERT_TARGET),
+            (baseline::RATIO_WINNER_TO_INSERT_MANY, winner / insert_many, baseline::WINNER_TO_INSERT_MANY_TARGET),
+        ] {
+            b.ratios.push(baseline::Ratio { name: name.to_owned(), spread: spread(value), target: Some(target) });
+        }
+        b
+    }
+
+    #[test]
+    fn a_short_winner_ratio_is_explained_by_its_batch_and_the_raw_insert_many() {
+        let limits = short_ratio_limits(&winner_baselines(2_500.0, 6_000.0));
+        assert_eq!(limits.len(), 1, "only the winner is short: {limits:?}");
+        assert!(limits[0].contains("group commits of 7.9 orders"), "{limits:?}");
+        assert!(
+            limits[0].contains("6000 documents per s") && limits[0].contains("6.00× its 1000 single"),
+            "{limits:?}"
+        );
+        assert!(limits[0].contains("0.42× of that `insert_many` rate"), "{limits:?}");
+        assert!(short_ratio_limits(&winner_baselines(3_500.0, 6_000.0)).is_empty(), "both winner ratios met");
+    }
+
+    #[test]
+    fn the_report_gives_the_batch_sizes_and_the_winners_open_loop_verdict() {
+        let mut b = winner_baselines(3_500.0, 6_000.0);
+        let point = baseline::OpenLoopPoint {
+            path: Measure::Winner,
+            fraction: baseline::WINNER_OPEN_LOOP_FRACTION,
+            rate_per_s: 1_750.0,
+            achieved_per_s: 1_749.0,
+            p50_us: 4_000,
+            p99_us: 61_000,
+            p999_us: 80_000,
+            max_us: 90_000,
+            dropped: 0,
+            unexpected: 0,
+        };
+        b.winner_open_loop =
+            Some(baseline::WinnerOpenLoop { point, units_left_before: 900_000, units_left_after: 892_000 });
+        let mut md = String::new();
+        baselines_markdown(&mut md, &b);
+        assert!(md.contains("| mongo_insert_many |"), "{md}");
+        assert!(md.contains("| 1 | 400 | 3160 | 7.90 | 8 |"), "the group commits of repetition 1: {md}");
+        assert!(md.contains("| 7.9 | 0 |") && md.contains("| 8.0 | 0 |"), "documents per write: {md}");
+        assert!(md.contains(baseline::RATIO_WINNER_TO_INSERT_MANY), "{md}");
+        assert!(md.contains("| 50% | 1750 | 1749 | 4.00 | 61.00 | 80.00 | 90.00 | 0 | 0 |"), "{md}");
+        assert!(md.contains("Winner p99 at 50% of its capacity: 61.00 ms, **over** the 50 ms target."), "{md}");
+        assert!(md.contains("900000 units left before the run and 892000 after"), "{md}");
     }
 
     #[test]
