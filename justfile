@@ -59,6 +59,10 @@ load-auth *ARGS:
 load-mixed *ARGS:
     cargo run --release -p flashsale-loadgen -- mixed {{ARGS}}
 
+# What a sale's costs become as it grows, into reports/<date>-costs/ (release; extra flags go to `costs`).
+load-costs *ARGS:
+    cargo run --release -p flashsale-loadgen -- costs {{ARGS}}
+
 # What the HTTP stack and the sold-out handler cost per request, in process (no sockets).
 bench-http:
     cargo bench -p flashsale --bench http_stack
