@@ -593,6 +593,16 @@ struct Inputs {
     max_body_bytes: usize,
 }
 
+/// The path template with each `{placeholder}` replaced by the next segment.
+fn fill_path(template: &str, segments: Vec<String>) -> String {
+    let mut values = segments.into_iter();
+    template
+        .split('/')
+        .map(|segment| if segment.starts_with('{') { values.next().unwrap_or_default() } else { segment.into() })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn case_strategy(inputs: &Inputs, operation: &Operation) -> BoxedStrategy<Case> {
     let template = operation.path.clone();
     let placeholders = template.split('/').filter(|segment| segment.starts_with('{')).count();
@@ -609,14 +619,7 @@ fn case_strategy(inputs: &Inputs, operation: &Operation) -> BoxedStrategy<Case> 
     let body = body_strategy(&inputs.spec, operation, inputs.max_body_bytes);
     (segments, query_strategy(&operation.query_params), headers, made_up_cookie(), body)
         .prop_map(move |(segments, query, headers, cookie, body)| {
-            let mut values = segments.into_iter();
-            let path = template
-                .split('/')
-                .map(
-                    |segment| if segment.starts_with('{') { values.next().unwrap_or_default() } else { segment.into() },
-                )
-                .collect::<Vec<_>>()
-                .join("/");
+            let path = fill_path(&template, segments);
             Case { path, query, headers: headers.into_iter().flatten().collect(), cookie, body }
         })
         .boxed()
@@ -654,14 +657,7 @@ fn allowed_case_strategy(inputs: &Inputs, operation: &Operation) -> BoxedStrateg
     };
     (segments, query, headers, body)
         .prop_map(move |(segments, query, headers, body)| {
-            let mut values = segments.into_iter();
-            let path = template
-                .split('/')
-                .map(
-                    |segment| if segment.starts_with('{') { values.next().unwrap_or_default() } else { segment.into() },
-                )
-                .collect::<Vec<_>>()
-                .join("/");
+            let path = fill_path(&template, segments);
             let query = query.into_iter().flatten().collect::<Vec<_>>().join("&");
             Case { path, query, headers, cookie: None, body }
         })
