@@ -135,7 +135,11 @@ pub struct Config {
 
     /// Group commits in flight at once on this instance; orders arriving while all are in
     /// flight wait for the next one to take them (no wait at all while fewer are in flight).
-    #[arg(long, env = "FLASHSALE_ORDER_BATCHES_IN_FLIGHT", default_value_t = 4)]
+    /// One, the classic group commit, by default: measured on the single-writer backend
+    /// tested here, more in flight made smaller batches that waited for each other
+    /// (`system-design/load-testing.md`); a store that takes concurrent writes well may
+    /// want more.
+    #[arg(long, env = "FLASHSALE_ORDER_BATCHES_IN_FLIGHT", default_value_t = 1)]
     pub order_batches_in_flight: u32,
 
     /// Timeout of one Redis command; past it the request fails closed.

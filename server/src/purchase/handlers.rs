@@ -84,8 +84,11 @@ pub async fn buy(
         return Ok(replay_response(replay));
     }
     let limits = &app.config.limits;
-    ratelimit::check(&app, Action::Purchase, Scope::User(user.user_id), limits.purchase_per_user_per_min).await?;
-    ratelimit::check(&app, Action::Purchase, Scope::Ip(ip), limits.purchase_per_ip_per_min).await?;
+    // Both limits in one wait: each counts this request whatever the other decides.
+    tokio::try_join!(
+        ratelimit::check(&app, Action::Purchase, Scope::User(user.user_id), limits.purchase_per_user_per_min),
+        ratelimit::check(&app, Action::Purchase, Scope::Ip(ip), limits.purchase_per_ip_per_min),
+    )?;
 
     let claim = match idempotency::begin(&app, user.user_id, &key, product_id, order_id).await {
         Ok(Begin::Proceed(claim)) => claim,
@@ -306,12 +309,16 @@ async fn persist(app: &App, reservation: &Reservation) -> ApiResult<Bought> {
     let keys = app.keys.sale(product_id);
     let mut conn = app.redis.clone();
     match persisted {
-        Persisted::Inserted | Persisted::AlreadyThere => {
+        // Its group commit confirmed it in Redis and published its completion.
+        Persisted::Inserted { confirmed: true } => {
+            Ok(Bought::Confirmed(response(order_id, product_id, unit, "confirmed")))
+        }
+        Persisted::Inserted { confirmed: false } | Persisted::AlreadyThere => {
             if let Err(err) = scripts::confirm(&mut conn, &keys, order_id).await {
                 // MongoDB has the order; the reconciler confirms it in Redis later.
                 tracing::warn!(error = %err, %order_id, "confirming in Redis failed");
             }
-            if persisted == Persisted::Inserted {
+            if persisted != Persisted::AlreadyThere {
                 publish_completed(app, product_id, order_id).await;
             }
             Ok(Bought::Confirmed(response(order_id, product_id, unit, "confirmed")))

@@ -173,13 +173,36 @@ pub fn parse_purchase(reply: Value) -> anyhow::Result<PurchaseOutcome> {
 
 /// Marks a reservation persisted; `false` if Redis holds no such reservation.
 pub async fn confirm(conn: &mut RedisConn, keys: &SaleKeys, order_id: Uuid) -> anyhow::Result<bool> {
-    let done: i64 = CONFIRM
-        .key(&keys.script_keys()[..])
-        .arg(order_id.to_string())
-        .invoke_async(conn)
-        .await
-        .context("confirm script")?;
-    Ok(done == 1)
+    let confirmed = confirm_many(conn, keys, "", &[(order_id, None)]).await?;
+    Ok(confirmed.first().copied().unwrap_or(false))
+}
+
+/// Most orders one confirmation call carries: a group commit's orders of one product
+/// are confirmed in calls of at most this many.
+pub const MAX_CONFIRMED_PER_CALL: usize = 256;
+
+/// Marks several reservations of one sale persisted in one call, publishing on `channel`
+/// each order's event where it has one; per order, whether Redis held its reservation.
+pub async fn confirm_many(
+    conn: &mut RedisConn,
+    keys: &SaleKeys,
+    channel: &str,
+    orders: &[(Uuid, Option<String>)],
+) -> anyhow::Result<Vec<bool>> {
+    let mut confirmed = Vec::with_capacity(orders.len());
+    for chunk in orders.chunks(MAX_CONFIRMED_PER_CALL) {
+        let mut invocation = CONFIRM.key(&keys.script_keys()[..]);
+        invocation.arg(channel);
+        for (order_id, event) in chunk {
+            invocation.arg(order_id.to_string()).arg(event.as_deref().unwrap_or(""));
+        }
+        let reply: Vec<i64> = invocation.invoke_async(conn).await.context("confirm script")?;
+        if reply.len() != chunk.len() {
+            bail!("confirm script answered {} orders for {}", reply.len(), chunk.len());
+        }
+        confirmed.extend(reply.into_iter().map(|done| done == 1));
+    }
+    Ok(confirmed)
 }
 
 /// Result of a release: whether a reservation was freed, and the units left (None if

@@ -20,15 +20,33 @@
 //! a single insert abandoned in flight may be.
 //!
 //! With `order_batch_max` 1 there is no group commit: each order is its own insert.
+//!
+//! Once MongoDB has answered, the turn passes on and the leader confirms the stored
+//! orders' reservations in Redis, one `confirm.lua` call per product for the whole batch
+//! (which also publishes each order's completion), before it tells the members. A member
+//! learns whether its order was confirmed with it ([`Stored`]); if the confirmation
+//! failed, or the leader stopped before it was told, the order is stored and unconfirmed,
+//! and the reconciler confirms it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
-use crate::db::{Db, DbError, DbResult};
-use crate::metrics::Metrics;
+use crate::db::{DbError, DbResult};
+use crate::events::{EventType, SaleEvent};
+use crate::redis::scripts;
 use crate::sale::orders::OrderDoc;
+use crate::state::App;
+
+/// A stored order, and whether the group commit also confirmed its reservation in Redis
+/// and published its completion. When not, the caller confirms it or leaves it to the
+/// reconciler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub confirmed: bool,
+}
 
 /// Why a queued order has no outcome of its own.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +63,7 @@ pub enum GroupCommitError {
 /// What a queued order's request is told.
 enum Turn {
     /// Its document's outcome.
-    Done(DbResult<()>),
+    Done(DbResult<Stored>),
     /// It writes the next group commit, starting with its own order (handed back).
     Lead(Box<OrderDoc>),
 }
@@ -101,11 +119,13 @@ impl OrderWrites {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Inserts `order`, in a group commit with others when they arrive together; its
-    /// outcome as [`Db::insert_order`] would give it.
-    pub async fn insert(&self, db: &Db, metrics: &Metrics, order: &OrderDoc) -> DbResult<()> {
+    /// Inserts `order`, in a group commit with others when they arrive together, and
+    /// confirms its reservation; its outcome as [`crate::db::Db::insert_order`] would give it.
+    pub async fn insert(&self, app: &App, order: &OrderDoc) -> DbResult<Stored> {
         if self.batch_max == 1 {
-            return db.insert_order(order).await;
+            app.db.insert_order(order).await?;
+            let confirmed = confirm_stored(app, std::slice::from_ref(order), &[true]).await;
+            return Ok(Stored { confirmed: confirmed.first().copied().unwrap_or(false) });
         }
         let receiver = {
             let mut queue = self.lock();
@@ -119,7 +139,7 @@ impl OrderWrites {
             }
         };
         let Some(receiver) = receiver else {
-            return self.lead(db, metrics, order.clone()).await;
+            return self.lead(app, order.clone()).await;
         };
         let mut waiting = Waiting { receiver, writes: self };
         let turn = (&mut waiting.receiver).await;
@@ -127,15 +147,16 @@ impl OrderWrites {
         match turn {
             Ok(Turn::Done(outcome)) => outcome,
             // Polled at once: its turn is held from the first poll on.
-            Ok(Turn::Lead(order)) => self.lead(db, metrics, *order).await,
+            Ok(Turn::Lead(order)) => self.lead(app, *order).await,
             Err(_) => Err(DbError::Unavailable(Box::new(GroupCommitError::Abandoned))),
         }
     }
 
-    /// Writes `own` and up to `batch_max - 1` queued orders in one `insert_many`, tells
-    /// each member its outcome and returns `own`'s. Holds one turn, passed on when it ends.
-    async fn lead(&self, db: &Db, metrics: &Metrics, own: OrderDoc) -> DbResult<()> {
-        let _turn = HeldTurn { writes: self };
+    /// Writes `own` and up to `batch_max - 1` queued orders in one `insert_many`, passes
+    /// the turn on, confirms the stored ones in Redis, tells each member its outcome and
+    /// returns `own`'s.
+    async fn lead(&self, app: &App, own: OrderDoc) -> DbResult<Stored> {
+        let turn = HeldTurn { writes: self };
         let members: Vec<Queued> = {
             let mut queue = self.lock();
             // Orders whose request gave up while queued are not written here: each
@@ -147,37 +168,51 @@ impl OrderWrites {
         let mut documents = Vec::with_capacity(members.len() + 1);
         documents.push(own);
         documents.extend(members.iter().map(|member| member.order.clone()));
-        metrics.order_group_commits.inc();
-        metrics.orders_group_committed.inc_by(documents.len() as u64);
-        match db.insert_orders(&documents).await {
-            Ok(outcomes) if outcomes.len() == documents.len() => {
-                let mut outcomes = outcomes.into_iter();
-                let own = outcomes.next().unwrap_or(Ok(()));
-                for (member, outcome) in members.into_iter().zip(outcomes) {
-                    #[cfg(feature = "broken")]
-                    let outcome = crate::broken::group_commit_outcome(self.broken, outcome);
-                    // A member whose request gave up meanwhile no longer listens; its order stands.
-                    let _ = member.reply.send(Turn::Done(outcome));
-                }
-                own
-            }
+        app.metrics.order_group_commits.inc();
+        app.metrics.orders_group_committed.inc_by(documents.len() as u64);
+        let written = app.db.insert_orders(&documents).await;
+        // MongoDB has answered: the next group commit need not wait for the confirmations.
+        drop(turn);
+        let outcomes = match written {
+            Ok(outcomes) if outcomes.len() == documents.len() => outcomes,
             Ok(outcomes) => {
                 let err = format!("{} outcomes for {} documents", outcomes.len(), documents.len());
                 tell_failed(members, &err);
-                Err(DbError::Other(Box::new(GroupCommitError::Failed(err))))
+                return Err(DbError::Other(Box::new(GroupCommitError::Failed(err))));
             }
             Err(err) => {
                 #[cfg(feature = "broken")]
                 if self.broken == Some(crate::broken::Broken::GroupCommitAcksFailures) {
                     for member in members {
-                        let _ = member.reply.send(Turn::Done(Ok(())));
+                        let _ = member.reply.send(Turn::Done(Ok(Stored { confirmed: false })));
                     }
                     return Err(err);
                 }
                 tell_failed(members, &err.to_string());
-                Err(err)
+                return Err(err);
             }
+        };
+        let mut outcomes = outcomes.into_iter();
+        let own = outcomes.next().unwrap_or(Ok(()));
+        #[allow(unused_mut)]
+        let mut members: Vec<(Queued, DbResult<()>)> = members.into_iter().zip(outcomes).collect();
+        #[cfg(feature = "broken")]
+        for (_, outcome) in &mut members {
+            *outcome = crate::broken::group_commit_outcome(self.broken, std::mem::replace(outcome, Ok(())));
         }
+        // Should this request stop during the confirmations, its members still hear their
+        // orders' outcomes, unconfirmed.
+        let mut unanswered = Unanswered(members);
+        let stored: Vec<bool> =
+            std::iter::once(own.is_ok()).chain(unanswered.0.iter().map(|(_, outcome)| outcome.is_ok())).collect();
+        let confirmed = confirm_stored(app, &documents, &stored).await;
+        let mut confirmed = confirmed.into_iter();
+        let own_confirmed = confirmed.next().unwrap_or(false);
+        for ((member, outcome), confirmed) in std::mem::take(&mut unanswered.0).into_iter().zip(confirmed) {
+            // A member whose request gave up meanwhile no longer listens; its order stands.
+            let _ = member.reply.send(Turn::Done(outcome.map(|()| Stored { confirmed })));
+        }
+        own.map(|()| Stored { confirmed: own_confirmed })
     }
 
     /// Ends a turn: the oldest queued order whose request still waits leads next, or
@@ -190,6 +225,58 @@ impl OrderWrites {
             }
         }
         queue.in_flight = queue.in_flight.saturating_sub(1);
+    }
+}
+
+/// Confirms in Redis the reservations of the `documents` that were `stored`, one
+/// call per product, publishing each one's completion; per document, whether it was
+/// confirmed (never, for one not stored or when Redis failed: the reconciler confirms it).
+async fn confirm_stored(app: &App, documents: &[OrderDoc], stored: &[bool]) -> Vec<bool> {
+    let mut confirmed = vec![false; documents.len()];
+    let mut by_product: BTreeMap<Uuid, Vec<(usize, Uuid)>> = BTreeMap::new();
+    for (index, (document, stored)) in documents.iter().zip(stored).enumerate() {
+        let ids = (Uuid::parse_str(&document.product_id), Uuid::parse_str(&document.id));
+        if let (true, Ok(product_id), Ok(order_id)) = (*stored, ids.0, ids.1) {
+            by_product.entry(product_id).or_default().push((index, order_id));
+        }
+    }
+    let channel = app.keys.events_channel();
+    for (product_id, orders) in by_product {
+        let calls: Vec<(Uuid, Option<String>)> = orders
+            .iter()
+            .map(|(_, order_id)| {
+                let event = SaleEvent {
+                    event_type: EventType::PurchaseCompleted,
+                    product_id,
+                    remaining: None,
+                    order_id: Some(*order_id),
+                };
+                (*order_id, serde_json::to_string(&event).ok())
+            })
+            .collect();
+        let mut conn = app.redis.clone();
+        match scripts::confirm_many(&mut conn, &app.keys.sale(product_id), &channel, &calls).await {
+            Ok(done) => {
+                for ((index, _), done) in orders.iter().zip(done) {
+                    confirmed[*index] = done;
+                }
+            }
+            // MongoDB has the orders; the reconciler confirms them in Redis later.
+            Err(err) => tracing::warn!(error = %err, %product_id, "confirming a group commit in Redis failed"),
+        }
+    }
+    confirmed
+}
+
+/// Members of a group commit not yet told their outcome: told it, unconfirmed, if the
+/// leader stops before telling them.
+struct Unanswered(Vec<(Queued, DbResult<()>)>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        for (member, outcome) in self.0.drain(..) {
+            let _ = member.reply.send(Turn::Done(outcome.map(|()| Stored { confirmed: false })));
+        }
     }
 }
 
@@ -231,18 +318,34 @@ impl Drop for HeldTurn<'_> {
 
 #[cfg(all(test, feature = "memory"))]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
+    use crate::clock::Ids;
     use crate::config::Config;
+    use crate::db::Db;
     use crate::db::memory::MemoryDb;
     use crate::db::records::{OrderStatus, UnitField};
+    use crate::state::AppState;
+
+    /// Product of every order here.
+    const PRODUCT: Uuid = Uuid::from_u128(0x5a1e);
+
+    fn order_id(id: &str) -> Uuid {
+        Uuid::new_v5(&Uuid::NAMESPACE_OID, id.as_bytes())
+    }
+
+    /// The stored ids `ids` name, as [`Fixture::stored`] lists them.
+    fn ids(ids: &[&str]) -> Vec<String> {
+        let mut ids: Vec<String> = ids.iter().map(|id| order_id(id).to_string()).collect();
+        ids.sort();
+        ids
+    }
 
     fn order(id: &str, unit: i64) -> OrderDoc {
         OrderDoc {
-            id: id.to_owned(),
-            product_id: "p".to_owned(),
+            id: order_id(id).to_string(),
+            product_id: PRODUCT.to_string(),
             user_id: format!("u-{id}"),
             unit: UnitField::Unit(unit),
             buyer_slot: format!("u-{id}"),
@@ -252,43 +355,79 @@ mod tests {
     }
 
     struct Fixture {
-        writes: Arc<OrderWrites>,
-        db: Arc<Db>,
+        app: AppState,
         model: MemoryDb,
-        metrics: Arc<Metrics>,
     }
 
+    /// An instance on stores of its own, its group commits at most `batch_max` orders,
+    /// at most `in_flight` at once.
     async fn fixture(batch_max: u32, in_flight: u32) -> Fixture {
-        let mut config = Config::for_local("redis://r", "mongodb://m", "db", "p");
+        let url = format!("memory://order-writes-{}", Uuid::new_v4().simple());
+        let mut config = Config::for_local(&url, &url, "db", "p");
         config.order_batch_max = batch_max;
         config.order_batches_in_flight = in_flight;
-        let model = MemoryDb::new();
-        model.ensure_indexes().await.expect("indexes");
-        Fixture {
-            writes: Arc::new(OrderWrites::new(&config)),
-            db: Arc::new(Db::Memory(model.clone())),
-            model,
-            metrics: Arc::new(Metrics::new()),
-        }
+        let app = crate::startup::build_state(config, Ids::system()).await.expect("an instance on memory stores");
+        let Db::Memory(model) = &app.db else { panic!("a memory:// store is the model") };
+        let model = model.clone();
+        Fixture { app, model }
     }
 
     impl Fixture {
-        fn spawn(&self, order: OrderDoc) -> tokio::task::JoinHandle<DbResult<()>> {
-            let (writes, db, metrics) = (self.writes.clone(), self.db.clone(), self.metrics.clone());
-            tokio::spawn(async move { writes.insert(&db, &metrics, &order).await })
+        fn spawn(&self, order: OrderDoc) -> tokio::task::JoinHandle<DbResult<Stored>> {
+            let app = self.app.clone();
+            tokio::spawn(async move { app.order_writes.insert(&app, &order).await })
+        }
+
+        async fn insert(&self, order: &OrderDoc) -> DbResult<Stored> {
+            self.app.order_writes.insert(&self.app, order).await
         }
 
         async fn stored(&self) -> Vec<String> {
-            self.model.dump().await.expect("dump").orders.into_iter().map(|o| o.id).collect()
+            let mut ids: Vec<String> =
+                self.model.dump().await.expect("dump").orders.into_iter().map(|o| o.id).collect();
+            ids.sort();
+            ids
         }
 
         fn commits(&self) -> (u64, u64) {
-            (self.metrics.order_group_commits.get(), self.metrics.orders_group_committed.get())
+            (self.app.metrics.order_group_commits.get(), self.app.metrics.orders_group_committed.get())
         }
 
         fn idle(&self) -> bool {
-            let queue = self.writes.lock();
+            let queue = self.app.order_writes.lock();
             queue.in_flight == 0 && queue.waiting.is_empty()
+        }
+
+        /// Holds a pending reservation in Redis for `order`, as the purchase script makes it.
+        async fn reserve(&self, order: &OrderDoc) {
+            let keys = self.app.keys.sale(PRODUCT);
+            let unit = order.unit_number().unwrap_or(0);
+            let mut conn = self.app.redis.clone();
+            let _: () = redis::pipe()
+                .cmd("HSET")
+                .arg(&keys.orders)
+                .arg(&order.id)
+                .arg(format!("{}|{unit}|1|R", order.user_id))
+                .ignore()
+                .cmd("ZADD")
+                .arg(&keys.pending)
+                .arg(1)
+                .arg(&order.id)
+                .ignore()
+                .query_async(&mut conn)
+                .await
+                .expect("reservation written");
+        }
+
+        /// The reservation's state letter in Redis, and whether it is still pending.
+        async fn reservation(&self, order: &OrderDoc) -> (Option<String>, bool) {
+            let keys = self.app.keys.sale(PRODUCT);
+            let mut conn = self.app.redis.clone();
+            let record: Option<String> =
+                redis::cmd("HGET").arg(&keys.orders).arg(&order.id).query_async(&mut conn).await.expect("HGET");
+            let pending: Option<f64> =
+                redis::cmd("ZSCORE").arg(&keys.pending).arg(&order.id).query_async(&mut conn).await.expect("ZSCORE");
+            (record.and_then(|r| r.rsplit('|').next().map(str::to_owned)), pending.is_some())
         }
     }
 
@@ -296,17 +435,17 @@ mod tests {
     async fn an_order_on_an_idle_store_is_written_at_once_alone() {
         let f = fixture(64, 4).await;
         let started = tokio::time::Instant::now();
-        f.writes.insert(&f.db, &f.metrics, &order("o1", 1)).await.expect("stored");
+        f.insert(&order("o1", 1)).await.expect("stored");
         assert_eq!(started.elapsed(), Duration::ZERO, "no added wait on an idle store");
         assert_eq!(f.commits(), (1, 1));
-        assert_eq!(f.stored().await, ["o1"]);
+        assert_eq!(f.stored().await, ids(&["o1"]));
         assert!(f.idle());
     }
 
     #[tokio::test(start_paused = true)]
     async fn orders_arriving_while_the_store_is_busy_share_one_insert_and_each_gets_its_outcome() {
         let f = fixture(64, 1).await;
-        f.writes.insert(&f.db, &f.metrics, &order("taken", 5)).await.expect("stored");
+        f.insert(&order("taken", 5)).await.expect("stored");
         f.model.make_slow(Duration::from_millis(50));
         // The first leads alone; the nine behind it queue and go in the next insert,
         // one of them on a unit already taken.
@@ -346,8 +485,8 @@ mod tests {
             assert!(matches!(outcome, Err(DbError::Unavailable(_))), "{outcome:?}");
         }
         f.model.heal();
-        f.writes.insert(&f.db, &f.metrics, &order("o9", 9)).await.expect("stored once healed");
-        assert_eq!(f.stored().await, ["o9"]);
+        f.insert(&order("o9", 9)).await.expect("stored once healed");
+        assert_eq!(f.stored().await, ids(&["o9"]));
         assert!(f.idle());
     }
 
@@ -368,7 +507,7 @@ mod tests {
         f.model.heal();
         assert!(member.await.expect("task").is_ok());
         assert!(behind.await.expect("task").is_ok());
-        assert_eq!(f.stored().await, ["o1", "o2"], "the aborted write never reached the store");
+        assert_eq!(f.stored().await, ids(&["o1", "o2"]), "the aborted write never reached the store");
         assert!(f.idle(), "the turn was passed on and given back");
     }
 
@@ -384,8 +523,41 @@ mod tests {
         assert!(gave_up.await.is_err(), "aborted");
         assert!(leader.await.expect("task").is_ok());
         assert!(f.idle(), "nobody waits, nothing is in flight");
-        f.writes.insert(&f.db, &f.metrics, &order("o2", 2)).await.expect("stored");
-        assert_eq!(f.stored().await, ["o0", "o2"], "the abandoned order is the reconciler's");
+        f.insert(&order("o2", 2)).await.expect("stored");
+        assert_eq!(f.stored().await, ids(&["o0", "o2"]), "the abandoned order is the reconciler's");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_commit_confirms_its_stored_reservations_in_one_call_and_not_the_others() {
+        let f = fixture(64, 1).await;
+        let taken = order("taken", 5);
+        f.insert(&taken).await.expect("stored");
+        f.model.make_slow(Duration::from_millis(50));
+        let orders: Vec<OrderDoc> = (0..6).map(|i| order(&format!("o{i}"), i)).collect();
+        // o0..o3 hold reservations; o4 has none in Redis (lost); o5 takes unit 5, already sold.
+        for held in &orders[..4] {
+            f.reserve(held).await;
+        }
+        f.reserve(&orders[5]).await;
+        let first = f.spawn(orders[0].clone());
+        tokio::task::yield_now().await;
+        let rest: Vec<_> = orders[1..].iter().map(|o| f.spawn(o.clone())).collect();
+        assert_eq!(first.await.expect("task").expect("stored"), Stored { confirmed: true });
+        let mut outcomes = Vec::new();
+        for task in rest {
+            outcomes.push(task.await.expect("task"));
+        }
+        for outcome in &outcomes[..3] {
+            assert_eq!(outcome.as_ref().expect("stored"), &Stored { confirmed: true });
+        }
+        assert_eq!(outcomes[3].as_ref().expect("stored"), &Stored { confirmed: false }, "no reservation to confirm");
+        assert!(matches!(outcomes[4], Err(DbError::DuplicateKey { .. })), "{:?}", outcomes[4]);
+        for held in &orders[..4] {
+            assert_eq!(f.reservation(held).await, (Some("C".to_owned()), false), "confirmed, no longer pending");
+        }
+        assert_eq!(f.reservation(&orders[5]).await, (Some("R".to_owned()), true), "its insert failed: untouched");
+        assert_eq!(f.commits(), (3, 7));
+        assert!(f.idle());
     }
 
     #[tokio::test(start_paused = true)]

@@ -54,19 +54,23 @@ pub enum Conflict {
 /// What inserting an order found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Persisted {
-    Inserted,
+    /// Inserted now; `confirmed` when its group commit also confirmed the reservation in
+    /// Redis and published its completion (else the caller or the reconciler confirms it).
+    Inserted {
+        confirmed: bool,
+    },
     /// The same order was already persisted (an earlier attempt or the reconciler).
     AlreadyThere,
     Conflict(Conflict),
 }
 
 /// Inserts a confirmed order (in a group commit with others that arrive together,
-/// `order_writes`); a duplicate key is resolved by reading MongoDB, never by
+/// `order_writes`, which also confirms it in Redis); a duplicate key is resolved by reading MongoDB, never by
 /// trusting which index the error names (FerretDB names none). A store failure is a
 /// [`DbError`] inside the `anyhow::Error`.
 pub async fn persist(app: &App, order: &OrderDoc) -> anyhow::Result<Persisted> {
-    match app.order_writes.insert(&app.db, &app.metrics, order).await {
-        Ok(()) => return Ok(Persisted::Inserted),
+    match app.order_writes.insert(app, order).await {
+        Ok(stored) => return Ok(Persisted::Inserted { confirmed: stored.confirmed }),
         Err(DbError::DuplicateKey { index: _ }) => {}
         Err(err) => return Err(err.into()),
     }

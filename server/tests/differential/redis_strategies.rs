@@ -272,7 +272,14 @@ fn project_script() -> BoxedStrategy<Step> {
     let sale = &SALE_KEYS[..];
     let event = |args: Vec<Arg>| [args, texts(&["ch", "p1"])].concat();
     let purchase = (pick(ORDER_IDS), pick(USERS), pick(NOW_MS)).prop_map(move |(o, u, now)| event(vec![o, u, now]));
-    let confirm = pick(ORDER_IDS).prop_map(|order| vec![order]);
+    // The events channel, then (order, event or '') pairs: a group commit's orders of one sale.
+    let confirm = vec((pick(ORDER_IDS), pick(&["", "e1"])), 1..=3).prop_map(|orders| {
+        let mut args = texts(&["ch"]);
+        for (order, event) in orders {
+            args.extend([order, event]);
+        }
+        args
+    });
     let release = pick(ORDER_IDS).prop_map(move |order| event(vec![order]));
     let restock = pick(TOTALS).prop_map(move |total| event(vec![total]));
     let configure = (pick(&["0", "1"]), pick(STARTS_MS), pick(ENDS_MS)).prop_map(|(one, s, e)| vec![one, s, e]);

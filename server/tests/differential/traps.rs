@@ -279,7 +279,7 @@ fn a_whole_sale() -> Vec<Step> {
         script("purchase.lua", &sale, &["o2", "u1", "5", "ch", "p1"]),
         script("purchase.lua", &sale, &["o2", "u2", "6", "ch", "p1"]),
         script("purchase.lua", &sale, &["o3", "u3", "7", "ch", "p1"]),
-        script("confirm.lua", &sale, &["o1"]),
+        script("confirm.lua", &sale, &["ch", "o1", "", "o3", "e3", "o9", "e9"]),
         script("release.lua", &sale, &["o2", "ch", "p1"]),
         script("stock.lua", &[SALE, FREE], &[]),
         script("restock.lua", &[SALE, FREE], &["3", "ch", "p1"]),
