@@ -40,9 +40,10 @@ use crate::redis::scripts;
 use crate::sale::orders::OrderDoc;
 use crate::state::App;
 
-/// A stored order, and whether the group commit also confirmed its reservation in Redis
-/// and published its completion. When not, the caller confirms it or leaves it to the
-/// reconciler.
+/// A stored order, and whether the group commit also ran its confirmation in Redis
+/// (`confirm.lua`: its reservation confirmed, if Redis still holds one, and its completion
+/// published). When not (Redis failed, or the leader stopped first), the caller confirms
+/// it or leaves it to the reconciler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
     pub confirmed: bool,
@@ -229,8 +230,8 @@ impl OrderWrites {
 }
 
 /// Confirms in Redis the reservations of the `documents` that were `stored`, one
-/// call per product, publishing each one's completion; per document, whether it was
-/// confirmed (never, for one not stored or when Redis failed: the reconciler confirms it).
+/// call per product, publishing each one's completion; per document, whether its call
+/// ran (never for one not stored, nor when Redis failed: the reconciler confirms it).
 async fn confirm_stored(app: &App, documents: &[OrderDoc], stored: &[bool]) -> Vec<bool> {
     let mut confirmed = vec![false; documents.len()];
     let mut by_product: BTreeMap<Uuid, Vec<(usize, Uuid)>> = BTreeMap::new();
@@ -256,9 +257,11 @@ async fn confirm_stored(app: &App, documents: &[OrderDoc], stored: &[bool]) -> V
             .collect();
         let mut conn = app.redis.clone();
         match scripts::confirm_many(&mut conn, &app.keys.sale(product_id), &channel, &calls).await {
-            Ok(done) => {
-                for ((index, _), done) in orders.iter().zip(done) {
-                    confirmed[*index] = done;
+            // Ran for each of them: a reservation Redis no longer holds (released, or lost
+            // with Redis's data) has nothing to confirm, and confirming again would not help.
+            Ok(_) => {
+                for (index, _) in &orders {
+                    confirmed[*index] = true;
                 }
             }
             // MongoDB has the orders; the reconciler confirms them in Redis later.
@@ -550,7 +553,8 @@ mod tests {
         for outcome in &outcomes[..3] {
             assert_eq!(outcome.as_ref().expect("stored"), &Stored { confirmed: true });
         }
-        assert_eq!(outcomes[3].as_ref().expect("stored"), &Stored { confirmed: false }, "no reservation to confirm");
+        assert_eq!(outcomes[3].as_ref().expect("stored"), &Stored { confirmed: true }, "its confirmation ran");
+        assert_eq!(f.reservation(&orders[4]).await, (None, false), "and found no reservation to confirm");
         assert!(matches!(outcomes[4], Err(DbError::DuplicateKey { .. })), "{:?}", outcomes[4]);
         for held in &orders[..4] {
             assert_eq!(f.reservation(held).await, (Some("C".to_owned()), false), "confirmed, no longer pending");

@@ -54,8 +54,8 @@ pub enum Conflict {
 /// What inserting an order found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Persisted {
-    /// Inserted now; `confirmed` when its group commit also confirmed the reservation in
-    /// Redis and published its completion (else the caller or the reconciler confirms it).
+    /// Inserted now; `confirmed` when its group commit also ran its confirmation in Redis
+    /// and published its completion (else the caller or the reconciler confirms it).
     Inserted {
         confirmed: bool,
     },
