@@ -7,6 +7,7 @@ use axum::extract::MatchedPath;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -93,6 +94,19 @@ pub struct Metrics {
     /// mean batch size).
     pub order_group_commits: Counter,
     pub orders_group_committed: Counter,
+    /// Purchases that hold a reservation and whose order write has not ended yet.
+    pub orders_awaiting_write: Gauge,
+}
+
+/// A purchase counted in `orders_awaiting_write`; uncounted when dropped (its write
+/// ended, or its request stopped).
+#[derive(Debug)]
+pub struct AwaitingWrite<'a>(&'a Gauge);
+
+impl Drop for AwaitingWrite<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -118,6 +132,7 @@ impl Metrics {
         let password_checks_shed = Counter::default();
         let order_group_commits = Counter::default();
         let orders_group_committed = Counter::default();
+        let orders_awaiting_write = Gauge::default();
         registry.register("http_requests", "HTTP requests answered", http_requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency", http_latency_seconds.clone());
         registry.register("product_cache_hits", "Product cache hits", product_cache_hits.clone());
@@ -146,6 +161,11 @@ impl Metrics {
             order_group_commits.clone(),
         );
         registry.register("orders_group_committed", "Orders written by group commits", orders_group_committed.clone());
+        registry.register(
+            "orders_awaiting_write",
+            "Purchases holding a reservation whose order write has not ended",
+            orders_awaiting_write.clone(),
+        );
         let outcome_counters = PURCHASE_OUTCOMES
             .iter()
             .map(|&outcome| {
@@ -167,10 +187,17 @@ impl Metrics {
             password_checks_shed,
             order_group_commits,
             orders_group_committed,
+            orders_awaiting_write,
         }
     }
 
     /// Counts and times one HTTP answer.
+    /// Counts one purchase in `orders_awaiting_write` for as long as the guard lives.
+    pub fn awaiting_write(&self) -> AwaitingWrite<'_> {
+        self.orders_awaiting_write.inc();
+        AwaitingWrite(&self.orders_awaiting_write)
+    }
+
     pub fn record_http(&self, method: &'static str, route: RouteLabel, status: u16, elapsed: Duration) {
         let labels = HttpLabels { method, route, status };
         self.http_requests.get_or_create(&labels).inc();

@@ -861,6 +861,7 @@ mod tests {
                 buy(3, 2, "c", 30, sold_out()),
             ],
             faults: vec![],
+            server: Default::default(),
         }
     }
 
@@ -980,7 +981,8 @@ mod tests {
 
     #[test]
     fn a_run_that_never_sold_out_or_replayed_is_vacuous() {
-        let history = History { ops: vec![buy(0, 0, "a", 0, ok(0, "a", 1, false))], faults: vec![] };
+        let history =
+            History { ops: vec![buy(0, 0, "a", 0, ok(0, "a", 1, false))], faults: vec![], server: Default::default() };
         let mut final_state = state(vec![stored(0, "a", 1)], 2);
         if let Some(sale) = final_state.products[0].redis.as_mut() {
             sale.next_unit = 2;

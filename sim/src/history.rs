@@ -126,6 +126,29 @@ pub struct Recorder {
 pub struct History {
     pub ops: Vec<Op>,
     pub faults: Vec<FaultEvent>,
+    /// What the instances did out of the buyers' sight (deterministic mode, which runs
+    /// them in process, reads their counters; empty in real mode).
+    #[serde(skip_serializing_if = "ServerTally::is_empty")]
+    pub server: ServerTally,
+}
+
+/// Counters read from the instances of a deterministic run, summed over every instance
+/// that ran (each read as it was killed or stopped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ServerTally {
+    /// Reservations the reconcilers persisted.
+    pub reconciled_orders: u64,
+    /// Sale states rebuilt from MongoDB.
+    pub rebuilds: u64,
+    /// Kills of an instance while one of its purchases held a reservation whose order
+    /// write had not ended.
+    pub kills_awaiting_write: u64,
+}
+
+impl ServerTally {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Recorder {
@@ -179,6 +202,7 @@ impl Recorder {
         History {
             ops: self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             faults: self.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            server: ServerTally::default(),
         }
     }
 }

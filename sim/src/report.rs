@@ -1346,6 +1346,7 @@ mod tests {
                     ]
                 })
                 .collect(),
+            server: Default::default(),
         };
         let ids = Identities {
             product_ids: (0..2).map(|i| Uuid::from_u128(1_000 + i)).collect(),

@@ -217,6 +217,7 @@ async fn purchase(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) ->
         PurchaseOutcome::NotLoaded | PurchaseOutcome::Paused => return Err(ApiError::SalePaused { retry_after_s: 1 }),
     };
     let reservation = Reservation { order_id, product_id, user_id, unit, reserved_at_ms };
+    let _awaiting = app.metrics.awaiting_write();
     persist(app, &reservation).await
 }
 

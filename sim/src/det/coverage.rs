@@ -23,6 +23,9 @@ const ITEMS: &[&str] = &[
     "a key retried after an unknown outcome",
     "202 pending answered (then reconciled)",
     "an instance killed and started again",
+    "an instance killed between a reservation and its order write",
+    "a reservation persisted by the reconciler",
+    "a sale state rebuilt after Redis lost its data",
 ];
 
 impl Coverage {
@@ -53,6 +56,20 @@ impl Coverage {
             if op.outcome.is_info() {
                 unknown_keys.insert((op.buyer, key.clone()));
             }
+        }
+        // What the instances did out of the buyers' sight, from their counters.
+        if history.server.kills_awaiting_write > 0 {
+            seen.push(ITEMS[6]);
+        }
+        if history.server.reconciled_orders > 0 {
+            seen.push(ITEMS[7]);
+        }
+        let data_lost = history
+            .faults
+            .iter()
+            .any(|event| matches!(event.fault, Fault::KillRestart { target: Backend::Redis, persistent: false }));
+        if data_lost && history.server.rebuilds > 0 {
+            seen.push(ITEMS[8]);
         }
         for event in history.faults.iter().filter(|event| event.phase == FaultPhase::Heal) {
             if matches!(event.fault, Fault::KillInstance { .. }) {

@@ -25,6 +25,7 @@ use tower::ServiceExt;
 
 use super::clock::VirtualClock;
 use crate::buyers::REQUEST_TIMEOUT;
+use crate::history::ServerTally;
 use crate::transport::{Answer, Lost, Method, SimRequest};
 
 /// Largest answer body read from a router (the API's answers are small).
@@ -48,6 +49,8 @@ pub struct DetInstances {
     seed: u64,
     starts: AtomicU64,
     slots: Mutex<Vec<Option<Slot>>>,
+    /// The counters of every instance that has stopped so far.
+    tally: Mutex<ServerTally>,
 }
 
 impl DetInstances {
@@ -61,6 +64,7 @@ impl DetInstances {
             seed,
             starts: AtomicU64::new(0),
             slots: Mutex::new((0..count).map(|_| None).collect()),
+            tally: Mutex::new(ServerTally::default()),
         });
         for index in 0..count {
             instances.start_one(index).await?;
@@ -100,7 +104,7 @@ impl DetInstances {
         let slot = Slot { router: router(app.clone()), app, tasks, shutdown };
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = slots.get_mut(index).and_then(Option::take) {
-            stop(old);
+            self.stop(old, false);
         }
         if let Some(place) = slots.get_mut(index) {
             *place = Some(slot);
@@ -112,15 +116,38 @@ impl DetInstances {
     /// they are. False if it was not running.
     pub fn kill(&self, index: usize) -> bool {
         let slot = self.slots.lock().unwrap_or_else(PoisonError::into_inner).get_mut(index).and_then(Option::take);
-        slot.map(stop).is_some()
+        slot.map(|slot| self.stop(slot, true)).is_some()
     }
 
     /// Stops every instance (the end of a run).
     pub fn stop_all(&self) {
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        for slot in slots.iter_mut().filter_map(Option::take) {
-            stop(slot);
+        let stopped: Vec<Slot> =
+            self.slots.lock().unwrap_or_else(PoisonError::into_inner).iter_mut().filter_map(Option::take).collect();
+        for slot in stopped {
+            self.stop(slot, false);
         }
+    }
+
+    /// The counters of every instance stopped so far (all of them after [`Self::stop_all`]).
+    pub fn tally(&self) -> ServerTally {
+        *self.tally.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops an instance, adding its counters to the tally first (a `kill` counts whether
+    /// it caught a purchase between its reservation and the end of its order write).
+    fn stop(&self, slot: Slot, killed: bool) {
+        {
+            let metrics = &slot.app.metrics;
+            let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+            tally.reconciled_orders += metrics.reconciled_orders.get();
+            tally.rebuilds += metrics.sale_rebuilds.get();
+            if killed && metrics.orders_awaiting_write.get() > 0 {
+                tally.kills_awaiting_write += 1;
+            }
+        }
+        slot.shutdown.cancel();
+        slot.app.events.close();
+        drop(slot.tasks);
     }
 
     /// Serves `request` on instance `index`, as a client with [`REQUEST_TIMEOUT`] would
@@ -148,12 +175,6 @@ impl DetInstances {
             }
         }
     }
-}
-
-fn stop(slot: Slot) {
-    slot.shutdown.cancel();
-    slot.app.events.close();
-    drop(slot.tasks);
 }
 
 /// One request through the whole router, as `axum::serve` would hand it over.

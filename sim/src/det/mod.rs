@@ -178,7 +178,10 @@ async fn play_on(
     let result =
         sale(plan, &admin, &instances, DetTargets { redis: redis.clone(), mongo, instances: instances.clone() }).await;
     instances.stop_all();
-    result
+    result.map(|(ids, mut history, final_state, timings)| {
+        history.server = instances.tally();
+        (ids, history, final_state, timings)
+    })
 }
 
 async fn sale(

@@ -37,8 +37,15 @@ fn different_seeds_give_different_histories() {
 
 #[test]
 fn a_small_sweep_holds_every_invariant_and_reaches_every_item() {
+    // At least 30 seeds, then on until every item was reached (a kill that catches a
+    // purchase between its reservation and its order write comes in about 1 seed of 40).
+    const AT_LEAST: u64 = 30;
+    const AT_MOST: u64 = 300;
     let mut coverage = det::Coverage::default();
-    for seed in 1..=30 {
+    for seed in 1..=AT_MOST {
+        if seed > AT_LEAST && coverage.missing().is_empty() {
+            break;
+        }
         let plan = Plan::generate(
             flashsale_sim::cli::Shape {
                 buyers: 100,
