@@ -166,9 +166,11 @@ pub async fn reconcile_product(
             .map_err(|_| anyhow::anyhow!("order write for {order_id} timed out"))??;
         match persisted {
             Persisted::Inserted { confirmed } => {
-                // Its group commit confirmed it and published its completion, unless Redis failed then.
+                // The reservation this pass settles is confirmed here whatever the group
+                // commit did for the document (idempotent; a rare path). Its completion was
+                // published by the group commit, unless Redis failed then.
+                scripts::confirm(&mut conn, &keys, order_id).await?;
                 if !confirmed {
-                    scripts::confirm(&mut conn, &keys, order_id).await?;
                     publish_completed(app, product_id, order_id).await;
                 }
                 app.metrics.reconciled_orders.inc();
