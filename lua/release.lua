@@ -7,10 +7,14 @@
 -- ARGV[1] order_id  ARGV[2] events channel  ARGV[3] product_id
 --
 -- Returns {released (1 or 0), remaining}; remaining is -1 if the sale is not loaded.
-local sale = redis.call('HMGET', KEYS[1], 'stock_total', 'next_unit')
+-- Returns {-1, -1} and changes nothing if the sale is paused: a rebuild is replacing its
+-- state with what it read from MongoDB, perhaps before this order's tombstone, so the
+-- caller must release again once the rebuild has loaded.
+local sale = redis.call('HMGET', KEYS[1], 'stock_total', 'next_unit', 'paused')
 local stock_total = tonumber(sale[1])
 local next_unit = tonumber(sale[2])
 if not stock_total or not next_unit then return {0, -1} end
+if sale[3] == '1' then return {-1, -1} end
 local existing = redis.call('HGET', KEYS[4], ARGV[1])
 local free_count = redis.call('ZCARD', KEYS[2])
 local remaining = free_count + math.max(stock_total - next_unit + 1, 0)

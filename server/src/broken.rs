@@ -97,6 +97,30 @@ pub enum Broken {
     /// instance died first, has no document), conservation (Redis holds an order MongoDB
     /// does not).
     AckBeforeWrite,
+    /// A rebuild of a product's sale state from MongoDB (`sale::state::snapshot_from_mongo`)
+    /// leaves out the released orders: their ids are not tombstoned in the rebuilt state.
+    /// A cancelled order's key sent again after the rebuild (a stale client, its stored
+    /// answer lost with Redis's data) is not told `order-released`: it reserves a unit
+    /// afresh, and is refused only once MongoDB's tombstone turns its write down, or is
+    /// answered `already-purchased` when its buyer bought again meanwhile.
+    ///
+    /// Breaks: a released order stays released.
+    RebuildForgetsReleased,
+    /// A purchase whose order write failed or timed out answers 202 pending without
+    /// checking that Redis still holds its reservation (`pending_if_still_held`). After a
+    /// Redis data loss during the write nobody holds it: the reconciler never sees it,
+    /// and the 202 never gets its document.
+    ///
+    /// Breaks: no lost acknowledged order (a 202 answered after the loss began).
+    PendingAfterVanished,
+    /// The reconciler, persisting a reservation whose order an administrator cancelled
+    /// meanwhile (MongoDB answers that the id is taken, by that order's tombstone), takes
+    /// the tombstone for a stale copy: it writes the order back over it and confirms the
+    /// reservation, instead of releasing it. The cancelled order is live again, while
+    /// Redis gave its unit back.
+    ///
+    /// Breaks: a released order stays released, conservation.
+    ReconcilerConfirmsReleased,
 }
 
 /// The broken variant this instance runs, if any.
@@ -140,6 +164,16 @@ pub fn idempotency_owner(app: &App, user_id: Uuid) -> Uuid {
 /// [`Broken::StockOffByOne`]: the `remaining` a product detail reports.
 pub fn reported_remaining(app: &App, remaining: i64) -> i64 {
     if is(app, Broken::StockOffByOne) { remaining + 1 } else { remaining }
+}
+
+/// [`Broken::RebuildForgetsReleased`]: whether a rebuild keeps a released order's tombstone.
+pub fn rebuild_keeps_tombstones(app: &App) -> bool {
+    !is(app, Broken::RebuildForgetsReleased)
+}
+
+/// [`Broken::PendingAfterVanished`]: whether a 202 checks that its reservation is held.
+pub fn pending_checks_reservation(app: &App) -> bool {
+    !is(app, Broken::PendingAfterVanished)
 }
 
 /// [`Broken::GroupCommitAcksFailures`]: a member's outcome, acknowledged whatever it was.

@@ -272,6 +272,12 @@ impl MemoryDb {
         self.run(|db| db.release_order(id)).await
     }
 
+    #[cfg(feature = "broken")]
+    pub async fn restore_order(&self, order: &OrderDoc) -> DbResult<bool> {
+        let order = order.clone();
+        self.run(move |db| db.restore_order(order)).await
+    }
+
     pub async fn dump(&self) -> DbResult<StoreDump> {
         self.run(|db| Ok(db.dump())).await
     }

@@ -280,6 +280,14 @@ impl Db {
         dispatch!(self.release_order(id))
     }
 
+    /// Writes `order` over its tombstone (only if that document is released): the
+    /// [`Broken::ReconcilerConfirmsReleased`](crate::broken::Broken) variant's write, which
+    /// the correct server never makes. Whether a tombstone was replaced.
+    #[cfg(feature = "broken")]
+    pub async fn restore_order(&self, order: &OrderDoc) -> DbResult<bool> {
+        dispatch!(self.restore_order(order))
+    }
+
     /// Every document of every collection (tests, checkers; not for the request path).
     pub async fn dump(&self) -> DbResult<StoreDump> {
         dispatch!(self.dump())

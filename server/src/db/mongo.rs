@@ -323,6 +323,13 @@ impl MongoDb {
         Ok(result.matched_count > 0)
     }
 
+    #[cfg(feature = "broken")]
+    pub async fn restore_order(&self, order: &OrderDoc) -> DbResult<bool> {
+        let filter = doc! { "_id": &order.id, "status": status_name(OrderStatus::Released) };
+        let result = self.run(self.orders().replace_one(filter, order)).await?;
+        Ok(result.matched_count > 0)
+    }
+
     /// Drops this handle's whole database (tests).
     pub async fn drop_database(&self) -> DbResult<()> {
         self.run(self.database.drop()).await

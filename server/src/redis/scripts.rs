@@ -126,7 +126,10 @@ pub async fn purchase_broken(
         | Broken::GroupCommitAcksFailures
         | Broken::ReplayAcrossUsers
         | Broken::StockOffByOne
-        | Broken::AckBeforeWrite => &PURCHASE,
+        | Broken::AckBeforeWrite
+        | Broken::RebuildForgetsReleased
+        | Broken::PendingAfterVanished
+        | Broken::ReconcilerConfirmsReleased => &PURCHASE,
     };
     run_purchase(script, conn, keys, args).await
 }
@@ -205,12 +208,23 @@ pub async fn confirm_many(
     Ok(confirmed)
 }
 
-/// Result of a release: whether a reservation was freed, and the units left (None if
-/// the sale is not loaded).
+/// Result of a release: whether a reservation was freed, the units left (None if the
+/// sale is not loaded or paused), and whether the sale was paused (nothing changed: a
+/// rebuild is replacing the state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Released {
     pub freed: bool,
     pub remaining: Option<i64>,
+    pub paused: bool,
+}
+
+impl Released {
+    /// Whether the sale state this release ran on is the one that stays: loaded and not
+    /// being rebuilt. A rebuild that read MongoDB before the order was released may load
+    /// it back as held; only a release after that load is final.
+    pub fn on_settled_state(&self) -> bool {
+        self.remaining.is_some() && !self.paused
+    }
 }
 
 pub async fn release(
@@ -229,8 +243,8 @@ pub async fn release(
         .await
         .context("release script")?;
     let items = items(reply)?;
-    let remaining = int(item(&items, 1)?)?;
-    Ok(Released { freed: int(item(&items, 0)?)? == 1, remaining: (remaining >= 0).then_some(remaining) })
+    let (released, remaining) = (int(item(&items, 0)?)?, int(item(&items, 1)?)?);
+    Ok(Released { freed: released == 1, remaining: (remaining >= 0).then_some(remaining), paused: released == -1 })
 }
 
 /// A product's live sale state as Redis holds it.

@@ -43,6 +43,8 @@ pub async fn snapshot_from_mongo(app: &App, product_id: Uuid, product: &Product)
                 let record = format!("{}|{}|{}|C", order.user_id, unit, order.created_at_ms);
                 snapshot.orders.push((order.id, record));
             }
+            #[cfg(feature = "broken")]
+            _ if !crate::broken::rebuild_keeps_tombstones(app) => {}
             _ => snapshot.tombstones.push(order.id),
         }
     }

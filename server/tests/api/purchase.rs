@@ -295,6 +295,46 @@ async fn a_cancelled_order_gives_its_unit_and_buyer_slot_back_and_stays_burnt() 
     assert_eq!(forbidden.status(), 403);
 }
 
+/// A rebuild elsewhere (the lock held, the sale paused) may have read MongoDB before the
+/// cancel's tombstone and would load the order back as held: the cancel must not answer
+/// 200 on that state. It answers 503 while the rebuild runs, and once the rebuild is
+/// gone (here abandoned: the lock free, the sale still paused) it rebuilds and releases
+/// on the state it loaded.
+#[tokio::test]
+async fn a_cancel_during_a_rebuild_answers_only_once_the_release_is_final() {
+    use flashsale::redis::scripts;
+    let app = TestApp::spawn().await;
+    let product = app.create_product(1, true).await;
+    let (buyer, _) = app.verified_buyer(Role::Buyer).await;
+    let (admin, _) = app.verified_buyer(Role::Admin).await;
+    let (_, _, body) = app.buy(&buyer, product, "first").await;
+    let order_id = json_body(&body)["order_id"].as_str().expect("order id").to_owned();
+
+    let keys = app.app().keys.sale(product);
+    let mut conn = app.app().redis.clone();
+    let fence = scripts::lock(&mut conn, &keys.rebuild_lock, "another-instance", 60_000)
+        .await
+        .expect("redis")
+        .expect("the lock is free");
+    assert!(scripts::pause(&mut conn, &keys, &fence).await.expect("redis"));
+    let cancel_url = app.url(&format!("/api/v1/admin/orders/{order_id}/cancel"));
+    let paused = admin.post(cancel_url.clone()).send().await.expect("cancel");
+    assert_eq!(paused.status(), 503, "a release on a sale being rebuilt is not final");
+    assert_eq!(
+        json_body(&paused.bytes().await.expect("body"))["type"].as_str().map(|t| t.ends_with("sale-paused")),
+        Some(true)
+    );
+    let stored = orders::find_order(app.app(), Uuid::parse_str(&order_id).expect("uuid")).await.expect("mongo");
+    assert_eq!(stored.map(|o| o.status), Some(orders::OrderStatus::Released), "MongoDB's step is done");
+
+    assert!(scripts::unlock(&mut conn, &keys.rebuild_lock, &fence).await.expect("redis"));
+    let done = admin.post(cancel_url).send().await.expect("cancel");
+    assert_eq!(done.status(), 200);
+    let stock = flashsale::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
+    assert!(!stock.paused, "the cancel's rebuild finished");
+    assert_eq!(stock.remaining(), 1, "the unit is back");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restock_after_sell_out_reopens_the_sale_on_every_instance() {
     let app = TestApp::spawn().await;

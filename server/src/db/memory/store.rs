@@ -313,6 +313,37 @@ impl Database {
         Ok(true)
     }
 
+    /// `replace_one({_id, status: released}, order)`: whether it matched. The restored
+    /// unit and buyer slot go through the unique indexes like an insert's.
+    #[cfg(feature = "broken")]
+    pub(super) fn restore_order(&mut self, order: OrderDoc) -> DbResult<bool> {
+        let id = order.id.clone();
+        let Some(current) = self.orders.get(&id) else { return Ok(false) };
+        if current.status != OrderStatus::Released {
+            return Ok(false);
+        }
+        let (old_unit, old_slot) = (
+            (current.product_id.clone(), current.unit.clone()),
+            (current.product_id.clone(), current.buyer_slot.clone()),
+        );
+        let new_unit = (order.product_id.clone(), order.unit.clone());
+        let new_slot = (order.product_id.clone(), order.buyer_slot.clone());
+        if self.enforces(DuplicateIndex::ProductUnit) && taken_by_other(&self.units, &new_unit, &id) {
+            return duplicate(DuplicateIndex::ProductUnit);
+        }
+        if self.enforces(DuplicateIndex::ProductBuyerSlot) && taken_by_other(&self.slots, &new_slot, &id) {
+            return duplicate(DuplicateIndex::ProductBuyerSlot);
+        }
+        remove_entry(&mut self.units, &old_unit, &id);
+        remove_entry(&mut self.slots, &old_slot, &id);
+        add_entry(&mut self.units, new_unit, &id);
+        add_entry(&mut self.slots, new_slot, &id);
+        if let Some(current) = self.orders.get_mut(&id) {
+            *current = order;
+        }
+        Ok(true)
+    }
+
     pub(super) fn dump(&self) -> StoreDump {
         StoreDump {
             users: self.users.all_by_id(),

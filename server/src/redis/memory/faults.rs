@@ -72,9 +72,13 @@ impl MemoryRedis {
     }
 
     /// Redis is down: commands and new subscriptions fail with "connection refused"
-    /// before they apply, and every subscriber is disconnected.
+    /// before they apply, and every subscriber is disconnected. Commands a hang was
+    /// holding never apply: the process that received them is gone (their callers see
+    /// the connection die).
     pub fn refuse_connections(&self) {
         self.set_fault(|faults| faults.refuse = true);
+        let held = std::mem::take(&mut self.shared.faults.lock().held);
+        drop(held);
         self.server().core.disconnect_subscribers();
     }
 

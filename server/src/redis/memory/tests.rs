@@ -294,6 +294,21 @@ async fn hung_commands_time_out_then_apply_in_order_once_healed() {
 }
 
 #[tokio::test]
+async fn commands_a_hang_held_never_apply_once_the_process_is_killed() {
+    let (redis, _) = memory();
+    redis.hang();
+    let patient = redis.clone();
+    let waiting = tokio::spawn(async move { patient.query(&cmd(&["SET", "k", "v"])).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished());
+    redis.refuse_connections();
+    let error = waiting.await.unwrap().unwrap_err();
+    assert!(error.is_io_error() && error.is_connection_dropped(), "{error:?}");
+    redis.heal();
+    assert_eq!(q(&redis, &["EXISTS", "k"]).await, Value::Int(0), "the held SET applied after the kill");
+}
+
+#[tokio::test]
 async fn a_restart_loses_every_key_and_disconnects_subscribers() {
     let (redis, _) = memory();
     let conn = RedisConn::Memory(redis.clone());
