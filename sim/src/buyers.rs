@@ -48,7 +48,45 @@ pub struct Shared {
     pub seed: u64,
     /// Buyers stop starting new attempts after this (ms from the opening).
     pub deadline_ms: u64,
+    /// The administrator who cancels orders, and its session (renewed when a Redis data
+    /// loss took it).
+    pub admin_user: Uuid,
+    pub admin_session: std::sync::Mutex<String>,
+    /// Cancellations that got no definite answer before the run's deadline: sent again
+    /// once every fault healed ([`finish_cancellations`]), as an administrator retries a
+    /// refund that failed.
+    pub unfinished_cancellations: std::sync::Mutex<Vec<Cancellation>>,
 }
+
+/// One administrator's cancellation of a buyer's order.
+#[derive(Debug, Clone, Copy)]
+pub struct Cancellation {
+    pub buyer: usize,
+    pub product: usize,
+    pub order_id: Uuid,
+}
+
+/// How a cancellation request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CancelEnd {
+    /// 200: released (now or before).
+    Released,
+    /// A definite refusal (404: no such order).
+    Refused,
+    /// No definite answer.
+    Unknown,
+}
+
+/// Attempts of one cancellation after the faults healed (about a minute with backoff:
+/// longer than a rebuild lock's lease).
+const CANCEL_ATTEMPTS_AFTER_HEALING: u32 = 45;
+/// Instance-independent address the administrator's requests come from.
+const ADMIN_IP: &str = "10.255.255.254";
+/// Longest wait, after the cancellation and the buyer's first questions, before the
+/// buyer's stale client retries its old key once more.
+const STALE_RETRY_MAX_MS: u64 = 6_000;
+/// How long a refunded buyer takes to read the notice before asking again.
+const REFUND_READING_MS: std::ops::RangeInclusive<u64> = 1..=300;
 
 /// One buyer and its session.
 pub struct Buyer {
@@ -81,6 +119,9 @@ struct Ctx<'a> {
     rng: ChaCha8Rng,
     keys_made: u32,
     ip: String,
+    /// `k` for the buyer's own keys, `r` for the keys of its second device (a refunded
+    /// buyer buying again), so the two never name the same key.
+    key_letter: char,
 }
 
 /// Plays one buyer to the end of its behaviour.
@@ -96,68 +137,226 @@ pub async fn play(shared: Arc<Shared>, buyer: Buyer) {
         instance: buyer.plan.instance,
         rng: ChaCha8Rng::seed_from_u64(shared.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
         keys_made: 0,
-        ip: format!("10.{}.{}.{}", (index >> 16) & 0xff, (index >> 8) & 0xff, index & 0xff),
+        ip: buyer_ip(index),
+        key_letter: 'k',
         buyer,
     };
-    let product = ctx.buyer.plan.product;
-    if ctx.rng.random_range(0..100) < READ_FIRST_PERCENT {
-        ctx.read(product).await;
+    let refund = ctx.buyer.plan.cancelled_after_ms.map(|after_ms| {
+        let (plan, user_id) = (ctx.buyer.plan.clone(), ctx.buyer.user_id);
+        refund(shared.clone(), plan, user_id, start + after_ms)
+    });
+    match refund {
+        Some(refund) => {
+            tokio::join!(ctx.behave(), refund);
+        }
+        None => ctx.behave().await,
     }
-    match ctx.buyer.plan.behaviour {
-        Behaviour::WellBehaved | Behaviour::LateBuyer => {
-            let key = ctx.new_key();
-            ctx.pursue(product, &key).await;
+}
+
+fn buyer_ip(index: usize) -> String {
+    format!("10.{}.{}.{}", (index >> 16) & 0xff, (index >> 8) & 0xff, index & 0xff)
+}
+
+/// The key string of a buyer's first key (see [`Ctx::new_key`]).
+pub fn first_key(plan: &BuyerPlan) -> String {
+    if plan.shared_keys { "k1".to_owned() } else { format!("b{}-k1", plan.index) }
+}
+
+/// At `at_ms`, an administrator cancels the order of the buyer's first key. Once it is
+/// released the buyer, from a second device, asks again with that key (the answer must
+/// not be a fresh order), buys again with a new key (its buyer slot is free), and a while
+/// later its stale first device retries the old key once more.
+async fn refund(shared: Arc<Shared>, plan: BuyerPlan, user_id: Uuid, at_ms: u64) {
+    let now = shared.recorder.now_ms();
+    if at_ms > now {
+        tokio::time::sleep(Duration::from_millis(at_ms - now)).await;
+    }
+    let key = first_key(&plan);
+    let cancellation = Cancellation {
+        buyer: plan.index,
+        product: plan.product,
+        order_id: flashsale::clock::derive_order_id(user_id, &key),
+    };
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(shared.seed ^ (plan.index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0xCA7C);
+    let mut end = CancelEnd::Unknown;
+    for attempt in 0..MAX_ATTEMPTS {
+        if shared.recorder.now_ms() >= shared.deadline_ms {
+            break;
         }
-        Behaviour::DoubleClicker => {
-            let key = ctx.new_key();
-            let (a, b) = tokio::join!(ctx.attempt_detached(product, &key), ctx.attempt_detached(product, &key));
-            if !(a.settles() || b.settles()) {
+        end = cancel_once(&shared, cancellation, plan.instance + attempt as usize).await;
+        if end != CancelEnd::Unknown {
+            break;
+        }
+        let base = FIRST_BACKOFF_MS.saturating_mul(1 << attempt.min(5));
+        tokio::time::sleep(Duration::from_millis(base + rng.random_range(0..=base)).min(MAX_BACKOFF)).await;
+    }
+    match end {
+        CancelEnd::Released => {}
+        CancelEnd::Refused => return,
+        CancelEnd::Unknown => {
+            shared
+                .unfinished_cancellations
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(cancellation);
+            return;
+        }
+    }
+    let Ok(session) = flashsale::auth::session::create_verified_session(&shared.admin, user_id).await else { return };
+    let mut device = Ctx {
+        shared: &shared,
+        instance: plan.instance,
+        rng,
+        keys_made: 0,
+        ip: buyer_ip(plan.index),
+        key_letter: 'r',
+        buyer: Buyer { plan: plan.clone(), user_id, session },
+    };
+    // The buyer reads the refund notice, then asks again.
+    let reading = device.rng.random_range(REFUND_READING_MS);
+    tokio::time::sleep(Duration::from_millis(reading)).await;
+    device.attempt(plan.product, &key).await;
+    let again = device.new_key();
+    device.pursue(plan.product, &again).await;
+    let pause = device.rng.random_range(0..=STALE_RETRY_MAX_MS);
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+    if !device.past_deadline() {
+        // The stale client's connection went through another instance of the pool
+        // (which never saw this key's answer).
+        device.instance = plan.instance + 1;
+        device.attempt(plan.product, &key).await;
+    }
+}
+
+/// One cancellation request, recorded.
+async fn cancel_once(shared: &Shared, cancellation: Cancellation, instance: usize) -> CancelEnd {
+    let transport = &shared.transport;
+    let kind = OpKind::Cancel { product: cancellation.product, order_id: cancellation.order_id };
+    let invoke_ms = shared.recorder.now_ms();
+    let Some(instance) = next_up(transport, instance % transport.instance_count().max(1)) else {
+        let outcome = Outcome::Fail { status: 0, problem: "no-instance".into() };
+        shared.recorder.record(cancellation.buyer, 0, kind, invoke_ms, outcome);
+        return CancelEnd::Unknown;
+    };
+    let session = shared.admin_session.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let request = SimRequest {
+        method: Method::Post,
+        path: format!("/api/v1/admin/orders/{}/cancel", cancellation.order_id),
+        headers: vec![("cookie", format!("{COOKIE_NAME}={session}")), ("x-forwarded-for", ADMIN_IP.to_owned())],
+        body: bytes::Bytes::new(),
+    };
+    let answer = transport.send(instance, request).await;
+    let outcome = match answer {
+        Ok(Answer { status: 200, .. }) => Outcome::Cancelled,
+        other => classify(other),
+    };
+    let end = match &outcome {
+        Outcome::Cancelled => CancelEnd::Released,
+        Outcome::Fail { status: 404, .. } => CancelEnd::Refused,
+        Outcome::Fail { status: 401, .. } => {
+            if let Ok(session) =
+                flashsale::auth::session::create_verified_session(&shared.admin, shared.admin_user).await
+            {
+                *shared.admin_session.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = session;
+            }
+            CancelEnd::Unknown
+        }
+        _ => CancelEnd::Unknown,
+    };
+    shared.recorder.record(cancellation.buyer, instance, kind, invoke_ms, outcome);
+    end
+}
+
+/// Sends again, once every fault healed, each cancellation that got no definite answer
+/// during the sale; returns how many still got none.
+pub async fn finish_cancellations(shared: &Shared) -> usize {
+    let unfinished =
+        std::mem::take(&mut *shared.unfinished_cancellations.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let mut left = 0;
+    for cancellation in unfinished {
+        let mut end = CancelEnd::Unknown;
+        for attempt in 0..CANCEL_ATTEMPTS_AFTER_HEALING {
+            end = cancel_once(shared, cancellation, attempt as usize).await;
+            if end != CancelEnd::Unknown {
+                break;
+            }
+            // A rebuild lock left by a killed instance keeps the sale paused for its
+            // whole lease: wait it out as an administrator would, with backoff.
+            let pause = FIRST_BACKOFF_MS.saturating_mul(1 << attempt.min(5));
+            tokio::time::sleep(Duration::from_millis(pause).min(MAX_BACKOFF)).await;
+        }
+        if end == CancelEnd::Unknown {
+            left += 1;
+        }
+    }
+    left
+}
+
+impl Ctx<'_> {
+    /// Plays the buyer's planned behaviour.
+    async fn behave(&mut self) {
+        let ctx = self;
+        let product = ctx.buyer.plan.product;
+        if ctx.rng.random_range(0..100) < READ_FIRST_PERCENT {
+            ctx.read(product).await;
+        }
+        match ctx.buyer.plan.behaviour {
+            Behaviour::WellBehaved | Behaviour::LateBuyer => {
+                let key = ctx.new_key();
                 ctx.pursue(product, &key).await;
-            } else {
-                // A settled answer; ask once more with the same key, as a client that
-                // lost the first response would: the server must replay it.
-                ctx.attempt(product, &key).await;
             }
-        }
-        Behaviour::Impatient => {
-            let key = ctx.new_key();
-            let storm: Vec<_> = (0..STORM_SIZE).map(|_| ctx.attempt_detached(product, &key)).collect();
-            futures::future::join_all(storm).await;
-            ctx.pursue(product, &key).await;
-        }
-        Behaviour::Careless => {
-            // A new key for every attempt; once bought, one more try with yet another key.
-            for _ in 0..MAX_ATTEMPTS {
-                if ctx.past_deadline() {
-                    break;
-                }
+            Behaviour::DoubleClicker => {
                 let key = ctx.new_key();
-                let outcome = ctx.attempt(product, &key).await;
-                if outcome.settles() {
-                    if matches!(outcome, Outcome::Ok { .. }) {
-                        let again = ctx.new_key();
-                        ctx.attempt(product, &again).await;
+                let (a, b) = tokio::join!(ctx.attempt_detached(product, &key), ctx.attempt_detached(product, &key));
+                if !(a.settles() || b.settles()) {
+                    ctx.pursue(product, &key).await;
+                } else {
+                    // A settled answer; ask once more with the same key, as a client that
+                    // lost the first response would: the server must replay it.
+                    ctx.attempt(product, &key).await;
+                }
+            }
+            Behaviour::Impatient => {
+                let key = ctx.new_key();
+                let storm: Vec<_> = (0..STORM_SIZE).map(|_| ctx.attempt_detached(product, &key)).collect();
+                futures::future::join_all(storm).await;
+                ctx.pursue(product, &key).await;
+            }
+            Behaviour::Careless => {
+                // A new key for every attempt; once bought, one more try with yet another key.
+                for _ in 0..MAX_ATTEMPTS {
+                    if ctx.past_deadline() {
+                        break;
                     }
-                    break;
+                    let key = ctx.new_key();
+                    let outcome = ctx.attempt(product, &key).await;
+                    if outcome.settles() {
+                        if matches!(outcome, Outcome::Ok { .. }) {
+                            let again = ctx.new_key();
+                            ctx.attempt(product, &again).await;
+                        }
+                        break;
+                    }
+                    ctx.backoff(0, &outcome).await;
                 }
-                ctx.backoff(0, &outcome).await;
             }
-        }
-        Behaviour::KeyReuser => {
-            let key = ctx.new_key();
-            ctx.pursue(product, &key).await;
-            let other = (product + 1) % ctx.shared.product_ids.len();
-            if other != product {
-                ctx.attempt(other, &key).await;
-            }
-        }
-        Behaviour::Bot => {
-            for _ in 0..BOT_REQUESTS {
-                if ctx.past_deadline() {
-                    break;
-                }
+            Behaviour::KeyReuser => {
                 let key = ctx.new_key();
-                ctx.attempt(product, &key).await;
+                ctx.pursue(product, &key).await;
+                let other = (product + 1) % ctx.shared.product_ids.len();
+                if other != product {
+                    ctx.attempt(other, &key).await;
+                }
+            }
+            Behaviour::Bot => {
+                for _ in 0..BOT_REQUESTS {
+                    if ctx.past_deadline() {
+                        break;
+                    }
+                    let key = ctx.new_key();
+                    ctx.attempt(product, &key).await;
+                }
             }
         }
     }
@@ -181,10 +380,11 @@ impl Outcome {
 impl Ctx<'_> {
     fn new_key(&mut self) -> String {
         self.keys_made += 1;
+        let letter = self.key_letter;
         if self.buyer.plan.shared_keys {
-            format!("k{}", self.keys_made)
+            format!("{letter}{}", self.keys_made)
         } else {
-            format!("b{}-k{}", self.buyer.plan.index, self.keys_made)
+            format!("b{}-{letter}{}", self.buyer.plan.index, self.keys_made)
         }
     }
 

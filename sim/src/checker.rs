@@ -39,10 +39,14 @@ pub enum Invariant {
     ///    less the orders confirmed before the read began, no less than the stock less
     ///    every key that may hold a unit by the time it ended.
     StockSeen,
+    /// 9. An order an administrator released stays released: no live document at the
+    ///    end, and no request of its key after the release answered a fresh order or
+    ///    `already-purchased` (a stored answer replayed is the key's old answer).
+    ReleasedStaysReleased,
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 8] = [
+    pub const ALL: [Invariant; 9] = [
         Self::NoOversell,
         Self::NonNegativeStock,
         Self::OnePerUser,
@@ -51,6 +55,7 @@ impl Invariant {
         Self::NoPhantom,
         Self::Conservation,
         Self::StockSeen,
+        Self::ReleasedStaysReleased,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +68,7 @@ impl Invariant {
             Self::NoPhantom => "no phantom order",
             Self::Conservation => "conservation",
             Self::StockSeen => "stock seen is possible",
+            Self::ReleasedStaysReleased => "a released order stays released",
         }
     }
 }
@@ -280,18 +286,54 @@ pub fn check(plan: &Plan, ids: &Identities, history: &History, state: &FinalStat
         }
     }
 
+    let cancels = Cancels::of(history);
     let verdicts = vec![
         no_oversell(plan, state),
         non_negative(history, state),
         one_per_user(plan, state, &user_buyer),
-        idempotency(ids, history),
-        no_lost_order(ids, history, state),
+        idempotency(ids, history, &cancels),
+        no_lost_order(ids, history, state, &cancels),
         no_phantom(state, &requested, &maybe_bought, &user_buyer),
         conservation(plan, history, state),
         stock_seen(plan, history, state),
+        released_stays_released(ids, history, state, &cancels),
     ];
     let self_checks = self_checks(plan, history, state);
     Report { verdicts, self_checks }
+}
+
+/// The administrators' cancellations in a history, per order id.
+struct Cancels {
+    /// When each order's first cancellation that may have released it (200, or an
+    /// unknown outcome) was sent.
+    maybe: HashMap<Uuid, u64>,
+    /// When each order's first cancellation answered 200 (released for sure from then on).
+    released: HashMap<Uuid, u64>,
+}
+
+impl Cancels {
+    fn of(history: &History) -> Self {
+        let (mut maybe, mut released) = (HashMap::new(), HashMap::new());
+        for op in &history.ops {
+            let OpKind::Cancel { order_id, .. } = &op.kind else { continue };
+            match op.outcome {
+                Outcome::Cancelled => {
+                    let at = released.entry(*order_id).or_insert(op.complete_ms);
+                    *at = (*at).min(op.complete_ms);
+                }
+                Outcome::Info { .. } => {}
+                _ => continue,
+            }
+            let at = maybe.entry(*order_id).or_insert(op.invoke_ms);
+            *at = (*at).min(op.invoke_ms);
+        }
+        Self { maybe, released }
+    }
+
+    /// Whether a cancellation that may have released the order was sent before `at_ms`.
+    fn maybe_before(&self, order_id: Uuid, at_ms: u64) -> bool {
+        self.maybe.get(&order_id).is_some_and(|sent| *sent < at_ms)
+    }
 }
 
 fn live_orders(product: &FinalProduct) -> impl Iterator<Item = &StoredOrder> {
@@ -390,7 +432,7 @@ fn one_per_user(plan: &Plan, state: &FinalState, user_buyer: &HashMap<String, us
     c.finish()
 }
 
-fn idempotency(ids: &Identities, history: &History) -> Verdict {
+fn idempotency(ids: &Identities, history: &History, cancels: &Cancels) -> Verdict {
     let mut c = Collector::new(Invariant::Idempotency);
     // Operations per (buyer, key), in invocation order.
     let mut by_key: HashMap<(usize, &str), Vec<usize>> = HashMap::new();
@@ -401,6 +443,15 @@ fn idempotency(ids: &Identities, history: &History) -> Verdict {
     }
     let mut keys: Vec<_> = by_key.into_iter().collect();
     keys.sort_by_key(|((buyer, key), _)| (*buyer, key.to_string()));
+    // A key answered only 202s may have lost its reservation with Redis's data if a loss
+    // began after its first 202 and before this request: it holds nothing then.
+    let loss_starts = redis_data_loss_starts(history);
+    let lost_202 = |last_ok_ms: Option<u64>, confirmed: bool, invoke_ms: u64| {
+        !confirmed
+            && last_ok_ms.is_some_and(|at| {
+                loss_starts.iter().any(|start| start + LOSS_ANSWER_SLACK_MS >= at && *start < invoke_ms)
+            })
+    };
     for ((buyer, key), mut indices) in keys {
         c.check();
         indices.sort_by_key(|i| (history.ops[*i].invoke_ms, history.ops[*i].seq));
@@ -408,11 +459,20 @@ fn idempotency(ids: &Identities, history: &History) -> Verdict {
         let mut named: Option<Uuid> = None;
         // The product the key first bought, and when that answer came.
         let mut bought: Option<(usize, u64)> = None;
+        // Whether a 201 answered it (a 202 alone may be lost with Redis's data), and when
+        // its last order answer came.
+        let mut confirmed = false;
+        let mut last_ok_ms: Option<u64> = None;
         for i in &indices {
             let op = &history.ops[*i];
             let OpKind::Buy { product, .. } = &op.kind else { continue };
+            if lost_202(last_ok_ms, confirmed, op.invoke_ms) {
+                // Its 202s may have been lost with Redis's data since: the key holds
+                // nothing now, and may buy again, even another product.
+                (bought, last_ok_ms) = (None, None);
+            }
             match &op.outcome {
-                Outcome::Ok { order_id, .. } => {
+                Outcome::Ok { order_id, status, .. } => {
                     // A key that bought one product never buys another. (A key whose
                     // first use was refused, e.g. sold out by the in-process shortcut,
                     // claimed nothing and may still buy: it names one order either way.)
@@ -444,10 +504,15 @@ fn idempotency(ids: &Identities, history: &History) -> Verdict {
                     if bought.is_none() {
                         bought = Some((*product, op.complete_ms));
                     }
+                    confirmed |= *status == 201;
+                    last_ok_ms = Some(op.complete_ms);
                 }
+                // After a cancellation of its order the key holds nothing: whether it may be
+                // refused so is for `released_stays_released` to say.
                 Outcome::Fail { problem, .. }
                     if (problem == "sold-out" || problem == "already-purchased")
-                        && bought.is_some_and(|(first, at)| first == *product && op.invoke_ms > at) =>
+                        && bought.is_some_and(|(first, at)| first == *product && op.invoke_ms > at)
+                        && !derived.is_some_and(|order| cancels.maybe_before(order, op.complete_ms)) =>
                 {
                     c.violate(
                         format!(
@@ -465,38 +530,49 @@ fn idempotency(ids: &Identities, history: &History) -> Verdict {
     c.finish()
 }
 
-fn no_lost_order(ids: &Identities, history: &History, state: &FinalState) -> Verdict {
+fn no_lost_order(ids: &Identities, history: &History, state: &FinalState, cancels: &Cancels) -> Verdict {
     let mut c = Collector::new(Invariant::NoLostOrder);
     let mut stored: HashMap<&str, (usize, &StoredOrder)> = HashMap::new();
+    let mut tombstones: HashSet<&str> = HashSet::new();
     for (index, product) in state.products.iter().enumerate() {
         for order in live_orders(product) {
             stored.insert(&order.order_id, (index, order));
         }
+        tombstones.extend(product.orders.iter().filter(|o| !o.live).map(|o| o.order_id.as_str()));
     }
-    let mut seen = HashSet::new();
+    let loss_starts = redis_data_loss_starts(history);
+    let lost_with_redis =
+        |answered_ms: u64| loss_starts.iter().any(|start| start + LOSS_ANSWER_SLACK_MS >= answered_ms);
+    // Every answer is judged (an exemption holds for one answer, not for its order);
+    // each order is counted, and reported, once.
+    let (mut counted, mut reported) = (HashSet::new(), HashSet::new());
     for op in &history.ops {
         let (OpKind::Buy { product, .. }, Outcome::Ok { status, order_id, .. }) = (&op.kind, &op.outcome) else {
             continue;
         };
-        if !seen.insert(*order_id) {
-            continue;
+        if counted.insert(*order_id) {
+            c.check();
         }
-        c.check();
         let user = ids.user_ids.get(op.buyer).map(Uuid::to_string).unwrap_or_default();
-        match stored.get(order_id.to_string().as_str()) {
-            Some((index, order)) if *index == *product && order.user_id == user => {}
-            Some((index, order)) => c.violate(
-                format!("{status} order {order_id} is stored for product {index} and user {}", order.user_id),
-                Some(*product),
-                vec![op.buyer],
-                Some(op.complete_ms),
-            ),
-            None => c.violate(
-                format!("{status} order {order_id} has no live MongoDB document"),
-                Some(*product),
-                vec![op.buyer],
-                Some(op.complete_ms),
-            ),
+        let id = order_id.to_string();
+        let problem = match stored.get(id.as_str()) {
+            Some((index, order)) if *index == *product && order.user_id == user => None,
+            // A 202 lost with Redis's data leaves its key free: the same user's key may
+            // then have bought another product.
+            Some((_, order)) if order.user_id == user && *status == 202 && lost_with_redis(op.complete_ms) => None,
+            Some((index, order)) => {
+                Some(format!("{status} order {order_id} is stored for product {index} and user {}", order.user_id))
+            }
+            // Released by an administrator: its tombstone is its document.
+            None if tombstones.contains(id.as_str()) && cancels.maybe.contains_key(order_id) => None,
+            // A 202 is as durable as Redis (the protocol's documented limit): one answered
+            // before a Redis data loss began may be lost with it. Not one answered after:
+            // the server checked that Redis still held its reservation.
+            None if *status == 202 && lost_with_redis(op.complete_ms) => None,
+            None => Some(format!("{status} order {order_id} has no live MongoDB document")),
+        };
+        if let Some(problem) = problem.filter(|_| reported.insert(*order_id)) {
+            c.violate(problem, Some(*product), vec![op.buyer], Some(op.complete_ms));
         }
     }
     c.finish()
@@ -548,6 +624,22 @@ fn no_phantom(
         }
     }
     c.finish()
+}
+
+/// How long before a Redis data loss began a 202 may have been answered and still be
+/// lost with it: the server checks that Redis holds the reservation just before it
+/// answers, and in real mode the answer reaches the buyer a little after that check.
+pub const LOSS_ANSWER_SLACK_MS: u64 = 100;
+
+/// When each fault that loses Redis data (a restart without persistence) began.
+fn redis_data_loss_starts(history: &History) -> Vec<u64> {
+    history
+        .faults
+        .iter()
+        .filter(|f| matches!(f.fault, Fault::KillRestart { target: Backend::Redis, persistent: false }))
+        .filter(|f| f.phase == FaultPhase::Start)
+        .map(|f| f.at_ms)
+        .collect()
 }
 
 /// The end of the last fault that may lose Redis data (a restart without persistence).
@@ -619,6 +711,55 @@ fn stock_seen(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
                 format!(
                     "a read showed {remaining} left, but at most {may_hold} of {stock} units could be reserved by its end"
                 ),
+                Some(*product),
+                vec![op.buyer],
+                Some(op.complete_ms),
+            );
+        }
+    }
+    c.finish()
+}
+
+/// Invariant 9. Once a cancellation answered 200, the order is released for good: its
+/// document is not live at the end, and no request of its key sent after that answer
+/// got a fresh order (201 or 202 not replayed) or `already-purchased` (which only a
+/// live order of the key's own can justify, and it has none). `order-released`, a
+/// replayed answer, and `sold-out` are what such a request may get.
+fn released_stays_released(ids: &Identities, history: &History, state: &FinalState, cancels: &Cancels) -> Verdict {
+    let mut c = Collector::new(Invariant::ReleasedStaysReleased);
+    let mut released: Vec<(&Uuid, &u64)> = cancels.released.iter().collect();
+    released.sort();
+    let live: HashMap<&str, usize> = state
+        .products
+        .iter()
+        .enumerate()
+        .flat_map(|(index, product)| live_orders(product).map(move |order| (order.order_id.as_str(), index)))
+        .collect();
+    for (order_id, at) in &released {
+        c.check();
+        if let Some(index) = live.get(order_id.to_string().as_str()) {
+            c.violate(
+                format!("order {order_id}, released at {at} ms, is live in MongoDB at the end"),
+                Some(*index),
+                vec![],
+                Some(**at),
+            );
+        }
+    }
+    for op in &history.ops {
+        let OpKind::Buy { product, key } = &op.kind else { continue };
+        let Some(user) = ids.user_ids.get(op.buyer) else { continue };
+        let order_id = flashsale::clock::derive_order_id(*user, key);
+        let Some(at) = cancels.released.get(&order_id).filter(|at| op.invoke_ms > **at) else { continue };
+        c.check();
+        let wrong = match &op.outcome {
+            Outcome::Ok { status, replayed: false, .. } => Some(format!("a fresh {status}")),
+            Outcome::Fail { problem, .. } if problem == "already-purchased" => Some(problem.clone()),
+            _ => None,
+        };
+        if let Some(wrong) = wrong {
+            c.violate(
+                format!("key {key:?} was answered {wrong} after its order {order_id} was released (at {at} ms)"),
                 Some(*product),
                 vec![op.buyer],
                 Some(op.complete_ms),
@@ -914,6 +1055,102 @@ mod tests {
         assert!(!stock_seen_held(vec![early]), "two units gone when one key could hold one");
         // A read begun at the very moment of a 201 need not see it.
         assert!(stock_seen_held(vec![read(10, 2, 5, 2)]));
+    }
+
+    fn cancel(seq: u64, buyer: usize, key: &str, at: u64, outcome: Outcome) -> Op {
+        let order_id = derive_order_id(ids().user_ids[buyer], key);
+        Op {
+            seq,
+            buyer,
+            instance: 0,
+            kind: OpKind::Cancel { product: 0, order_id },
+            invoke_ms: at,
+            complete_ms: at + 5,
+            outcome,
+        }
+    }
+
+    /// Buyer 0's order "a" cancelled at 100 (its tombstone in MongoDB, its unit back in
+    /// Redis), then `after` answered to its key at 200.
+    fn released_then(after: Outcome) -> Report {
+        let mut history = good_history();
+        history.ops.push(cancel(4, 0, "a", 100, Outcome::Cancelled));
+        history.ops.push(buy(5, 0, "a", 200, after));
+        let tombstone = StoredOrder { unit: None, live: false, ..stored(0, "a", 1) };
+        let mut state = state(vec![tombstone, stored(1, "b", 2)], 3);
+        if let Some(redis) = state.products[0].redis.as_mut() {
+            redis.free_count = 1;
+            redis.orders_held = 1;
+        }
+        check(&plan(), &ids(), &history, &state)
+    }
+
+    #[test]
+    fn a_released_order_answers_its_key_released_or_replayed_but_never_a_fresh_order() {
+        let released = Outcome::Fail { status: 409, problem: "order-released".into() };
+        for (after, allowed) in [
+            (released, true),
+            (ok(0, "a", 1, true), true),
+            (sold_out(), true),
+            (ok(0, "a", 1, false), false),
+            (Outcome::Fail { status: 409, problem: "already-purchased".into() }, false),
+        ] {
+            let report = released_then(after.clone());
+            let broken = violated(&report);
+            assert_eq!(broken.is_empty(), allowed, "{after:?}: {broken:?}");
+            if !allowed {
+                assert_eq!(broken, vec![Invariant::ReleasedStaysReleased], "{after:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_released_order_live_again_at_the_end_is_caught() {
+        let mut history = good_history();
+        history.ops.push(cancel(4, 0, "a", 100, Outcome::Cancelled));
+        let report = check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3));
+        assert!(violated(&report).contains(&Invariant::ReleasedStaysReleased));
+    }
+
+    /// Buyer 0's key "a" answered 202 at 105 and never stored; Redis lost its data at `loss_at`.
+    fn lost_202(loss_at: u64) -> Report {
+        let mut history = good_history();
+        history.ops[0] = buy(
+            0,
+            0,
+            "a",
+            100,
+            Outcome::Ok { status: 202, order_id: derive_order_id(ids().user_ids[0], "a"), unit: 1, replayed: false },
+        );
+        let fault = Fault::KillRestart { target: Backend::Redis, persistent: false };
+        history.faults = vec![
+            crate::history::FaultEvent {
+                index: 0,
+                at_ms: loss_at,
+                fault,
+                phase: FaultPhase::Start,
+                detail: String::new(),
+            },
+            crate::history::FaultEvent {
+                index: 0,
+                at_ms: loss_at + 1,
+                fault,
+                phase: FaultPhase::Heal,
+                detail: String::new(),
+            },
+        ];
+        let mut state = state(vec![stored(1, "b", 2)], 3);
+        if let Some(redis) = state.products[0].redis.as_mut() {
+            redis.free_count = 1;
+        }
+        check(&plan(), &ids(), &history, &state)
+    }
+
+    #[test]
+    fn a_202_may_be_lost_with_a_redis_data_loss_after_it_but_not_with_one_before_it() {
+        assert!(!violated(&lost_202(500)).contains(&Invariant::NoLostOrder), "answered before the loss");
+        let before = 105 - LOSS_ANSWER_SLACK_MS - 1;
+        assert!(violated(&lost_202(before)).contains(&Invariant::NoLostOrder), "answered after the loss began");
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub enum OpKind {
     Read { product: usize },
     /// The HTTP register → login → OTP flow.
     Login,
+    /// `POST /api/v1/admin/orders/{order}/cancel` by an administrator, for the order of
+    /// the buyer's first key (`buyer` is the buyer whose order it is).
+    Cancel { product: usize, order_id: Uuid },
 }
 
 /// How it ended.
@@ -48,6 +51,8 @@ pub enum Outcome {
     Info { status: u16, reason: String },
     /// The login flow completed.
     LoggedIn,
+    /// An administrator's cancellation answered 200: the order is released.
+    Cancelled,
 }
 
 impl Outcome {
@@ -73,6 +78,7 @@ impl Outcome {
             Self::Info { status: 0, reason } => format!("info {reason}"),
             Self::Info { status, reason } => format!("info {status} {reason}"),
             Self::LoggedIn => "logged in".into(),
+            Self::Cancelled => "cancelled".into(),
         }
     }
 }

@@ -281,7 +281,7 @@ fn describe_buyer(run: &RunOutcome, buyer: usize) -> String {
 
 fn op_product(kind: &OpKind) -> Option<usize> {
     match kind {
-        OpKind::Buy { product, .. } | OpKind::Read { product } => Some(*product),
+        OpKind::Buy { product, .. } | OpKind::Read { product } | OpKind::Cancel { product, .. } => Some(*product),
         OpKind::Login => None,
     }
 }
@@ -291,6 +291,7 @@ fn op_text(kind: &OpKind) -> String {
         OpKind::Buy { product, key } => format!("buy p{product} key {key}"),
         OpKind::Read { product } => format!("read p{product}"),
         OpKind::Login => "login".into(),
+        OpKind::Cancel { product, order_id } => format!("cancel p{product} order {order_id}"),
     }
 }
 

@@ -254,6 +254,9 @@ async fn play(
         admin: admin.clone(),
         seed: plan.options.seed,
         deadline_ms: plan.options.duration_ms,
+        admin_user,
+        admin_session: std::sync::Mutex::new(admin_session.clone()),
+        unfinished_cancellations: std::sync::Mutex::default(),
     });
     let mut tasks = Vec::new();
     for (buyer_plan, (user_id, session)) in plan.buyers.iter().zip(sessions) {
@@ -286,6 +289,8 @@ async fn play(
 
     progress(settings, "healing every fault and draining the reconciler");
     faults::heal_all(&targets).await?;
+    let unanswered = buyers::finish_cancellations(&shared).await;
+    anyhow::ensure!(unanswered == 0, "{unanswered} cancellations got no answer after every fault healed");
     let drain_started = Instant::now();
     let drained = drain(admin, &product_ids).await;
     let drain_ms = elapsed_ms(drain_started);

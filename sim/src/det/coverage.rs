@@ -111,13 +111,14 @@ impl Coverage {
 /// The fault kinds of a plan, by the store or process they act on.
 const FAULT_KINDS: &[&str] = &[
     "fault: Redis latency",
-    "fault: Redis refusing connections",
+    "fault: Redis replies lost (commands applied, connections reset)",
     "fault: Redis hanging (blackhole, partition, pause, CLIENT PAUSE WRITE)",
     "fault: Redis restarted empty (data loss, new run_id)",
     "fault: Redis restarted from its data",
     "fault: MongoDB slow",
     "fault: MongoDB unavailable",
     "fault: MongoDB stalled (blackhole, partition, pause)",
+    "fault: MongoDB answers lost (operations applied, connections reset)",
 ];
 
 fn fault_kind(fault: &Fault) -> &'static str {
@@ -135,9 +136,8 @@ fn fault_kind(fault: &Fault) -> &'static str {
         Fault::ProxyLatency { target: Backend::Mongo, .. } | Fault::ProxySlowClose { target: Backend::Mongo, .. } => {
             FAULT_KINDS[5]
         }
-        Fault::ProxyReset { target: Backend::Mongo } | Fault::KillRestart { target: Backend::Mongo, .. } => {
-            FAULT_KINDS[6]
-        }
+        Fault::KillRestart { target: Backend::Mongo, .. } => FAULT_KINDS[6],
+        Fault::ProxyReset { target: Backend::Mongo } => FAULT_KINDS[8],
         Fault::ProxyBlackhole { target: Backend::Mongo }
         | Fault::Partition { target: Backend::Mongo }
         | Fault::Pause { target: Backend::Mongo } => FAULT_KINDS[7],

@@ -5,7 +5,7 @@
 //! | plan fault | Redis (emulated) | MongoDB (model) |
 //! |---|---|---|
 //! | proxy latency | every command delayed | every operation slowed |
-//! | proxy reset | connections refused | unavailable |
+//! | proxy reset | commands apply, their replies lost (connections reset mid-request) | operations apply, their answers lost |
 //! | proxy slow close | commands delayed by the close delay | operations slowed by it |
 //! | proxy blackhole, pause | commands hang until healed | operations slowed past their bound |
 //! | kill and restart, no persistence | connections refused, then every key lost with a new `run_id` | unavailable |
@@ -124,11 +124,20 @@ fn fire(targets: &DetTargets, fault: &Fault) -> String {
             mongo.make_slow(Duration::from_millis(latency_ms));
             format!("MongoDB operations slowed {latency_ms} ms")
         }
-        Fault::ProxyReset { target: Backend::Redis } | Fault::KillRestart { target: Backend::Redis, .. } => {
+        // Connections reset mid-request: what was sent applies, the answer never comes.
+        Fault::ProxyReset { target: Backend::Redis } => {
+            redis.lose_replies();
+            "Redis applies commands, their replies lost".to_owned()
+        }
+        Fault::ProxyReset { target: Backend::Mongo } => {
+            mongo.make_apply_then_time_out();
+            "MongoDB applies operations, their answers lost".to_owned()
+        }
+        Fault::KillRestart { target: Backend::Redis, .. } => {
             redis.refuse_connections();
             "Redis refuses connections".to_owned()
         }
-        Fault::ProxyReset { target: Backend::Mongo } | Fault::KillRestart { target: Backend::Mongo, .. } => {
+        Fault::KillRestart { target: Backend::Mongo, .. } => {
             mongo.make_unavailable();
             "MongoDB unavailable".to_owned()
         }

@@ -225,6 +225,9 @@ async fn sale(
         admin: admin.clone(),
         seed,
         deadline_ms: plan.options.duration_ms,
+        admin_user,
+        admin_session: std::sync::Mutex::new(admin_session.clone()),
+        unfinished_cancellations: std::sync::Mutex::default(),
     });
     let tasks: Vec<_> = plan
         .buyers
@@ -241,6 +244,8 @@ async fn sale(
     let sale_ms = recorder.now_ms();
 
     faults::heal_all(&targets).await?;
+    let unanswered = buyers::finish_cancellations(&shared).await;
+    anyhow::ensure!(unanswered == 0, "{unanswered} cancellations got no answer after every fault healed");
     let drain_started = tokio::time::Instant::now();
     let drained = runner::drain(admin, &product_ids).await;
     let drain_ms = elapsed_ms(drain_started);
