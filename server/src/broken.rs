@@ -12,6 +12,7 @@
 
 use uuid::Uuid;
 
+use crate::redis::keys::SaleKeys;
 use crate::sale::orders::OrderDoc;
 use crate::state::App;
 
@@ -121,6 +122,17 @@ pub enum Broken {
     ///
     /// Breaks: a released order stays released, conservation.
     ReconcilerConfirmsReleased,
+    /// The rebuild lock is named per attempt (its key carries the attempt's token) instead
+    /// of per product, so every rebuild takes a lock of its own and none is ever told
+    /// another one is running: the instances that see Redis restart rebuild the same
+    /// product at once. The later one pauses a sale the earlier one already resumed, reads
+    /// MongoDB while purchases of the resumed sale are still writing their orders, and
+    /// loads a state without them: their units and buyer slots are handed out again.
+    ///
+    /// Breaks: no oversell or one per user in Redis (the orders lost from its state are
+    /// refused by MongoDB's indexes only at their own writes), conservation, no lost
+    /// acknowledged order (a 202 whose reservation the later load dropped).
+    RebuildsAtOnce,
 }
 
 /// The broken variant this instance runs, if any.
@@ -169,6 +181,15 @@ pub fn reported_remaining(app: &App, remaining: i64) -> i64 {
 /// [`Broken::RebuildForgetsReleased`]: whether a rebuild keeps a released order's tombstone.
 pub fn rebuild_keeps_tombstones(app: &App) -> bool {
     !is(app, Broken::RebuildForgetsReleased)
+}
+
+/// [`Broken::RebuildsAtOnce`]: the keys a rebuild attempt works with, its lock the
+/// attempt's own instead of the product's.
+pub fn rebuild_keys(app: &App, mut keys: SaleKeys, token: &str) -> SaleKeys {
+    if is(app, Broken::RebuildsAtOnce) {
+        keys.rebuild_lock = format!("{}:{token}", keys.rebuild_lock);
+    }
+    keys
 }
 
 /// [`Broken::PendingAfterVanished`]: whether a 202 checks that its reservation is held.

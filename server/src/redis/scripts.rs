@@ -129,7 +129,8 @@ pub async fn purchase_broken(
         | Broken::AckBeforeWrite
         | Broken::RebuildForgetsReleased
         | Broken::PendingAfterVanished
-        | Broken::ReconcilerConfirmsReleased => &PURCHASE,
+        | Broken::ReconcilerConfirmsReleased
+        | Broken::RebuildsAtOnce => &PURCHASE,
     };
     run_purchase(script, conn, keys, args).await
 }

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::reconciler;
+use crate::redis::keys::SaleKeys;
 use crate::redis::scripts::{self, LoadMode};
 use crate::sale;
 use crate::sale::product_store;
@@ -57,12 +58,14 @@ pub enum Rebuilt {
 pub async fn rebuild_product(app: &App, product_id: Uuid) -> anyhow::Result<Rebuilt> {
     let keys = app.keys.sale(product_id);
     let token = app.ids.token_128();
+    #[cfg(feature = "broken")]
+    let keys = crate::broken::rebuild_keys(app, keys, &token);
     let mut conn = app.redis.clone();
     let Some(fence) = scripts::lock(&mut conn, &keys.rebuild_lock, &token, REBUILD_LEASE_MS).await? else {
         return Ok(Rebuilt::InProgress);
     };
     let mut guard = LockGuard { conn, key: keys.rebuild_lock.clone(), token: fence.clone(), armed: true };
-    let result = match tokio::time::timeout(REBUILD_TIMEOUT, rebuild_locked(app, product_id, &fence)).await {
+    let result = match tokio::time::timeout(REBUILD_TIMEOUT, rebuild_locked(app, product_id, &keys, &fence)).await {
         Ok(result) => result,
         Err(_) => Err(anyhow::anyhow!("the rebuild took longer than {REBUILD_TIMEOUT:?}")),
     };
@@ -97,7 +100,7 @@ impl Drop for LockGuard {
     }
 }
 
-async fn rebuild_locked(app: &App, product_id: Uuid, fence: &str) -> anyhow::Result<Rebuilt> {
+async fn rebuild_locked(app: &App, product_id: Uuid, keys: &SaleKeys, fence: &str) -> anyhow::Result<Rebuilt> {
     // The product's highest revision, not its document: a copy a slower admin write
     // left one revision behind must not decide whether the sale exists.
     let Some(product) = product_store::head(app, product_id).await? else { return Ok(Rebuilt::NoProduct) };
@@ -105,9 +108,8 @@ async fn rebuild_locked(app: &App, product_id: Uuid, fence: &str) -> anyhow::Res
         sale::unload(app, product_id).await?;
         return Ok(Rebuilt::NoProduct);
     }
-    let keys = app.keys.sale(product_id);
     let mut conn = app.redis.clone();
-    scripts::pause(&mut conn, &keys, fence).await?;
+    scripts::pause(&mut conn, keys, fence).await?;
     // Requests that reserved a unit in the lost state may still be writing their order:
     // let every such write finish or time out, so that MongoDB, read next, holds every
     // unit they took (otherwise the rebuilt state would hand those units out again).
@@ -116,7 +118,7 @@ async fn rebuild_locked(app: &App, product_id: Uuid, fence: &str) -> anyhow::Res
     // read, so the rebuilt state keeps them.
     let pass = reconciler::reconcile_product(app, product_id, &product, 0, usize::MAX).await?;
     let snapshot = sale::snapshot_from_mongo(app, product_id, &product).await?;
-    if !scripts::load_sale(&mut conn, &keys, LoadMode::Rebuild { fence }, &snapshot).await? {
+    if !scripts::load_sale(&mut conn, keys, LoadMode::Rebuild { fence }, &snapshot).await? {
         // The product was deleted meanwhile: its tombstone stands.
         return Ok(Rebuilt::NoProduct);
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use flashsale::auth::extract::Role;
 use flashsale::broken::Broken;
 use flashsale::clock::derive_order_id;
+use flashsale::sale::rebuild::{self, Rebuilt};
 use flashsale::sale::{orders, reconciler};
 use flashsale_stack::RedisPersistence;
 use serde_json::Value;
@@ -213,4 +214,22 @@ async fn phantom_stores_a_pending_order_under_another_id() {
     assert_eq!(json_body(&body)["order_id"], order_id.as_str());
     let response = buyer.get(app.url(&format!("/api/v1/user/orders/{order_id}"))).send().await.expect("request");
     assert_eq!(response.status(), 404, "the acknowledged order is lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilds_at_once_lets_two_rebuilds_of_one_product_run_together() {
+    for (broken, expected) in
+        [(Some(Broken::RebuildsAtOnce), [Rebuilt::Done, Rebuilt::Done]), (None, [Rebuilt::Done, Rebuilt::InProgress])]
+    {
+        let app = spawn(broken).await;
+        let product = app.create_product(3, true).await;
+        let state = app.app();
+        // Each rebuild holds its lock for the order write timeout at least: the two overlap.
+        let (first, second) =
+            tokio::join!(rebuild::rebuild_product(state, product), rebuild::rebuild_product(state, product));
+        let mut outcomes = [first.expect("rebuild"), second.expect("rebuild")];
+        outcomes.sort_by_key(|outcome| *outcome != Rebuilt::Done);
+        assert_eq!(outcomes, expected, "{broken:?}");
+        assert!(rebuild::settled(state, product).await.expect("redis"), "{broken:?}: loaded and not paused");
+    }
 }

@@ -51,17 +51,23 @@ pub fn shrink(settings: &RunSettings, mut progress: impl FnMut(&str)) -> anyhow:
     ));
 
     // Faults first (each fault run is as long as the sale), then less stock (a smaller
-    // sale needs fewer buyers to sell out), then the buyers.
-    let buyers = plan.buyers.clone();
-    let faults = ddmin(plan.faults.clone(), |candidate| judge.fails(&with_parts(&plan, &buyers, candidate)));
-    plan = with_parts(&plan, &buyers, &faults);
+    // sale needs fewer buyers to sell out), then the buyers, then the faults and buyers
+    // again while either list shrinks: without a buyer a fault may have become needless,
+    // and the other way round.
+    plan = shrink_faults(plan, &mut judge);
     progress(&format!("faults: {} left ({} runs)", plan.faults.len(), judge.runs));
     simplify_stock(&mut plan, &mut judge);
     progress(&format!("stock: {:?} ({} runs)", plan.products.iter().map(|p| p.stock).collect::<Vec<_>>(), judge.runs));
-    let faults = plan.faults.clone();
-    let buyers = ddmin(plan.buyers.clone(), |candidate| judge.fails(&with_parts(&plan, candidate, &faults)));
-    plan = with_parts(&plan, &buyers, &faults);
-    progress(&format!("buyers: {} left ({} runs)", plan.buyers.len(), judge.runs));
+    loop {
+        let before = (plan.buyers.len(), plan.faults.len());
+        plan = shrink_buyers(plan, &mut judge);
+        progress(&format!("buyers: {} left ({} runs)", plan.buyers.len(), judge.runs));
+        plan = shrink_faults(plan, &mut judge);
+        if (plan.buyers.len(), plan.faults.len()) == before {
+            break;
+        }
+        progress(&format!("faults: {} left ({} runs)", plan.faults.len(), judge.runs));
+    }
 
     simplify_faults(&mut plan, &mut judge);
     simplify_buyers(&mut plan, &mut judge);
@@ -85,6 +91,18 @@ impl Judge {
         let settings = RunSettings { plan: plan.clone(), progress: false, ..self.settings.clone() };
         super::run(&settings).is_ok_and(|outcome| outcome.report.verdict(self.invariant).is_some_and(|v| !v.held))
     }
+}
+
+/// Delta debugging over the plan's faults.
+fn shrink_faults(plan: Plan, judge: &mut Judge) -> Plan {
+    let faults = ddmin(plan.faults.clone(), |candidate| judge.fails(&with_parts(&plan, &plan.buyers, candidate)));
+    with_parts(&plan, &plan.buyers, &faults)
+}
+
+/// Delta debugging over the plan's buyers.
+fn shrink_buyers(plan: Plan, judge: &mut Judge) -> Plan {
+    let buyers = ddmin(plan.buyers.clone(), |candidate| judge.fails(&with_parts(&plan, candidate, &plan.faults)));
+    with_parts(&plan, &buyers, &plan.faults)
 }
 
 /// `plan` with these buyers (renumbered 0, 1, 2, ...) and these faults.

@@ -109,6 +109,12 @@ mod broken_plans {
         (Broken::AckBeforeWrite, "broken-ack_before_write.json", Invariant::NoLostOrder),
         (Broken::RebuildForgetsReleased, "broken-rebuild_forgets_released.json", Invariant::ReleasedStaysReleased),
         (Broken::PendingAfterVanished, "broken-pending_after_vanished.json", Invariant::NoLostOrder),
+        (
+            Broken::ReconcilerConfirmsReleased,
+            "broken-reconciler_confirms_released.json",
+            Invariant::ReleasedStaysReleased,
+        ),
+        (Broken::RebuildsAtOnce, "broken-rebuilds_at_once.json", Invariant::NoLostOrder),
     ];
 
     fn load(file: &str) -> Plan {
