@@ -631,6 +631,42 @@ fn no_phantom(
 /// answers, and in real mode the answer reaches the buyer a little after that check.
 pub const LOSS_ANSWER_SLACK_MS: u64 = 100;
 
+/// How long after a cancellation's 200 the instances may still answer `sold-out` from
+/// their sold-out shortcut: until the release's stock event reaches them.
+pub const RELEASE_EVENT_SLACK_MS: u64 = 200;
+/// How long after a cancellation without a definite answer its release may still be
+/// applied: the server may go on with it after the client stopped waiting (a rebuild
+/// wait of 2 s, store timeouts), and its event may be late as above.
+pub const UNANSWERED_RELEASE_SLACK_MS: u64 = 5_000;
+
+/// The latest moment a cancellation of an order of product `index` may have freed a
+/// unit and the instances not yet known it: after a 200 plus the event's slack, after
+/// any other answer but a definite refusal plus the slack of an unanswered release. An
+/// order's product is the one MongoDB stores it under (a key reuser's first key may
+/// have bought another product than the one its buyer wanted).
+fn last_release_bound_ms(history: &History, state: &FinalState, index: usize) -> Option<u64> {
+    let stored_under: HashMap<&str, usize> = state
+        .products
+        .iter()
+        .enumerate()
+        .flat_map(|(product, stored)| stored.orders.iter().map(move |order| (order.order_id.as_str(), product)))
+        .collect();
+    history
+        .ops
+        .iter()
+        .filter_map(|op| {
+            let OpKind::Cancel { product, order_id } = &op.kind else { return None };
+            let product = stored_under.get(order_id.to_string().as_str()).copied().unwrap_or(*product);
+            match &op.outcome {
+                _ if product != index => None,
+                Outcome::Cancelled => Some(op.complete_ms + RELEASE_EVENT_SLACK_MS),
+                Outcome::Fail { status: 404, .. } => None,
+                _ => Some(op.complete_ms + UNANSWERED_RELEASE_SLACK_MS),
+            }
+        })
+        .max()
+}
+
 /// When each fault that loses Redis data (a restart without persistence) began.
 fn redis_data_loss_starts(history: &History) -> Vec<u64> {
     history
@@ -807,15 +843,19 @@ fn conservation(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
             );
         }
         // A sold-out answer is legal only if the stock was really gone: with units left
-        // at the end and none ever released, any sold-out given after the last Redis
-        // data loss (which legitimately frees in-flight reservations) was premature.
-        if free > 0 && !released {
+        // at the end, any sold-out given after the last Redis data loss (which
+        // legitimately frees in-flight reservations) and after the product's last
+        // cancellation could have freed a unit was premature. (A released document with
+        // no cancellation of this product in the history: no such bound, no check.)
+        let release_bound = last_release_bound_ms(history, state, index);
+        if free > 0 && (release_bound.is_some() || !released) {
+            let since = loss_ms.max(release_bound);
             let premature: Vec<_> = history
                 .ops
                 .iter()
                 .filter(|op| matches!(&op.kind, OpKind::Buy { product, .. } if *product == index))
                 .filter(|op| op.outcome.problem() == Some("sold-out"))
-                .filter(|op| loss_ms.is_none_or(|loss| op.invoke_ms > loss))
+                .filter(|op| since.is_none_or(|since| op.invoke_ms > since))
                 .collect();
             if let Some(first) = premature.first() {
                 c.violate(
@@ -1083,6 +1123,26 @@ mod tests {
             redis.orders_held = 1;
         }
         check(&plan(), &ids(), &history, &state)
+    }
+
+    #[test]
+    fn a_sold_out_after_a_release_had_time_to_reach_every_instance_is_premature() {
+        // Order "a" released at 105 (answer), its unit free at the end: another buyer's
+        // sold-out is legal until the release's event may have reached every instance.
+        let sold_out_at = |at: u64| {
+            let mut history = good_history();
+            history.ops.push(cancel(4, 0, "a", 100, Outcome::Cancelled));
+            history.ops.push(Op { buyer: 2, ..buy(5, 2, "c2", at, sold_out()) });
+            let tombstone = StoredOrder { unit: None, live: false, ..stored(0, "a", 1) };
+            let mut state = state(vec![tombstone, stored(1, "b", 2)], 3);
+            if let Some(redis) = state.products[0].redis.as_mut() {
+                redis.free_count = 1;
+                redis.orders_held = 1;
+            }
+            violated(&check(&plan(), &ids(), &history, &state))
+        };
+        assert_eq!(sold_out_at(105 + RELEASE_EVENT_SLACK_MS - 1), vec![]);
+        assert_eq!(sold_out_at(105 + RELEASE_EVENT_SLACK_MS + 1), vec![Invariant::Conservation]);
     }
 
     #[test]
