@@ -16,8 +16,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::history::{OpKind, Outcome, Recorder};
-use crate::plan::{Behaviour, BuyerPlan};
+use crate::history::{ADMIN, OpKind, Outcome, Recorder};
+use crate::plan::{Behaviour, BuyerPlan, RestockPlan};
 use crate::transport::{Answer, Lost, Method, SimRequest, Transport};
 
 /// Timeout of one request: past it the outcome is unknown (`info`).
@@ -227,6 +227,79 @@ async fn refund(shared: Arc<Shared>, plan: BuyerPlan, user_id: Uuid, at_ms: u64)
         device.instance = plan.instance + 1;
         device.attempt(plan.product, &key).await;
     }
+}
+
+/// Starts the administrator's planned restocks, one task each.
+pub fn spawn_restocks(shared: &Arc<Shared>, plan: &crate::plan::Plan) -> Vec<tokio::task::JoinHandle<()>> {
+    plan.products
+        .iter()
+        .flat_map(|product| product.restocks.iter().map(move |restock| (product.index, *restock)))
+        .map(|(product, planned)| tokio::spawn(restock(shared.clone(), product, planned)))
+        .collect()
+}
+
+/// At its planned moment, an administrator restocks a product. Sent again only after
+/// an answer that says it was not applied (refused before it reached the server, an
+/// expired session, a rate limit): a restock is not idempotent, so a timeout or a 5xx,
+/// whose restock may have been applied, ends it.
+pub async fn restock(shared: Arc<Shared>, product: usize, restock: RestockPlan) {
+    let now = shared.recorder.now_ms();
+    if restock.at_ms > now {
+        tokio::time::sleep(Duration::from_millis(restock.at_ms - now)).await;
+    }
+    let Some(product_id) = shared.product_ids.get(product).copied() else { return };
+    let body = bytes::Bytes::from(format!("{{\"quantity\":{}}}", restock.quantity));
+    for attempt in 0..MAX_ATTEMPTS {
+        if shared.recorder.now_ms() >= shared.deadline_ms {
+            return;
+        }
+        let transport = &shared.transport;
+        let kind = OpKind::Restock { product, quantity: restock.quantity };
+        let invoke_ms = shared.recorder.now_ms();
+        let Some(instance) = next_up(transport, attempt as usize % transport.instance_count().max(1)) else {
+            let outcome = Outcome::Fail { status: 0, problem: "no-instance".into() };
+            shared.recorder.record(ADMIN, 0, kind, invoke_ms, outcome);
+            tokio::time::sleep(Duration::from_millis(FIRST_BACKOFF_MS)).await;
+            continue;
+        };
+        let session = shared.admin_session.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let request = SimRequest {
+            method: Method::Post,
+            path: format!("/api/v1/products/{product_id}/restock"),
+            headers: vec![
+                ("cookie", format!("{COOKIE_NAME}={session}")),
+                ("content-type", "application/json".to_owned()),
+                ("x-forwarded-for", ADMIN_IP.to_owned()),
+            ],
+            body: body.clone(),
+        };
+        let outcome = match transport.send(instance, request).await {
+            Ok(Answer { status: 200, body, .. }) => match serde_json::from_slice::<RestockedBody>(&body) {
+                Ok(restocked) => Outcome::Restocked { stock_total: restocked.stock_total },
+                Err(_) => Outcome::Info { status: 200, reason: "unreadable-product".into() },
+            },
+            other => classify(other),
+        };
+        let again = matches!(outcome, Outcome::Fail { status: 0 | 401 | 429, .. });
+        if matches!(outcome, Outcome::Fail { status: 401, .. })
+            && let Ok(session) =
+                flashsale::auth::session::create_verified_session(&shared.admin, shared.admin_user).await
+        {
+            *shared.admin_session.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = session;
+        }
+        shared.recorder.record(ADMIN, instance, kind, invoke_ms, outcome);
+        if !again {
+            return;
+        }
+        let base = FIRST_BACKOFF_MS.saturating_mul(1 << attempt.min(5));
+        tokio::time::sleep(Duration::from_millis(base).min(MAX_BACKOFF)).await;
+    }
+}
+
+/// The part of a product view a restock's answer is read for.
+#[derive(Deserialize)]
+struct RestockedBody {
+    stock_total: i64,
 }
 
 /// One cancellation request, recorded.

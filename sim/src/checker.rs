@@ -135,6 +135,12 @@ pub struct FinalProduct {
     pub product_id: Uuid,
     pub orders: Vec<StoredOrder>,
     pub redis: Option<RedisSale>,
+    /// The stock total MongoDB's product document records (the published copy of the
+    /// product's highest revision).
+    pub recorded_stock: Option<i64>,
+    /// The stock total of the product's highest revision (a write answered 503 may have
+    /// recorded a revision without publishing it; the next write or a rebuild does).
+    pub revised_stock: Option<i64>,
 }
 
 /// The final state read after healing and draining.
@@ -288,7 +294,7 @@ pub fn check(plan: &Plan, ids: &Identities, history: &History, state: &FinalStat
 
     let cancels = Cancels::of(history);
     let verdicts = vec![
-        no_oversell(plan, state),
+        no_oversell(plan, history, state),
         non_negative(history, state),
         one_per_user(plan, state, &user_buyer),
         idempotency(ids, history, &cancels),
@@ -340,10 +346,10 @@ fn live_orders(product: &FinalProduct) -> impl Iterator<Item = &StoredOrder> {
     product.orders.iter().filter(|o| o.live)
 }
 
-fn no_oversell(plan: &Plan, state: &FinalState) -> Verdict {
+fn no_oversell(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
     let mut c = Collector::new(Invariant::NoOversell);
     for (index, product) in state.products.iter().enumerate() {
-        let stock = plan.products.get(index).map_or(0, |p| p.stock);
+        let stock = StockBounds::of(plan, history, index).most();
         let mut units = HashSet::new();
         let mut live = 0i64;
         for order in live_orders(product) {
@@ -639,6 +645,81 @@ pub const RELEASE_EVENT_SLACK_MS: u64 = 200;
 /// wait of 2 s, store timeouts), and its event may be late as above.
 pub const UNANSWERED_RELEASE_SLACK_MS: u64 = 5_000;
 
+/// What a product's stock total may be: its planned stock, and the restocks sent.
+struct StockBounds {
+    planned: i64,
+    /// (sent at, answered at, units, answered 200) of each restock that was not refused.
+    restocks: Vec<(u64, u64, i64, bool)>,
+}
+
+impl StockBounds {
+    fn of(plan: &Plan, history: &History, index: usize) -> Self {
+        let planned = plan.products.get(index).map_or(0, |p| p.stock);
+        let restocks = history
+            .ops
+            .iter()
+            .filter_map(|op| match (&op.kind, &op.outcome) {
+                (OpKind::Restock { product, .. }, _) if *product != index => None,
+                (OpKind::Restock { .. }, Outcome::Fail { .. }) => None,
+                (OpKind::Restock { quantity, .. }, outcome) => {
+                    Some((op.invoke_ms, op.complete_ms, *quantity, matches!(outcome, Outcome::Restocked { .. })))
+                }
+                _ => None,
+            })
+            .collect();
+        Self { planned, restocks }
+    }
+
+    /// The most the stock may be at the end: every restock not refused applied.
+    fn most(&self) -> i64 {
+        self.planned + self.restocks.iter().map(|r| r.2).sum::<i64>()
+    }
+
+    /// The least the stock may be at the end: the restocks answered 200.
+    fn least(&self) -> i64 {
+        self.planned + self.restocks.iter().filter(|r| r.3).map(|r| r.2).sum::<i64>()
+    }
+
+    /// The most the stock may be by `at_ms`: the restocks sent by then.
+    fn most_by(&self, at_ms: u64) -> i64 {
+        self.planned + self.restocks.iter().filter(|r| r.0 <= at_ms).map(|r| r.2).sum::<i64>()
+    }
+
+    /// From when every restock's units were in the live stock and known to every
+    /// instance's sold-out shortcut: its answer, or the heal of the last fault that may
+    /// have kept its live step from applying, plus [`RESTOCK_SETTLE_SLACK_MS`]; plus
+    /// [`RECONCILER_TAKEOVER_MS`] if an instance was killed after it was sent (the
+    /// instance retrying it may be the one killed, and the reconciler lock it held).
+    fn settled_by(&self, history: &History) -> Option<u64> {
+        self.restocks
+            .iter()
+            .map(|&(sent, answered, _, _)| {
+                let healed = history
+                    .faults
+                    .iter()
+                    .filter(|f| f.phase == FaultPhase::Heal && f.at_ms >= sent)
+                    .map(|f| f.at_ms)
+                    .max()
+                    .unwrap_or(0);
+                let killed = history.faults.iter().any(|f| {
+                    f.phase == FaultPhase::Start && f.at_ms >= sent && matches!(f.fault, Fault::KillInstance { .. })
+                });
+                answered.max(healed) + RESTOCK_SETTLE_SLACK_MS + if killed { RECONCILER_TAKEOVER_MS } else { 0 }
+            })
+            .max()
+    }
+}
+
+/// How long after a restock's answer (or the heal of the faults after it) its units may
+/// still be missing from the live stock or from an instance's sold-out shortcut: a
+/// restock whose live step failed (Redis down) is applied again by its instance, with
+/// pauses of up to 2 s, and an answer without a definite outcome may come late.
+pub const RESTOCK_SETTLE_SLACK_MS: u64 = 3_000;
+/// Added when an instance was killed after a restock was sent: the reconciler raises a
+/// live stock left behind, once the lease of a lock the killed instance held (10 s) ran
+/// out, on its next pass.
+pub const RECONCILER_TAKEOVER_MS: u64 = 12_000;
+
 /// The latest moment a cancellation of an order of product `index` may have freed a
 /// unit and the instances not yet known it: after a 200 plus the event's slack, after
 /// any other answer but a definite refusal plus the slack of an unanswered release. An
@@ -693,8 +774,10 @@ fn last_redis_data_loss_ms(history: &History) -> Option<u64> {
 /// a read that began after an order's 201 (the order in MongoDB, so counted by any
 /// rebuild) cannot show that unit free; a read cannot show fewer units than the stock
 /// less every key of that product that may have reserved one by the time it ended (an
-/// order, or an unknown outcome; a key reserves at most one unit). Stock is never
-/// changed during a run, so `plan` has each product's stock.
+/// order, or an unknown outcome; a key reserves at most one unit). The stock is the
+/// most the restocks sent by the read's end allow for the first check, and the planned
+/// stock for the second (a read may show a restock late: the live stock catches up
+/// with MongoDB when a product read or a rebuild sees the difference).
 fn stock_seen(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
     let mut c = Collector::new(Invariant::StockSeen);
     let products = plan.products.len();
@@ -730,7 +813,8 @@ fn stock_seen(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
     let reserving: Vec<Vec<u64>> = reserving.into_iter().map(|keys| sorted(keys.into_values().collect())).collect();
     for op in &history.ops {
         let (OpKind::Read { product }, Outcome::Read { remaining }) = (&op.kind, &op.outcome) else { continue };
-        let Some(stock) = plan.products.get(*product).map(|p| p.stock) else { continue };
+        let Some(planned) = plan.products.get(*product).map(|p| p.stock) else { continue };
+        let stock = StockBounds::of(plan, history, *product).most_by(op.complete_ms);
         c.check();
         // Orders confirmed strictly before the read began; keys reserving no later than it ended.
         let taken = confirmed[*product].partition_point(|at| *at < op.invoke_ms) as i64;
@@ -742,10 +826,10 @@ fn stock_seen(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
                 vec![op.buyer],
                 Some(op.complete_ms),
             );
-        } else if *remaining < stock - may_hold {
+        } else if *remaining < planned - may_hold {
             c.violate(
                 format!(
-                    "a read showed {remaining} left, but at most {may_hold} of {stock} units could be reserved by its end"
+                    "a read showed {remaining} left, but at most {may_hold} of {planned} units could be reserved by its end"
                 ),
                 Some(*product),
                 vec![op.buyer],
@@ -810,16 +894,37 @@ fn conservation(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
     let loss_ms = last_redis_data_loss_ms(history);
     for (index, product) in state.products.iter().enumerate() {
         c.check();
-        let stock = plan.products.get(index).map_or(0, |p| p.stock);
+        let bounds = StockBounds::of(plan, history, index);
         let live = live_orders(product).count() as i64;
         let released = product.orders.iter().any(|o| !o.live);
         let Some(sale) = product.redis else {
             c.violate("the sale state is missing from Redis after healing".into(), Some(index), vec![], None);
             continue;
         };
-        if sale.stock_total != stock {
+        let stock = sale.stock_total;
+        if let Some(recorded) = product.recorded_stock.filter(|recorded| stock < *recorded) {
             c.violate(
-                format!("Redis says stock {} but {stock} units were made available", sale.stock_total),
+                format!("Redis says stock {stock} but MongoDB's product document records {recorded}"),
+                Some(index),
+                vec![],
+                None,
+            );
+        }
+        if let Some(revised) = product.revised_stock.filter(|revised| stock > *revised) {
+            c.violate(
+                format!("Redis says stock {stock} but no revision of the product records more than {revised}"),
+                Some(index),
+                vec![],
+                None,
+            );
+        }
+        if stock < bounds.least() || stock > bounds.most() {
+            c.violate(
+                format!(
+                    "Redis says stock {stock} but the restocks sent allow {}..={} units",
+                    bounds.least(),
+                    bounds.most()
+                ),
                 Some(index),
                 vec![],
                 None,
@@ -849,7 +954,7 @@ fn conservation(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
         // no cancellation of this product in the history: no such bound, no check.)
         let release_bound = last_release_bound_ms(history, state, index);
         if free > 0 && (release_bound.is_some() || !released) {
-            let since = loss_ms.max(release_bound);
+            let since = loss_ms.max(release_bound).max(bounds.settled_by(history));
             let premature: Vec<_> = history
                 .ops
                 .iter()
@@ -946,7 +1051,7 @@ fn self_checks(plan: &Plan, history: &History, state: &FinalState) -> Vec<SelfCh
             passed: state.drained,
             detail: format!(
                 "pending sets {} in {} ms",
-                if state.drained { "empty" } else { "NOT empty" },
+                if state.drained { "empty, live stock caught up" } else { "NOT empty or live stock behind" },
                 state.drain_ms
             ),
         },
@@ -1022,6 +1127,8 @@ mod tests {
                     orders_held: orders.len() as i64,
                 }),
                 orders,
+                recorded_stock: Some(2),
+                revised_stock: Some(2),
             }],
             drained: true,
             drain_ms: 0,
@@ -1123,6 +1230,36 @@ mod tests {
             redis.orders_held = 1;
         }
         check(&plan(), &ids(), &history, &state)
+    }
+
+    #[test]
+    fn a_restocked_unit_may_be_sold_and_must_be_in_the_live_stock() {
+        // Buyer 2 buys a third unit after the administrator added one.
+        let run = |restocked: bool, live_stock: i64| {
+            let mut history = good_history();
+            if restocked {
+                history.ops.push(Op {
+                    seq: 4,
+                    buyer: crate::history::ADMIN,
+                    instance: 0,
+                    kind: OpKind::Restock { product: 0, quantity: 1 },
+                    invoke_ms: 50,
+                    complete_ms: 55,
+                    outcome: Outcome::Restocked { stock_total: 3 },
+                });
+            }
+            history.ops.push(buy(5, 2, "c2", 60, ok(2, "c2", 3, false)));
+            let mut state = state(vec![stored(0, "a", 1), stored(1, "b", 2), stored(2, "c2", 3)], 4);
+            if let Some(redis) = state.products[0].redis.as_mut() {
+                redis.stock_total = live_stock;
+            }
+            state.products[0].recorded_stock = Some(2 + i64::from(restocked));
+            state.products[0].revised_stock = Some(2 + i64::from(restocked));
+            violated(&check(&plan(), &ids(), &history, &state))
+        };
+        assert_eq!(run(true, 3), vec![]);
+        assert!(run(false, 3).contains(&Invariant::NoOversell), "a third unit without a restock");
+        assert!(run(true, 2).contains(&Invariant::Conservation), "the live stock missed the restock");
     }
 
     #[test]

@@ -33,7 +33,13 @@ pub enum OpKind {
     /// `POST /api/v1/admin/orders/{order}/cancel` by an administrator, for the order of
     /// the buyer's first key (`buyer` is the buyer whose order it is).
     Cancel { product: usize, order_id: Uuid },
+    /// `POST /api/v1/products/{product}/restock` by an administrator (`buyer` is
+    /// [`ADMIN`]).
+    Restock { product: usize, quantity: i64 },
 }
+
+/// The `buyer` of an operation an administrator sends on no buyer's behalf.
+pub const ADMIN: usize = u32::MAX as usize;
 
 /// How it ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -53,6 +59,8 @@ pub enum Outcome {
     LoggedIn,
     /// An administrator's cancellation answered 200: the order is released.
     Cancelled,
+    /// A restock answered 200, with the product's new stock total.
+    Restocked { stock_total: i64 },
 }
 
 impl Outcome {
@@ -79,6 +87,7 @@ impl Outcome {
             Self::Info { status, reason } => format!("info {status} {reason}"),
             Self::LoggedIn => "logged in".into(),
             Self::Cancelled => "cancelled".into(),
+            Self::Restocked { stock_total } => format!("restocked to {stock_total}"),
         }
     }
 }

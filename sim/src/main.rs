@@ -377,6 +377,9 @@ fn print_plan(out: &mut impl Write, plan: &Plan) -> std::io::Result<()> {
             if product.one_per_user { "one per user" } else { "unlimited" },
             product.opens_at_ms
         )?;
+        for restock in &product.restocks {
+            writeln!(out, "    restocked +{} at {} ms", restock.quantity, restock.at_ms)?;
+        }
     }
     for fault in &plan.faults {
         writeln!(out, "  at {:>6} ms for {:>5} ms: {:?}", fault.at_ms, fault.duration_ms, fault.fault)?;

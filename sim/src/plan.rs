@@ -157,6 +157,19 @@ pub struct ProductPlan {
     /// When its sale opens, from the start of the run. Openings are staggered over the
     /// fault window, so faults meet sales at their busiest.
     pub opens_at_ms: u64,
+    /// Units an administrator adds during the sale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restocks: Vec<RestockPlan>,
+}
+
+/// One restock by an administrator (`POST /api/v1/products/{id}/restock`), sent once:
+/// a restock is not idempotent, so an unknown outcome is not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestockPlan {
+    /// When it is sent, from the start of the run.
+    pub at_ms: u64,
+    /// Units added.
+    pub quantity: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,18 +253,20 @@ impl Plan {
     pub fn generate(options: PlanOptions) -> Result<Self, String> {
         options.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-        let products: Vec<ProductPlan> = (0..options.products)
+        let mut products: Vec<ProductPlan> = (0..options.products)
             .map(|index| ProductPlan {
                 index,
                 stock: options.stock_per_product,
                 one_per_user: rng.random_bool(0.85),
                 opens_at_ms: opening_ms(&options, index),
+                restocks: Vec::new(),
             })
             .collect();
         let mut buyers: Vec<BuyerPlan> =
             (0..options.buyers).map(|index| plan_buyer(&mut rng, &options, &products, index)).collect();
         let faults = plan_faults(&mut rng, &options, &products);
         plan_cancellations(&options, &mut buyers);
+        plan_restocks(&options, &mut products);
         Ok(Self { options, products, buyers, faults })
     }
 
@@ -290,6 +305,10 @@ impl Plan {
         }
         for (position, product) in self.products.iter().enumerate() {
             anyhow::ensure!(product.index == position, "product {position} has index {}", product.index);
+            anyhow::ensure!(
+                product.restocks.iter().all(|restock| restock.quantity >= 1),
+                "product {position} has a restock of fewer than one unit"
+            );
         }
         for fault in &self.faults {
             if let Fault::KillInstance { instance } = fault.fault {
@@ -384,6 +403,35 @@ fn plan_cancellations(options: &PlanOptions, buyers: &mut [BuyerPlan]) {
     for buyer in buyers.iter_mut().filter(|b| b.behaviour.buys_with_first_key()) {
         if rng.random_range(0..100) < percent {
             buyer.cancelled_after_ms = Some(rng.random_range(CANCEL_AFTER_MS));
+        }
+    }
+}
+
+/// Percent of the products an administrator restocks during the sale; a swarm plan
+/// draws one of [`SWARM_RESTOCKED_PERCENTS`].
+pub const RESTOCKED_PERCENT: u32 = 25;
+/// The shares of restocked products a swarm seed chooses from.
+pub const SWARM_RESTOCKED_PERCENTS: [u32; 3] = [0, 25, 100];
+/// Earliest restock, from the product's opening; the latest is the end of the fault
+/// window, so late buyers find the units.
+const RESTOCK_AFTER_OPENING_MS: u64 = 300;
+
+/// Picks the products an administrator restocks (once each, by up to a quarter of the
+/// stock), from a stream of its own, so the buyers and faults a seed plans are the same
+/// with or without them.
+fn plan_restocks(options: &PlanOptions, products: &mut [ProductPlan]) {
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x8E57_0C4B_0000_0000);
+    let percent = match options.fault_mix {
+        FaultMix::Swarm => SWARM_RESTOCKED_PERCENTS[rng.random_range(0..SWARM_RESTOCKED_PERCENTS.len())],
+        _ => RESTOCKED_PERCENT,
+    };
+    let window_end = options.duration_ms * FAULT_WINDOW_PERCENT / 100;
+    for product in products.iter_mut() {
+        if rng.random_range(0..100) < percent {
+            let earliest = product.opens_at_ms + RESTOCK_AFTER_OPENING_MS;
+            let at_ms = rng.random_range(earliest..=window_end.max(earliest));
+            let quantity = rng.random_range(1..=(product.stock / 4).max(1));
+            product.restocks.push(RestockPlan { at_ms, quantity });
         }
     }
 }

@@ -21,7 +21,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::checker::{Invariant, Report, SelfCheckResult, Verdict, Violation};
-use crate::history::{FaultEvent, FaultPhase, History, Op, OpKind, Outcome};
+use crate::history::{ADMIN, FaultEvent, FaultPhase, History, Op, OpKind, Outcome};
 use crate::plan::{Backend, Fault, Plan};
 use crate::runner::{self, RunOutcome};
 
@@ -279,9 +279,17 @@ fn describe_buyer(run: &RunOutcome, buyer: usize) -> String {
     text
 }
 
+/// Who sent an operation: a buyer, or the administrator.
+fn who(buyer: usize) -> String {
+    if buyer == ADMIN { "admin".to_owned() } else { format!("buyer {buyer}") }
+}
+
 fn op_product(kind: &OpKind) -> Option<usize> {
     match kind {
-        OpKind::Buy { product, .. } | OpKind::Read { product } | OpKind::Cancel { product, .. } => Some(*product),
+        OpKind::Buy { product, .. }
+        | OpKind::Read { product }
+        | OpKind::Cancel { product, .. }
+        | OpKind::Restock { product, .. } => Some(*product),
         OpKind::Login => None,
     }
 }
@@ -292,6 +300,7 @@ fn op_text(kind: &OpKind) -> String {
         OpKind::Read { product } => format!("read p{product}"),
         OpKind::Login => "login".into(),
         OpKind::Cancel { product, order_id } => format!("cancel p{product} order {order_id}"),
+        OpKind::Restock { product, quantity } => format!("restock p{product} +{quantity}"),
     }
 }
 
@@ -476,11 +485,11 @@ fn timeline_slices(run: &RunOutcome, out: &mut String) {
             let named = violation.buyers.contains(&op.buyer);
             let distance = if at < op.invoke_ms { op.invoke_ms - at } else { at.saturating_sub(op.complete_ms) };
             let text = format!(
-                "  {} {:>8}  {:>8}  buyer {:<6} inst {}  {}  {}",
+                "  {} {:>8}  {:>8}  {:<12} inst {}  {}  {}",
                 if named { "*" } else { " " },
                 op.invoke_ms,
                 op.complete_ms,
-                op.buyer,
+                who(op.buyer),
                 op.instance,
                 op_text(&op.kind),
                 op.outcome.label()
@@ -612,17 +621,23 @@ fn summary_markdown(run: &RunOutcome) -> String {
 
     wl!(md, "## Products");
     wl!(md);
-    wl!(md, "| product | stock | one per user | opens at | id |");
-    wl!(md, "|---:|---:|---|---:|---|");
+    wl!(md, "| product | stock | one per user | opens at | restocks | id |");
+    wl!(md, "|---:|---:|---|---:|---|---|");
     for product in &plan.products {
         let id = run.ids.product_ids.get(product.index).map(ToString::to_string).unwrap_or_default();
         wl!(
             md,
-            "| {} | {} | {} | {} ms | `{}` |",
+            "| {} | {} | {} | {} ms | {} | `{}` |",
             product.index,
             product.stock,
             if product.one_per_user { "yes" } else { "no" },
             product.opens_at_ms,
+            product
+                .restocks
+                .iter()
+                .map(|r| format!("+{} at {} ms", r.quantity, r.at_ms))
+                .collect::<Vec<_>>()
+                .join(", "),
             id
         );
     }
@@ -1366,11 +1381,15 @@ mod tests {
                     product_id: ids.product_ids[0],
                     orders: vec![order(10, 2_000, 1), order(11, 2_001, 2)],
                     redis: Some(sale(3)),
+                    recorded_stock: Some(2),
+                    revised_stock: Some(2),
                 },
                 FinalProduct {
                     product_id: ids.product_ids[1],
                     orders: vec![order(13, 2_003, 1)],
                     redis: Some(sale(2)),
+                    recorded_stock: Some(2),
+                    revised_stock: Some(2),
                 },
             ],
             drained: true,

@@ -263,6 +263,7 @@ async fn play(
         let buyer = Buyer { plan: buyer_plan.clone(), user_id, session };
         tasks.push(tokio::spawn(buyers::play(shared.clone(), buyer)));
     }
+    tasks.extend(buyers::spawn_restocks(&shared, plan));
     let progress_task = settings.progress.then(|| {
         let recorder = recorder.clone();
         let total = plan.buyers.len();
@@ -452,15 +453,18 @@ async fn create_product(
     body["id"].as_str().and_then(|id| Uuid::parse_str(id).ok()).context("product id")
 }
 
-/// Waits until every product's sale state is loaded and its pending set is empty (on
-/// tokio's clock: virtual time in deterministic mode).
+/// Waits until every product's sale state is loaded, its pending set is empty and its
+/// live stock has caught up with the stock its document records (on tokio's clock:
+/// virtual time in deterministic mode).
 pub(crate) async fn drain(admin: &AppState, product_ids: &[Uuid]) -> bool {
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     loop {
         let mut done = true;
         for id in product_ids {
-            match redis_sale(admin, *id).await {
-                Ok(Some(sale)) if sale.pending == 0 => {}
+            let recorded = flashsale::sale::product_store::find_product(admin, *id).await;
+            match (redis_sale(admin, *id).await, recorded) {
+                (Ok(Some(sale)), Ok(Some(product))) if sale.pending == 0 && sale.stock_total >= product.stock_total => {
+                }
                 _ => done = false,
             }
         }
@@ -510,7 +514,10 @@ pub(crate) async fn read_final_state(
                 user_id: doc.user_id,
             })
             .collect();
-        products.push(FinalProduct { product_id: *id, orders, redis: redis_sale(admin, *id).await? });
+        let recorded_stock = flashsale::sale::product_store::find_product(admin, *id).await?.map(|p| p.stock_total);
+        let revised_stock = flashsale::sale::product_store::head(admin, *id).await?.map(|p| p.stock_total);
+        let redis = redis_sale(admin, *id).await?;
+        products.push(FinalProduct { product_id: *id, orders, redis, recorded_stock, revised_stock });
     }
     Ok(FinalState { products, drained, drain_ms })
 }

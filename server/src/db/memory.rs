@@ -238,8 +238,8 @@ impl MemoryDb {
         self.run(|db| Ok(db.latest_product_revision(product_id))).await
     }
 
-    pub async fn live_product_ids(&self) -> DbResult<Vec<String>> {
-        self.run(|db| Ok(db.live_product_ids())).await
+    pub async fn live_products(&self) -> DbResult<Vec<(String, i64)>> {
+        self.run(|db| Ok(db.live_products())).await
     }
 
     pub async fn insert_order(&self, order: &OrderDoc) -> DbResult<()> {

@@ -235,9 +235,10 @@ impl Db {
         dispatch!(self.latest_product_revision(product_id))
     }
 
-    /// Ids of every product that is not deleted, in `_id` order.
-    pub async fn live_product_ids(&self) -> DbResult<Vec<String>> {
-        dispatch!(self.live_product_ids())
+    /// Every product that is not deleted, in `_id` order: its id and the stock total its
+    /// document records.
+    pub async fn live_products(&self) -> DbResult<Vec<(String, i64)>> {
+        dispatch!(self.live_products())
     }
 
     /// Inserts an order; `DuplicateKey` if its id, its unit or its buyer slot is taken.

@@ -247,20 +247,26 @@ impl MongoDb {
         Ok(self.run(read).await?.pop())
     }
 
-    pub async fn live_product_ids(&self) -> DbResult<Vec<String>> {
+    pub async fn live_products(&self) -> DbResult<Vec<(String, i64)>> {
         let products = self.collection::<Document>(PRODUCTS);
         let docs: Vec<Document> = self
             .run(async {
                 products
                     .find(doc! { "deleted": { "$ne": true } })
-                    .projection(doc! { "_id": 1 })
+                    .projection(doc! { "_id": 1, "stock_total": 1 })
                     .sort(doc! { "_id": 1 })
                     .await?
                     .try_collect()
                     .await
             })
             .await?;
-        Ok(docs.iter().filter_map(|d| d.get_str("_id").ok()).map(str::to_owned).collect())
+        Ok(docs
+            .iter()
+            .filter_map(|d| {
+                let stock = d.get_i64("stock_total").ok().or_else(|| d.get_i32("stock_total").ok().map(i64::from))?;
+                Some((d.get_str("_id").ok()?.to_owned(), stock))
+            })
+            .collect())
     }
 
     pub async fn insert_order(&self, order: &OrderDoc) -> DbResult<()> {

@@ -26,6 +26,8 @@
 //! revisions. A store failure is a `db::DbError` inside the `anyhow::Error` (an outage
 //! answers 503, see `error`).
 
+use std::time::Duration;
+
 use anyhow::Context;
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
@@ -44,6 +46,14 @@ pub const MAX_REVISION_ATTEMPTS: usize = 16;
 /// Locks that serialise one instance's admin writes by product (a product's writes
 /// always take the same one; unrelated products rarely share one).
 pub const PRODUCT_WRITE_STRIPES: usize = 64;
+
+/// How long an instance retries a write's live step that failed (Redis down when the
+/// write was published). The revision and the document hold the write meanwhile, and
+/// the reconciler brings it to the sale if this instance gives up or dies first.
+pub const LIVE_STEP_RETRY_FOR: Duration = Duration::from_secs(60);
+/// First pause between those retries, doubled up to [`LIVE_STEP_MAX_PAUSE`].
+const LIVE_STEP_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const LIVE_STEP_MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// The per-instance locks of admin writes, striped by product id.
 #[derive(Debug)]
@@ -118,11 +128,40 @@ pub async fn revise(
         next.id.clone_from(&current.id);
         next.revision = current.revision + 1;
         match claim(app, id, &next).await? {
-            true => return Ok(publish(app, id, next).await?),
+            true => {
+                let (written, live) = publish(app, id, next).await?;
+                if live.is_err() {
+                    retry_live_step(app, id);
+                }
+                return Ok((written, live));
+            }
             false => continue,
         }
     }
     Err(ApiError::Unavailable { retry_after_s: 1 })
+}
+
+/// Applies the product's highest revision to its cache and live sale state again, in a
+/// task of its own, until it takes (or [`LIVE_STEP_RETRY_FOR`] has passed): a restock
+/// answered 200 whose live step failed would otherwise leave buyers told sold out with
+/// the units recorded until a read of the product, a rebuild or the reconciler saw it.
+fn retry_live_step(app: &App, id: Uuid) {
+    let Some(app) = app.shared() else { return };
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + LIVE_STEP_RETRY_FOR;
+        let mut pause = LIVE_STEP_FIRST_PAUSE;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LIVE_STEP_MAX_PAUSE);
+            let Ok(Some(product)) = head(&app, id).await else { continue };
+            cache::after_write(&app, &product).await;
+            if apply_to_sale(&app, id, &product).await.is_ok() {
+                tracing::info!(product_id = %id, revision = product.revision, "a write's live step applied on retry");
+                return;
+            }
+        }
+        tracing::warn!(product_id = %id, "gave up retrying a write's live step; the reconciler brings it");
+    });
 }
 
 /// Inserts `next` as its revision: `false` if another writer claimed that revision.

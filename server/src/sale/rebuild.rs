@@ -224,8 +224,13 @@ pub async fn ensure_loaded(app: &App, product_id: Uuid) -> anyhow::Result<Rebuil
 
 /// Ids of every product that is not deleted, in id order.
 pub async fn live_product_ids(app: &App) -> anyhow::Result<Vec<Uuid>> {
-    let ids = app.db.live_product_ids().await?;
-    Ok(ids.iter().filter_map(|id| Uuid::parse_str(id).ok()).collect())
+    Ok(live_products(app).await?.into_iter().map(|(id, _)| id).collect())
+}
+
+/// Every live product with the stock total its document records.
+pub async fn live_products(app: &App) -> anyhow::Result<Vec<(Uuid, i64)>> {
+    let products = app.db.live_products().await?;
+    Ok(products.into_iter().filter_map(|(id, stock)| Some((Uuid::parse_str(&id).ok()?, stock))).collect())
 }
 
 /// Rebuilds every product (after Redis restarted and may hold a stale or empty state).

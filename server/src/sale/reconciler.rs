@@ -52,14 +52,26 @@ pub async fn run_pass(app: &App) -> anyhow::Result<usize> {
 async fn pass_locked(app: &App) -> anyhow::Result<usize> {
     let grace = i64::try_from(app.config.reconcile_grace_ms).unwrap_or(i64::MAX);
     let mut settled = 0;
-    for product_id in rebuild::live_product_ids(app).await? {
-        // A live product whose sale state Redis lost while no instance was there to see
-        // it (every instance down during a restart without persistence) is rebuilt here,
-        // not only when a buyer next touches it (found by the deterministic simulator:
-        // swarm seed 16).
-        if sale::stock(app, product_id).await?.is_none() {
-            let rebuilt = rebuild::ensure_loaded(app, product_id).await?;
-            tracing::info!(%product_id, ?rebuilt, "reconciler found a live product without sale state");
+    for (product_id, recorded_stock) in rebuild::live_products(app).await? {
+        match sale::stock(app, product_id).await? {
+            // A live product whose sale state Redis lost while no instance was there to
+            // see it (every instance down during a restart without persistence) is
+            // rebuilt here, not only when a buyer next touches it (found by the
+            // deterministic simulator: swarm seed 16).
+            None => {
+                let rebuilt = rebuild::ensure_loaded(app, product_id).await?;
+                tracing::info!(%product_id, ?rebuilt, "reconciler found a live product without sale state");
+            }
+            // A restock MongoDB recorded whose live step failed (Redis down at that
+            // moment; the admin was told 200) is brought to the sale here, not only when
+            // a read of the product or a rebuild next sees it: until then buyers are
+            // told sold out with the units recorded (found by the deterministic
+            // simulator once its plans restocked).
+            Some(state) if !state.paused && state.stock_total < recorded_stock => {
+                sale::restock(app, product_id, recorded_stock).await?;
+                tracing::info!(%product_id, recorded_stock, "reconciler raised a live stock to its recorded total");
+            }
+            Some(_) => {}
         }
         // Most live products have nothing to settle: MongoDB is read only for one that has
         // (a read per live product per pass made the pass grow faster than the products).

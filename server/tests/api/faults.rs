@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use flashsale::redis::scripts::{self, LoadMode};
 use flashsale::sale::orders;
+use flashsale::sale::product_store::{self, Change};
 use flashsale::sale::rebuild::{self, Rebuilt};
 use flashsale_stack::RedisPersistence;
 use uuid::Uuid;
@@ -180,6 +181,41 @@ async fn with_redis_paused_purchases_fail_closed_and_resume_afterwards() {
     assert_eq!(status, 201, "{body}");
     let stored = orders::orders_of_product(app.app(), product).await.expect("orders");
     assert_eq!(stored.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restock_whose_live_step_failed_reaches_the_sale_once_redis_is_back() {
+    let app = TestApp::spawn_with_own_backends(RedisPersistence::None, |config| {
+        config.redis_timeout_ms = 300;
+        // No reconciler pass in this test: the writing instance's own retries must do it.
+        config.reconcile_interval_ms = 3_600_000;
+    })
+    .await;
+    let product = app.create_product(5, true).await;
+    let state = app.app();
+    let redis = &app.own.as_ref().expect("own").redis;
+
+    redis.pause();
+    let revised = product_store::revise(state, product, |current| {
+        let mut next = current.clone();
+        next.stock_total += 3;
+        Ok(Change::To(next))
+    })
+    .await;
+    redis.resume();
+    let (written, live) = revised.expect("MongoDB took the restock");
+    assert_eq!(written.stock_total, 8);
+    assert!(live.is_err(), "the live step failed with Redis paused");
+
+    // Nobody reads the product, no rebuild runs: the live stock still catches up.
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        match flashsale::sale::stock(state, product).await {
+            Ok(Some(stock)) if stock.stock_total == 8 => break,
+            other => assert!(tokio::time::Instant::now() < deadline, "the live stock never caught up: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,7 +82,7 @@ pub enum Step {
     PutProduct(Product),
     InsertProductRevision(ProductRevision),
     LatestProductRevision(String),
-    LiveProductIds,
+    LiveProducts,
     InsertOrder(OrderDoc),
     /// A group commit: one unordered `insert_many`.
     InsertOrders(Vec<OrderDoc>),
@@ -120,7 +120,7 @@ pub enum Outcome {
     Product(Option<Product>),
     Products(Vec<Product>),
     Revision(Option<ProductRevision>),
-    Ids(Vec<String>),
+    Stocks(Vec<(String, i64)>),
     Order(Option<OrderDoc>),
     Orders(Vec<OrderDoc>),
     /// One outcome per document of a multi-document write.
@@ -186,7 +186,7 @@ impl Step {
             Self::PutProduct(product) => O::of(db.put_product(product).await, |()| O::Done),
             Self::InsertProductRevision(revision) => O::of(db.insert_product_revision(revision).await, |()| O::Done),
             Self::LatestProductRevision(id) => O::of(db.latest_product_revision(id).await, O::Revision),
-            Self::LiveProductIds => O::of(db.live_product_ids().await, O::Ids),
+            Self::LiveProducts => O::of(db.live_products().await, O::Stocks),
             Self::InsertOrder(order) => O::of(db.insert_order(order).await, |()| O::Done),
             Self::InsertOrders(orders) => O::of(db.insert_orders(orders).await, |outcomes| {
                 O::Each(outcomes.into_iter().map(|outcome| O::of(outcome, |()| O::Done)).collect())
@@ -297,7 +297,7 @@ fn product_step() -> impl Strategy<Value = Step> {
         // Revisions collide often (three products, three revision numbers).
         4 => product().prop_map(|product| Step::InsertProductRevision(ProductRevision::of(&product))),
         3 => pick(CURSORS).prop_map(Step::LatestProductRevision),
-        1 => Just(Step::LiveProductIds),
+        1 => Just(Step::LiveProducts),
     ]
 }
 

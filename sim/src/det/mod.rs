@@ -237,7 +237,8 @@ async fn sale(
             tokio::spawn(buyers::play(shared.clone(), Buyer { plan: buyer_plan.clone(), user_id, session }))
         })
         .collect();
-    for task in tasks {
+    let restocks = buyers::spawn_restocks(&shared, plan);
+    for task in tasks.into_iter().chain(restocks) {
         let _ = task.await;
     }
     let _ = fault_task.await;

@@ -97,12 +97,15 @@ async fn a_reconciler_that_stores_orders_under_new_ids_makes_phantom_orders() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sold_out_answer_with_a_unit_left_breaks_conservation() {
-    // Without the plan's cancellations: a released order gives its unit back, and the
-    // checker counts only the sold-outs answered after a product's last release (and
-    // its slack), which in a sale this small may leave none.
+    // Without the plan's cancellations and restocks: each gives units back, and the
+    // checker counts only the sold-outs answered once they had time to reach the sale,
+    // which in a sale this small may leave none.
     let mut plan = small(27, FaultMix::None);
     for buyer in &mut plan.buyers {
         buyer.cancelled_after_ms = None;
+    }
+    for product in &mut plan.products {
+        product.restocks.clear();
     }
     let outcome = run_plan(plan, Broken::PrematureSoldOut).await;
     let verdict = outcome.report.verdict(Invariant::Conservation).expect("a verdict");

@@ -230,8 +230,13 @@ impl Database {
         range.next_back().map(|(_, stored)| stored.doc.clone())
     }
 
-    pub(super) fn live_product_ids(&self) -> Vec<String> {
-        self.products.docs.iter().filter(|(_, stored)| !stored.doc.deleted).map(|(id, _)| id.clone()).collect()
+    pub(super) fn live_products(&self) -> Vec<(String, i64)> {
+        self.products
+            .docs
+            .iter()
+            .filter(|(_, stored)| !stored.doc.deleted)
+            .map(|(id, stored)| (id.clone(), stored.doc.stock_total))
+            .collect()
     }
 
     pub(super) fn insert_order(&mut self, order: &OrderDoc) -> DbResult<()> {
