@@ -2,9 +2,11 @@
 //! on the run's one thread, their routers called directly (no socket), their background
 //! tasks (event subscriber, reconciler, Redis-restart watcher) spawned beside them.
 //!
-//! Every request an instance serves, and every background task it runs, lives in that
-//! instance's `JoinSet`: killing the instance drops the set, so each of them stops at its
-//! next await, between two store calls, as a killed process stops mid-request.
+//! Every request an instance serves, and its background tasks, live in that instance's
+//! `JoinSet`: killing the instance drops the set, so each of them stops at its next
+//! await, between two store calls, as a killed process stops mid-request. (Two tasks the
+//! server starts with a bare `tokio::spawn`, a rebuild flight and the retry of an admin
+//! write's live step, are outside the set and outlive a kill: see simulation.md.)
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
