@@ -281,11 +281,8 @@ pub async fn restock(shared: Arc<Shared>, product: usize, restock: RestockPlan) 
             other => classify(other),
         };
         let again = matches!(outcome, Outcome::Fail { status: 0 | 401 | 429, .. });
-        if matches!(outcome, Outcome::Fail { status: 401, .. })
-            && let Ok(session) =
-                flashsale::auth::session::create_verified_session(&shared.admin, shared.admin_user).await
-        {
-            *shared.admin_session.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = session;
+        if matches!(outcome, Outcome::Fail { status: 401, .. }) {
+            renew_admin_session(&shared).await;
         }
         shared.recorder.record(ADMIN, instance, kind, invoke_ms, outcome);
         if !again {
@@ -300,6 +297,13 @@ pub async fn restock(shared: Arc<Shared>, product: usize, restock: RestockPlan) 
 #[derive(Deserialize)]
 struct RestockedBody {
     stock_total: i64,
+}
+
+/// A new verified session for the administrator, after a 401 (Redis lost its sessions).
+async fn renew_admin_session(shared: &Shared) {
+    if let Ok(session) = flashsale::auth::session::create_verified_session(&shared.admin, shared.admin_user).await {
+        *shared.admin_session.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = session;
+    }
 }
 
 /// One cancellation request, recorded.
@@ -328,11 +332,7 @@ async fn cancel_once(shared: &Shared, cancellation: Cancellation, instance: usiz
         Outcome::Cancelled => CancelEnd::Released,
         Outcome::Fail { status: 404, .. } => CancelEnd::Refused,
         Outcome::Fail { status: 401, .. } => {
-            if let Ok(session) =
-                flashsale::auth::session::create_verified_session(&shared.admin, shared.admin_user).await
-            {
-                *shared.admin_session.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = session;
-            }
+            renew_admin_session(shared).await;
             CancelEnd::Unknown
         }
         _ => CancelEnd::Unknown,

@@ -648,8 +648,16 @@ pub const UNANSWERED_RELEASE_SLACK_MS: u64 = 5_000;
 /// What a product's stock total may be: its planned stock, and the restocks sent.
 struct StockBounds {
     planned: i64,
-    /// (sent at, answered at, units, answered 200) of each restock that was not refused.
-    restocks: Vec<(u64, u64, i64, bool)>,
+    /// Each restock that was not refused.
+    restocks: Vec<SentRestock>,
+}
+
+struct SentRestock {
+    sent_ms: u64,
+    answered_ms: u64,
+    quantity: i64,
+    /// Answered 200 (else its outcome is unknown).
+    applied: bool,
 }
 
 impl StockBounds {
@@ -661,9 +669,12 @@ impl StockBounds {
             .filter_map(|op| match (&op.kind, &op.outcome) {
                 (OpKind::Restock { product, .. }, _) if *product != index => None,
                 (OpKind::Restock { .. }, Outcome::Fail { .. }) => None,
-                (OpKind::Restock { quantity, .. }, outcome) => {
-                    Some((op.invoke_ms, op.complete_ms, *quantity, matches!(outcome, Outcome::Restocked { .. })))
-                }
+                (OpKind::Restock { quantity, .. }, outcome) => Some(SentRestock {
+                    sent_ms: op.invoke_ms,
+                    answered_ms: op.complete_ms,
+                    quantity: *quantity,
+                    applied: matches!(outcome, Outcome::Restocked { .. }),
+                }),
                 _ => None,
             })
             .collect();
@@ -672,17 +683,17 @@ impl StockBounds {
 
     /// The most the stock may be at the end: every restock not refused applied.
     fn most(&self) -> i64 {
-        self.planned + self.restocks.iter().map(|r| r.2).sum::<i64>()
+        self.planned + self.restocks.iter().map(|r| r.quantity).sum::<i64>()
     }
 
     /// The least the stock may be at the end: the restocks answered 200.
     fn least(&self) -> i64 {
-        self.planned + self.restocks.iter().filter(|r| r.3).map(|r| r.2).sum::<i64>()
+        self.planned + self.restocks.iter().filter(|r| r.applied).map(|r| r.quantity).sum::<i64>()
     }
 
     /// The most the stock may be by `at_ms`: the restocks sent by then.
     fn most_by(&self, at_ms: u64) -> i64 {
-        self.planned + self.restocks.iter().filter(|r| r.0 <= at_ms).map(|r| r.2).sum::<i64>()
+        self.planned + self.restocks.iter().filter(|r| r.sent_ms <= at_ms).map(|r| r.quantity).sum::<i64>()
     }
 
     /// From when every restock's units were in the live stock and known to every
@@ -693,7 +704,7 @@ impl StockBounds {
     fn settled_by(&self, history: &History) -> Option<u64> {
         self.restocks
             .iter()
-            .map(|&(sent, answered, _, _)| {
+            .map(|&SentRestock { sent_ms: sent, answered_ms: answered, .. }| {
                 let healed = history
                     .faults
                     .iter()
@@ -811,10 +822,11 @@ fn stock_seen(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
         .map(|orders| sorted(orders.into_iter().filter(|(id, _)| live.contains(id)).map(|(_, at)| at).collect()))
         .collect();
     let reserving: Vec<Vec<u64>> = reserving.into_iter().map(|keys| sorted(keys.into_values().collect())).collect();
+    let bounds: Vec<StockBounds> = (0..products).map(|index| StockBounds::of(plan, history, index)).collect();
     for op in &history.ops {
         let (OpKind::Read { product }, Outcome::Read { remaining }) = (&op.kind, &op.outcome) else { continue };
         let Some(planned) = plan.products.get(*product).map(|p| p.stock) else { continue };
-        let stock = StockBounds::of(plan, history, *product).most_by(op.complete_ms);
+        let stock = bounds[*product].most_by(op.complete_ms);
         c.check();
         // Orders confirmed strictly before the read began; keys reserving no later than it ended.
         let taken = confirmed[*product].partition_point(|at| *at < op.invoke_ms) as i64;
