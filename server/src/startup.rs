@@ -85,6 +85,7 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
         dummy_password_hash,
         otp_sender,
         this: this.clone(),
+        halt: tokio_util::sync::CancellationToken::new(),
     }))
 }
 

@@ -3,6 +3,7 @@
 use std::sync::{Arc, Weak};
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::otp::OtpSender;
 use crate::clock::Ids;
@@ -48,11 +49,33 @@ pub struct App {
     pub otp_sender: OtpSender,
     /// This state itself, for work that outlives the request which started it.
     pub this: Weak<App>,
+    /// Cancelled when the instance stops at once, as a killed process does: work it runs
+    /// in tasks of its own ([`App::spawn`]) stops at its next await and releases nothing.
+    /// Production never cancels it (the process exits); the deterministic simulator does
+    /// when it kills an instance.
+    pub halt: CancellationToken,
 }
 
 impl App {
     /// A shared handle on this state (`None` only while it is being dropped).
     pub fn shared(&self) -> Option<AppState> {
         self.this.upgrade()
+    }
+
+    /// Runs `work` in a task of its own, which stops at its next await once the instance
+    /// halts (its output is then `None`), as work in a killed process does.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Option<T>> {
+        let halt = self.halt.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                // No random branch order: the deterministic simulator replays it.
+                biased;
+                () = halt.cancelled() => None,
+                output = work => Some(output),
+            }
+        })
     }
 }

@@ -367,8 +367,9 @@ async fn ack_before_write(app: &App, reservation: &Reservation) -> ApiResult<Bou
     let order = OrderDoc::confirmed(reservation, product.one_per_user);
     let mut conn = app.redis.clone();
     scripts::confirm(&mut conn, &app.keys.sale(product_id), order_id).await.map_err(redis_unavailable)?;
-    if let Some(app) = app.shared() {
-        tokio::spawn(async move {
+    if let Some(shared) = app.shared() {
+        app.spawn(async move {
+            let app = shared;
             if let Err(err) = orders::persist(&app, &order).await {
                 tracing::warn!(error = %err, %order_id, "order write after the answer failed");
             }

@@ -146,8 +146,9 @@ pub async fn revise(
 /// answered 200 whose live step failed would otherwise leave buyers told sold out with
 /// the units recorded until a read of the product, a rebuild or the reconciler saw it.
 fn retry_live_step(app: &App, id: Uuid) {
-    let Some(app) = app.shared() else { return };
-    tokio::spawn(async move {
+    let Some(shared) = app.shared() else { return };
+    app.spawn(async move {
+        let app = shared;
         let deadline = tokio::time::Instant::now() + LIVE_STEP_RETRY_FOR;
         let mut pause = LIVE_STEP_FIRST_PAUSE;
         while tokio::time::Instant::now() < deadline {

@@ -64,7 +64,8 @@ pub async fn rebuild_product(app: &App, product_id: Uuid) -> anyhow::Result<Rebu
     let Some(fence) = scripts::lock(&mut conn, &keys.rebuild_lock, &token, REBUILD_LEASE_MS).await? else {
         return Ok(Rebuilt::InProgress);
     };
-    let mut guard = LockGuard { conn, key: keys.rebuild_lock.clone(), token: fence.clone(), armed: true };
+    let mut guard =
+        LockGuard { conn, key: keys.rebuild_lock.clone(), token: fence.clone(), armed: true, halt: app.halt.clone() };
     let result = match tokio::time::timeout(REBUILD_TIMEOUT, rebuild_locked(app, product_id, &keys, &fence)).await {
         Ok(result) => result,
         Err(_) => Err(anyhow::anyhow!("the rebuild took longer than {REBUILD_TIMEOUT:?}")),
@@ -78,17 +79,19 @@ pub async fn rebuild_product(app: &App, product_id: Uuid) -> anyhow::Result<Rebu
 
 /// Releases a rebuild lock if the rebuild holding it is dropped midway (a request
 /// whose client went away cancels its future): otherwise the lock would block every
-/// rebuild of the product for its whole lease while the sale stays paused.
+/// rebuild of the product for its whole lease while the sale stays paused. A halted
+/// instance releases nothing, as a killed process cannot.
 struct LockGuard {
     conn: crate::redis::RedisConn,
     key: String,
     token: String,
     armed: bool,
+    halt: CancellationToken,
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if !self.armed {
+        if !self.armed || self.halt.is_cancelled() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
@@ -177,7 +180,8 @@ impl RebuildFlights {
             _ => None,
         };
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let task = tokio::spawn(async move {
+        let owner = app.clone();
+        let task = owner.spawn(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
@@ -188,9 +192,15 @@ impl RebuildFlights {
             app.rebuilds.finished(product_id, generation);
             result
         });
-        let flight = async move { task.await.unwrap_or_else(|err| Err(Arc::from(format!("rebuild task: {err}")))) }
-            .boxed()
-            .shared();
+        let flight = async move {
+            match task.await {
+                Ok(Some(result)) => result,
+                Ok(None) => Err(Arc::from("the instance stopped")),
+                Err(err) => Err(Arc::from(format!("rebuild task: {err}"))),
+            }
+        }
+        .boxed()
+        .shared();
         running.insert(product_id, Running { generation, flight: flight.clone() });
         Ok(flight)
     }

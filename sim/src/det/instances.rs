@@ -4,9 +4,9 @@
 //!
 //! Every request an instance serves, and its background tasks, live in that instance's
 //! `JoinSet`: killing the instance drops the set, so each of them stops at its next
-//! await, between two store calls, as a killed process stops mid-request. (Two tasks the
-//! server starts with a bare `tokio::spawn`, a rebuild flight and the retry of an admin
-//! write's live step, are outside the set and outlive a kill: see simulation.md.)
+//! await, between two store calls, as a killed process stops mid-request. The tasks the
+//! server starts on its own (`App::spawn`: rebuild flights, the retry of an admin write's
+//! live step) stop the same way when the kill cancels the instance's `halt` token.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,6 +147,7 @@ impl DetInstances {
                 tally.kills_awaiting_write += 1;
             }
         }
+        slot.app.halt.cancel();
         slot.shutdown.cancel();
         slot.app.events.close();
         drop(slot.tasks);
