@@ -13,7 +13,7 @@ for i = 2, #ARGV, 2 do
   local order_id, event = ARGV[i], ARGV[i + 1]
   local existing = redis.call('HGET', KEYS[4], order_id)
   if existing then
-    local user, unit, at, state = string.match(existing, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    local user, unit, at, state = string.match(existing, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)')
     if state ~= 'C' then
       redis.call('HSET', KEYS[4], order_id, user .. '|' .. unit .. '|' .. at .. '|C')
     end

@@ -3,7 +3,9 @@
 -- KEYS[1..6] as purchase.lua (sale, free, buyers, orders, pending, tombstones)
 -- KEYS[7] the product's rebuild lock
 -- ARGV[1] mode: "init" (only if no sale state exists) or "rebuild" (replace; the caller
---         holds the product's rebuild lock and has read MongoDB after pausing the sale)
+--         holds the product's rebuild lock and has read MongoDB after pausing the sale;
+--         the sale stays paused until the caller has applied the product revisions
+--         written since it read the product, and resumes it with pause.lua)
 -- ARGV[2] the rebuild's fencing token (the lock's value from lock.lua; "" for init)
 -- ARGV[3] stock_total  ARGV[4] next_unit  ARGV[5] one_per_user (0/1)
 -- ARGV[6] starts_at_ms (0 = open)  ARGV[7] ends_at_ms (0 = never)
@@ -25,8 +27,10 @@ if ARGV[1] == 'init' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if ARGV[1] == 'rebuild' and redis.call('GET', KEYS[7]) ~= ARGV[2] then return -1 end
 if redis.call('HGET', KEYS[1], 'deleted') == '1' then return 0 end
 for i = 1, 6 do redis.call('DEL', KEYS[i]) end
+local paused = '0'
+if ARGV[1] == 'rebuild' then paused = '1' end
 redis.call('HSET', KEYS[1], 'stock_total', ARGV[3], 'next_unit', ARGV[4],
-  'one_per_user', ARGV[5], 'starts_at_ms', ARGV[6], 'ends_at_ms', ARGV[7], 'paused', '0')
+  'one_per_user', ARGV[5], 'starts_at_ms', ARGV[6], 'ends_at_ms', ARGV[7], 'paused', paused)
 local i = 8
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i]); i = i + 1 end

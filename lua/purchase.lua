@@ -3,13 +3,15 @@
 -- KEYS[1] sale hash      (stock_total, next_unit, one_per_user, starts_at_ms, ends_at_ms, paused)
 -- KEYS[2] free zset      (returned units, score = unit number)
 -- KEYS[3] buyers hash    (user_id -> live order count)
--- KEYS[4] orders hash    (order_id -> "user_id|unit|reserved_at_ms|state", state R or C)
+-- KEYS[4] orders hash    (order_id -> "user_id|unit|reserved_at_ms|state[|rule]", state R
+--                         or C; rule, on a reservation: 1 if the one-per-user rule held
+--                         when it was taken, else 0, which decides its order's buyer slot)
 -- KEYS[5] pending zset   (order ids not yet confirmed in MongoDB, score = reserved_at_ms)
 -- KEYS[6] tombstone set  (order ids released for good)
 -- ARGV[1] order_id  ARGV[2] user_id  ARGV[3] now_ms  ARGV[4] events channel  ARGV[5] product_id
 --
 -- Returns one of:
---   {"reserved", unit, remaining}
+--   {"reserved", unit, remaining, rule}
 --   {"replay", unit, state, user_id}   the order already holds a unit
 --   {"released"} {"sold_out"} {"already_purchased"} {"not_started"} {"ended"}
 --   {"not_loaded"} {"paused"}
@@ -24,7 +26,7 @@ if sale[6] == '1' then return {'paused'} end
 
 local existing = redis.call('HGET', KEYS[4], ARGV[1])
 if existing then
-  local user, unit, _, state = string.match(existing, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  local user, unit, _, state = string.match(existing, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)')
   return {'replay', tonumber(unit), state, user}
 end
 if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 1 then return {'released'} end
@@ -55,7 +57,9 @@ else
   redis.call('HSET', KEYS[1], 'next_unit', next_unit + 1)
 end
 redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[2] .. '|' .. unit .. '|' .. ARGV[3] .. '|R')
+local rule = '0'
+if sale[3] == '1' then rule = '1' end
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2] .. '|' .. unit .. '|' .. ARGV[3] .. '|R|' .. rule)
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 
 local remaining = free_count + fresh_left - 1
@@ -63,4 +67,4 @@ redis.call('PUBLISH', ARGV[4], cjson.encode({type = 'stock_updated', product_id 
 if remaining == 0 then
   redis.call('PUBLISH', ARGV[4], cjson.encode({type = 'sold_out', product_id = ARGV[5], remaining = 0}))
 end
-return {'reserved', unit, remaining}
+return {'reserved', unit, remaining, rule}

@@ -29,7 +29,7 @@ if sale[6] == '1' then return {'paused'} end
 
 local existing = redis.call('HGET', KEYS[4], ARGV[1])
 if existing then
-  local user, unit, _, state = string.match(existing, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  local user, unit, _, state = string.match(existing, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)')
   return {'replay', tonumber(unit), state, user}
 end
 if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 1 then return {'released'} end
@@ -58,7 +58,9 @@ else
   redis.call('HSET', KEYS[1], 'next_unit', next_unit + 1)
 end
 redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[2] .. '|' .. unit .. '|' .. ARGV[3] .. '|R')
+local rule = '0'
+if sale[3] == '1' then rule = '1' end
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2] .. '|' .. unit .. '|' .. ARGV[3] .. '|R|' .. rule)
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 
 local remaining = free_count + fresh_left - 1
@@ -66,4 +68,4 @@ redis.call('PUBLISH', ARGV[4], cjson.encode({type = 'stock_updated', product_id 
 if remaining == 0 then
   redis.call('PUBLISH', ARGV[4], cjson.encode({type = 'sold_out', product_id = ARGV[5], remaining = 0}))
 end
-return {'reserved', unit, remaining}
+return {'reserved', unit, remaining, rule}

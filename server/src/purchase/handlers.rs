@@ -201,13 +201,18 @@ async fn purchase(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) ->
             Ok(Rebuilt::InProgress) | Err(_) => return Err(ApiError::SalePaused { retry_after_s: 1 }),
         }
     }
-    let (unit, reserved_at_ms) = match outcome {
-        PurchaseOutcome::Reserved { unit, .. } => (unit, reserved_at_ms),
+    let (unit, reserved_at_ms, one_per_user) = match outcome {
+        PurchaseOutcome::Reserved { unit, one_per_user, .. } => (unit, reserved_at_ms, one_per_user),
         PurchaseOutcome::Replay { unit, confirmed: true, user_id: owner } if owner == user_id.to_string() => {
             return Ok(Bought::Confirmed(response(order_id, product_id, unit, "confirmed")));
         }
         PurchaseOutcome::Replay { unit, confirmed: false, user_id: owner } if owner == user_id.to_string() => {
-            (unit, reservation_time(app, product_id, order_id).await.unwrap_or_else(|| app.ids.now_ms()))
+            let recorded = recorded_reservation(app, product_id, order_id).await;
+            (
+                unit,
+                recorded.map_or_else(|| app.ids.now_ms(), |r| r.reserved_at_ms),
+                recorded.and_then(|r| r.one_per_user),
+            )
         }
         PurchaseOutcome::Replay { .. } => return Err(ApiError::IdempotencyKeyReused),
         PurchaseOutcome::SoldOut => {
@@ -220,7 +225,7 @@ async fn purchase(app: &App, user_id: Uuid, product_id: Uuid, order_id: Uuid) ->
         PurchaseOutcome::Released => return Err(ApiError::OrderReleased { order_id }),
         PurchaseOutcome::NotLoaded | PurchaseOutcome::Paused => return Err(ApiError::SalePaused { retry_after_s: 1 }),
     };
-    let reservation = Reservation { order_id, product_id, user_id, unit, reserved_at_ms };
+    let reservation = Reservation { order_id, product_id, user_id, unit, reserved_at_ms, one_per_user };
     let _awaiting = app.metrics.awaiting_write();
     persist(app, &reservation).await
 }
@@ -272,8 +277,9 @@ async fn pending_if_still_held(app: &App, user_id: Uuid, pending: &OrderResponse
     }
 }
 
-/// When a pending reservation was made (so a retry writes the same document).
-async fn reservation_time(app: &App, product_id: Uuid, order_id: Uuid) -> Option<i64> {
+/// A pending reservation as Redis recorded it: when it was made and under which rule (so
+/// a retry writes the same document).
+async fn recorded_reservation(app: &App, product_id: Uuid, order_id: Uuid) -> Option<Reservation> {
     let mut conn = app.redis.clone();
     let record: Option<String> = redis::cmd("HGET")
         .arg(app.keys.sale(product_id).orders)
@@ -281,7 +287,7 @@ async fn reservation_time(app: &App, product_id: Uuid, order_id: Uuid) -> Option
         .query_async(&mut conn)
         .await
         .ok()?;
-    crate::sale::parse_reservation(order_id, product_id, &record?).map(|(r, _)| r.reserved_at_ms)
+    crate::sale::parse_reservation(order_id, product_id, &record?).map(|(r, _)| r)
 }
 
 fn response(order_id: Uuid, product_id: Uuid, unit: i64, status: &'static str) -> OrderResponse {

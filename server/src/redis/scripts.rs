@@ -44,8 +44,18 @@ pub const PURCHASE_SOURCE: &str = include_str!("../../../lua/purchase.lua");
 /// What the purchase script decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PurchaseOutcome {
-    Reserved { unit: i64, remaining: i64 },
-    Replay { unit: i64, confirmed: bool, user_id: String },
+    /// `one_per_user`: whether the rule held when the unit was taken (it decides the
+    /// order's buyer slot; `None` from a script that does not say).
+    Reserved {
+        unit: i64,
+        remaining: i64,
+        one_per_user: Option<bool>,
+    },
+    Replay {
+        unit: i64,
+        confirmed: bool,
+        user_id: String,
+    },
     Released,
     SoldOut,
     AlreadyPurchased,
@@ -154,11 +164,24 @@ async fn run_purchase(
     parse_purchase(reply)
 }
 
+/// A reservation's recorded one-per-user rule: "1" or "0" (anything else names none).
+pub fn rule_flag(rule: &str) -> Option<bool> {
+    match rule {
+        "1" => Some(true),
+        "0" => Some(false),
+        _ => None,
+    }
+}
+
 pub fn parse_purchase(reply: Value) -> anyhow::Result<PurchaseOutcome> {
     let items = items(reply)?;
     let tag = text(item(&items, 0)?)?;
     Ok(match tag.as_str() {
-        "reserved" => PurchaseOutcome::Reserved { unit: int(item(&items, 1)?)?, remaining: int(item(&items, 2)?)? },
+        "reserved" => PurchaseOutcome::Reserved {
+            unit: int(item(&items, 1)?)?,
+            remaining: int(item(&items, 2)?)?,
+            one_per_user: items.get(3).and_then(|rule| text(rule).ok()).and_then(|rule| rule_flag(&rule)),
+        },
         "replay" => PurchaseOutcome::Replay {
             unit: int(item(&items, 1)?)?,
             confirmed: text(item(&items, 2)?)? == "C",
@@ -355,6 +378,23 @@ pub async fn pause(conn: &mut RedisConn, keys: &SaleKeys, fence: &str) -> anyhow
     Ok(paused == 1)
 }
 
+/// Resumes a sale a rebuild holding the lock with `fence` loaded (it stays paused until
+/// the rebuild has applied every later product revision): false if no sale is loaded.
+pub async fn resume(conn: &mut RedisConn, keys: &SaleKeys, fence: &str) -> anyhow::Result<bool> {
+    let resumed: i64 = PAUSE
+        .key(&keys.sale)
+        .key(&keys.rebuild_lock)
+        .arg(fence)
+        .arg("resume")
+        .invoke_async(conn)
+        .await
+        .context("pause script (resume)")?;
+    if resumed < 0 {
+        anyhow::bail!("the rebuild lock was taken over before the sale was resumed");
+    }
+    Ok(resumed == 1)
+}
+
 /// Raises the stock total; returns the units remaining, or None if not loaded.
 pub async fn restock(
     conn: &mut RedisConn,
@@ -394,16 +434,31 @@ pub async fn configure(
 }
 
 /// Removes a deleted product's sale state, leaves its tombstone and publishes
-/// `product_deleted` (see `lua/unload.lua`).
-pub async fn unload(conn: &mut RedisConn, keys: &SaleKeys, channel: &str, product_id: Uuid) -> anyhow::Result<()> {
-    let _: i64 = UNLOAD
+/// `product_deleted` (see `lua/unload.lua`): false, and nothing removed, while one of
+/// its reservations is not yet persisted.
+pub async fn unload(conn: &mut RedisConn, keys: &SaleKeys, channel: &str, product_id: Uuid) -> anyhow::Result<bool> {
+    let unloaded: i64 = UNLOAD
         .key(&keys.script_keys()[..])
         .arg(channel)
         .arg(product_id.to_string())
         .invoke_async(conn)
         .await
         .context("unload script")?;
-    Ok(())
+    Ok(unloaded == 1)
+}
+
+/// Stops a deleted product's sale taking reservations before it is unloaded (see
+/// `lua/unload.lua`): false if no sale is loaded.
+pub async fn stop(conn: &mut RedisConn, keys: &SaleKeys, channel: &str, product_id: Uuid) -> anyhow::Result<bool> {
+    let stopped: i64 = UNLOAD
+        .key(&keys.script_keys()[..])
+        .arg(channel)
+        .arg(product_id.to_string())
+        .arg("stop")
+        .invoke_async(conn)
+        .await
+        .context("unload script (stop)")?;
+    Ok(stopped == 1)
 }
 
 /// The decision of one rate-limit check.

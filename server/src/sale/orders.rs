@@ -15,8 +15,12 @@ pub const MAX_ORDERS_LISTED: u32 = 100;
 
 impl OrderDoc {
     /// The document of a confirmed order. Built the same way by the purchase path and
-    /// the reconciler, so either may write it first.
-    pub fn confirmed(reservation: &Reservation, one_per_user: bool) -> Self {
+    /// the reconciler, so either may write it first. Its buyer slot follows the
+    /// one-per-user rule the reservation was taken under (an administrator may have
+    /// turned the rule over since); the product's current rule only for a reservation
+    /// that does not record it.
+    pub fn confirmed(reservation: &Reservation, product_rule: bool) -> Self {
+        let one_per_user = reservation.one_per_user.unwrap_or(product_rule);
         let buyer_slot = if one_per_user { reservation.user_id.to_string() } else { reservation.order_id.to_string() };
         Self {
             id: reservation.order_id.to_string(),
@@ -38,6 +42,8 @@ pub struct Reservation {
     pub user_id: Uuid,
     pub unit: i64,
     pub reserved_at_ms: i64,
+    /// Whether the one-per-user rule held when it was taken, as Redis recorded it.
+    pub one_per_user: Option<bool>,
 }
 
 /// Why an order could not be inserted.

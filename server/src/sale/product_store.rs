@@ -201,14 +201,30 @@ async fn publish(app: &App, id: Uuid, written: Product) -> anyhow::Result<(Produ
 /// next load reads the product.
 pub async fn apply_to_sale(app: &App, id: Uuid, product: &Product) -> anyhow::Result<()> {
     if product.deleted {
-        // Reservations not yet in MongoDB are real purchases (some answered 202):
-        // persist them before the sale state that holds them goes.
-        reconciler::reconcile_product(app, id, product, 0, usize::MAX).await?;
-        return sale::unload(app, id).await;
+        return retire(app, id, product).await;
     }
     sale::configure(app, id, product).await?;
     sale::restock(app, id, product.stock_total).await?;
     Ok(())
+}
+
+/// Passes of persisting a deleted product's reservations before its sale state goes.
+const RETIRE_PASSES: usize = 3;
+
+/// Ends a deleted product's sale for good. Reservations not yet in MongoDB are real
+/// purchases (some answered 202): the sale stops taking new ones first, then every one
+/// it holds is persisted (whatever clock stamped it), and only then is the sale state
+/// replaced by the tombstone. A reservation still pending after the passes (MongoDB
+/// failing) keeps the sale state, and the error makes the caller try again.
+pub async fn retire(app: &App, id: Uuid, product: &Product) -> anyhow::Result<()> {
+    sale::stop(app, id).await?;
+    for _ in 0..RETIRE_PASSES {
+        reconciler::reconcile_product(app, id, product, reconciler::ANY_AGE, usize::MAX).await?;
+        if sale::unload(app, id).await? {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("reservations of deleted product {id} are still pending")
 }
 
 /// After a rebuild wrote the sale state of `loaded`: applies every revision claimed

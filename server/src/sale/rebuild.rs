@@ -108,7 +108,7 @@ async fn rebuild_locked(app: &App, product_id: Uuid, keys: &SaleKeys, fence: &st
     // left one revision behind must not decide whether the sale exists.
     let Some(product) = product_store::head(app, product_id).await? else { return Ok(Rebuilt::NoProduct) };
     if product.deleted {
-        sale::unload(app, product_id).await?;
+        product_store::retire(app, product_id, &product).await?;
         return Ok(Rebuilt::NoProduct);
     }
     let mut conn = app.redis.clone();
@@ -125,8 +125,11 @@ async fn rebuild_locked(app: &App, product_id: Uuid, keys: &SaleKeys, fence: &st
         // The product was deleted meanwhile: its tombstone stands.
         return Ok(Rebuilt::NoProduct);
     }
-    // Admin writes published while this rebuild read MongoDB were overwritten by it.
+    // Admin writes published while this rebuild read MongoDB were overwritten by it: the
+    // sale stays paused until they are applied again (a sale closed, or made one per
+    // user, and answered so, must not sell a moment on the older settings).
     product_store::catch_up_after_load(app, product_id, &product).await?;
+    scripts::resume(&mut conn, keys, fence).await?;
     reconciler::reissue(app, product_id, &pass.reissue).await;
     app.sold_out.forget(product_id);
     app.metrics.sale_rebuilds.inc();

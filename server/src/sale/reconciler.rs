@@ -126,6 +126,10 @@ pub struct ProductPass {
     pub reissue: Vec<Reservation>,
 }
 
+/// A grace that takes every reservation, whatever clock stamped it (an instance's clock
+/// may run ahead of this one's): for a sale about to go.
+pub const ANY_AGE: i64 = i64::MIN;
+
 /// Persists up to `batch` reservations of one product older than `grace_ms`.
 pub async fn reconcile_product(
     app: &App,

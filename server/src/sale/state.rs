@@ -85,11 +85,22 @@ pub async fn stock(app: &App, product_id: Uuid) -> anyhow::Result<Option<StockSt
 }
 
 /// Removes a deleted product's sale state for good: a tombstone stays that no load or
-/// rebuild writes over.
-pub async fn unload(app: &App, product_id: Uuid) -> anyhow::Result<()> {
+/// rebuild writes over. False, and nothing removed, while one of its reservations is not
+/// yet persisted.
+pub async fn unload(app: &App, product_id: Uuid) -> anyhow::Result<bool> {
     let mut conn = app.redis.clone();
-    scripts::unload(&mut conn, &app.keys.sale(product_id), &app.keys.events_channel(), product_id).await?;
-    app.sold_out.forget(product_id);
+    let unloaded =
+        scripts::unload(&mut conn, &app.keys.sale(product_id), &app.keys.events_channel(), product_id).await?;
+    if unloaded {
+        app.sold_out.forget(product_id);
+    }
+    Ok(unloaded)
+}
+
+/// Stops a deleted product's sale taking reservations (purchases then find it deleted).
+pub async fn stop(app: &App, product_id: Uuid) -> anyhow::Result<()> {
+    let mut conn = app.redis.clone();
+    scripts::stop(&mut conn, &app.keys.sale(product_id), &app.keys.events_channel(), product_id).await?;
     Ok(())
 }
 
@@ -100,5 +111,6 @@ pub fn parse_reservation(order_id: Uuid, product_id: Uuid, record: &str) -> Opti
     let unit = parts.next()?.parse().ok()?;
     let reserved_at_ms = parts.next()?.parse().ok()?;
     let confirmed = parts.next()? == "C";
-    Some((Reservation { order_id, product_id, user_id, unit, reserved_at_ms }, confirmed))
+    let one_per_user = parts.next().and_then(scripts::rule_flag);
+    Some((Reservation { order_id, product_id, user_id, unit, reserved_at_ms, one_per_user }, confirmed))
 }

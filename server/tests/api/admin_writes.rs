@@ -179,3 +179,53 @@ async fn a_delete_racing_restocks_updates_and_buyers_stays_deleted() {
         assert!(held.len() as i64 <= stored.stock_total, "{held:?} of {}", stored.stock_total);
     }
 }
+
+/// Two reservations of one buyer taken while a product had no one-per-user rule, both
+/// still pending (MongoDB was away) when an administrator turns the rule on: each order
+/// is written with the buyer slot of the rule it was taken under, so both are persisted
+/// (under the product's new rule the second would collide with the first in MongoDB's
+/// `(product_id, buyer_slot)` index and be dropped, a 202 lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_keep_the_one_per_user_rule_they_were_taken_under() {
+    use flashsale::redis::scripts::{self, PurchaseArgs, PurchaseOutcome};
+    use flashsale::sale::{product_store, reconciler};
+
+    let app = TestApp::spawn_with(|config| config.background_tasks = false).await;
+    let product = app.create_product(5, false).await;
+    let (_, user_id) = app.verified_buyer(Role::Buyer).await;
+    let (admin, _) = app.verified_buyer(Role::Admin).await;
+    let keys = app.app().keys.sale(product);
+    let channel = app.app().keys.events_channel();
+    let mut conn = app.app().redis.clone();
+    let mut order_ids = Vec::new();
+    for key in ["first", "second"] {
+        let order_id = flashsale::clock::derive_order_id(user_id, key);
+        let args = PurchaseArgs { order_id, user_id, product_id: product, now_ms: 1_000, channel: &channel };
+        let outcome = scripts::purchase(&mut conn, &keys, &args).await.expect("purchase script");
+        assert!(matches!(outcome, PurchaseOutcome::Reserved { one_per_user: Some(false), .. }), "{outcome:?}");
+        order_ids.push(order_id);
+    }
+
+    let response = admin
+        .put(app.url(&format!("/api/v1/products/{product}")))
+        .json(&json!({ "one_per_user": true }))
+        .send()
+        .await
+        .expect("update");
+    assert_eq!(response.status(), 200);
+
+    let current = product_store::head(app.app(), product).await.expect("mongo").expect("product");
+    assert!(current.one_per_user);
+    let pass = reconciler::reconcile_product(app.app(), product, &current, reconciler::ANY_AGE, usize::MAX)
+        .await
+        .expect("reconciler pass");
+    assert_eq!(pass.conflicts, 0, "{pass:?}");
+    for order_id in order_ids {
+        let stored = orders::find_order(app.app(), order_id).await.expect("mongo").expect("order persisted");
+        assert_eq!(stored.status, OrderStatus::Confirmed);
+    }
+    // Under the rule now on, the buyer holds units: a third is refused.
+    let third = flashsale::clock::derive_order_id(user_id, "third");
+    let args = PurchaseArgs { order_id: third, user_id, product_id: product, now_ms: 2_000, channel: &channel };
+    assert_eq!(scripts::purchase(&mut conn, &keys, &args).await.expect("purchase"), PurchaseOutcome::AlreadyPurchased);
+}

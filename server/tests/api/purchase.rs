@@ -278,6 +278,7 @@ async fn a_cancelled_order_gives_its_unit_and_buyer_slot_back_and_stays_burnt() 
             user_id,
             unit: 1,
             reserved_at_ms: 0,
+            one_per_user: Some(true),
         },
         true,
     );

@@ -60,7 +60,7 @@ impl Model {
         };
         *self.buyers.entry(user).or_default() += 1;
         self.orders.insert(order, (user, unit));
-        PurchaseOutcome::Reserved { unit, remaining: self.remaining() }
+        PurchaseOutcome::Reserved { unit, remaining: self.remaining(), one_per_user: Some(self.one_per_user) }
     }
 
     fn release(&mut self, order: Uuid) -> bool {

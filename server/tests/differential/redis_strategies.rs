@@ -284,6 +284,7 @@ fn project_script() -> BoxedStrategy<Step> {
     let restock = pick(TOTALS).prop_map(move |total| event(vec![total]));
     let configure = (pick(&["0", "1"]), pick(STARTS_MS), pick(ENDS_MS)).prop_map(|(one, s, e)| vec![one, s, e]);
     let fenced = || fence().prop_map(|fence| vec![fence]);
+    let resumed = || fence().prop_map(|fence| vec![fence, Arg::from("resume")]);
     let rate = (pick(NOW_MS), pick(WINDOWS_MS), pick(LIMITS)).prop_map(|(now, w, limit)| vec![now, w, limit]);
     let fingerprint = || pick(&["f1", "f2"]);
     let begin = (fingerprint(), pick(NOW_MS), pick(LEASES_MS), pick(RECORD_TTLS_MS))
@@ -299,9 +300,11 @@ fn project_script() -> BoxedStrategy<Step> {
         1 => script("stock.lua", &[SALE, FREE], or_odd(Just(Vec::new()))),
         3 => load_sale(),
         1 => script("pause.lua", &[SALE, LOCK], or_odd(fenced())),
+        1 => script("pause.lua", &[SALE, LOCK], or_odd(resumed())),
         1 => script("restock.lua", &[SALE, FREE], or_odd(restock)),
         1 => script("configure.lua", &[SALE], or_odd(configure)),
         1 => script("unload.lua", sale, or_odd(Just(event(Vec::new())))),
+        1 => script("unload.lua", sale, or_odd(Just(texts(&["ch", "p1", "stop"])))),
         2 => script("rate_limit.lua", &[RATE], rate.boxed()),
         2 => script("idempotency_begin.lua", &[IDEMPOTENCY], begin.boxed()),
         2 => script("idempotency_finish.lua", &[IDEMPOTENCY], finish.boxed()),

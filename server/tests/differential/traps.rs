@@ -289,6 +289,18 @@ fn a_whole_sale() -> Vec<Step> {
         fence("t2"),
         fence("t1"),
         Step::Script { file: lua_file("load_sale.lua"), keys: texts(&load), args: rebuild_args },
+        script("purchase.lua", &sale, &["o4", "u4", "8", "ch", "p1"]),
+        Step::Script {
+            file: lua_file("pause.lua"),
+            keys: texts(&[SALE, LOCK]),
+            args: vec![Arg::Fence("t2"), Arg::from("resume")],
+        },
+        Step::Script {
+            file: lua_file("pause.lua"),
+            keys: texts(&[SALE, LOCK]),
+            args: vec![Arg::Fence("t1"), Arg::from("resume")],
+        },
+        script("purchase.lua", &sale, &["o4", "u4", "8", "ch", "p1"]),
         Step::Script { file: lua_file("unlock.lua"), keys: texts(&[LOCK]), args: vec![Arg::Fence("t1")] },
         script("rate_limit.lua", &[RATE], &["1000", "60000", "2"]),
         script("rate_limit.lua", &[RATE], &["1000", "60000", "2"]),

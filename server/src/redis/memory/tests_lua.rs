@@ -273,7 +273,7 @@ async fn the_purchase_script_runs_end_to_end_through_a_memory_url() {
         channel: &channel,
     };
     let reserved = scripts::purchase(&mut conn, &sale, &buy(7, 70)).await.unwrap();
-    assert_eq!(reserved, PurchaseOutcome::Reserved { unit: 1, remaining: 0 });
+    assert_eq!(reserved, PurchaseOutcome::Reserved { unit: 1, remaining: 0, one_per_user: Some(true) });
     let replay = scripts::purchase(&mut conn, &sale, &buy(7, 70)).await.unwrap();
     assert!(matches!(replay, PurchaseOutcome::Replay { unit: 1, confirmed: false, .. }), "{replay:?}");
     assert_eq!(scripts::purchase(&mut conn, &sale, &buy(8, 80)).await.unwrap(), PurchaseOutcome::SoldOut);
@@ -289,4 +289,68 @@ async fn the_purchase_script_runs_end_to_end_through_a_memory_url() {
     let run_id = crate::redis::run_id(&mut conn).await.unwrap();
     assert_eq!(lock, format!("{run_id}:holder"), "lock.lua reads the run id from INFO");
     assert!(scripts::unlock(&mut conn, &sale.rebuild_lock, &lock).await.unwrap());
+}
+
+/// A rebuild's load leaves the sale paused: the rebuild read the product before the load,
+/// and a change published meanwhile (here a sale closed) must be applied again before
+/// any purchase runs on the older settings.
+#[tokio::test]
+async fn a_rebuilt_sale_stays_paused_until_its_rebuild_resumes_it() {
+    let mut conn = RedisConn::connect("memory://tests-lua-resume", Duration::from_secs(1)).await.unwrap();
+    let keys = Keys::new("fs-test");
+    let product_id = Uuid::from_u128(2);
+    let sale = keys.sale(product_id);
+    let channel = keys.events_channel();
+    let buy = |order: u128, now_ms: i64| PurchaseArgs {
+        order_id: Uuid::from_u128(order),
+        user_id: Uuid::from_u128(order),
+        product_id,
+        now_ms,
+        channel: &channel,
+    };
+    assert!(scripts::load_sale(&mut conn, &sale, LoadMode::Init, &sale_snapshot(5)).await.unwrap());
+    let fence = scripts::lock(&mut conn, &sale.rebuild_lock, "rebuilder", 5_000).await.unwrap().unwrap();
+    assert!(scripts::pause(&mut conn, &sale, &fence).await.unwrap());
+    // The rebuild loads what it read: a sale without an end.
+    assert!(
+        scripts::load_sale(&mut conn, &sale, LoadMode::Rebuild { fence: &fence }, &sale_snapshot(5)).await.unwrap()
+    );
+    assert_eq!(scripts::purchase(&mut conn, &sale, &buy(1, 2_000)).await.unwrap(), PurchaseOutcome::Paused);
+    // Catching up: the sale was closed at 1,000 while the rebuild read MongoDB.
+    assert!(scripts::configure(&mut conn, &sale, true, 0, 1_000).await.unwrap());
+    assert!(!scripts::resume(&mut conn, &sale, "another-rebuild").await.is_ok_and(|resumed| resumed));
+    assert!(scripts::resume(&mut conn, &sale, &fence).await.unwrap());
+    assert_eq!(scripts::purchase(&mut conn, &sale, &buy(2, 2_000)).await.unwrap(), PurchaseOutcome::Ended);
+    assert!(!scripts::stock(&mut conn, &sale).await.unwrap().unwrap().paused);
+}
+
+/// A deleted product's sale stops taking reservations before it goes, and does not go
+/// while one of its reservations is not yet persisted (it may have been answered 202).
+#[tokio::test]
+async fn a_deleted_sale_is_stopped_then_unloaded_only_once_nothing_is_pending() {
+    let mut conn = RedisConn::connect("memory://tests-lua-retire", Duration::from_secs(1)).await.unwrap();
+    let keys = Keys::new("fs-test");
+    let product_id = Uuid::from_u128(3);
+    let sale = keys.sale(product_id);
+    let channel = keys.events_channel();
+    let buy = |order: u128| PurchaseArgs {
+        order_id: Uuid::from_u128(order),
+        user_id: Uuid::from_u128(order),
+        product_id,
+        now_ms: 1_000,
+        channel: &channel,
+    };
+    assert!(scripts::load_sale(&mut conn, &sale, LoadMode::Init, &sale_snapshot(5)).await.unwrap());
+    let reserved = scripts::purchase(&mut conn, &sale, &buy(1)).await.unwrap();
+    assert!(matches!(reserved, PurchaseOutcome::Reserved { unit: 1, .. }), "{reserved:?}");
+    assert!(scripts::stop(&mut conn, &sale, &channel, product_id).await.unwrap());
+    assert_eq!(scripts::purchase(&mut conn, &sale, &buy(2)).await.unwrap(), PurchaseOutcome::Paused);
+    assert!(!scripts::unload(&mut conn, &sale, &channel, product_id).await.unwrap(), "order 1 is still pending");
+    assert!(scripts::stock(&mut conn, &sale).await.unwrap().is_some(), "the sale state stays");
+    assert!(scripts::confirm(&mut conn, &sale, Uuid::from_u128(1)).await.unwrap());
+    assert!(scripts::unload(&mut conn, &sale, &channel, product_id).await.unwrap());
+    assert_eq!(scripts::purchase(&mut conn, &sale, &buy(3)).await.unwrap(), PurchaseOutcome::NotLoaded);
+    assert!(!scripts::stop(&mut conn, &sale, &channel, product_id).await.unwrap(), "a tombstone is no sale");
+    let tombstone = scripts::load_sale(&mut conn, &sale, LoadMode::Init, &sale_snapshot(5)).await.unwrap();
+    assert!(!tombstone, "no load writes over the tombstone");
 }
