@@ -17,7 +17,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::history::{ADMIN, OpKind, Outcome, Recorder};
-use crate::plan::{Behaviour, BuyerPlan, RestockPlan};
+use crate::plan::{Behaviour, BuyerPlan, ChangePlan, ProductChange, RestockPlan};
 use crate::transport::{Answer, Lost, Method, SimRequest, Transport};
 
 /// Timeout of one request: past it the outcome is unknown (`info`).
@@ -229,13 +229,92 @@ async fn refund(shared: Arc<Shared>, plan: BuyerPlan, user_id: Uuid, at_ms: u64)
     }
 }
 
-/// Starts the administrator's planned restocks, one task each.
-pub fn spawn_restocks(shared: &Arc<Shared>, plan: &crate::plan::Plan) -> Vec<tokio::task::JoinHandle<()>> {
-    plan.products
+/// Starts the administrator's planned restocks, one task each, and the planned changes,
+/// one task per product (a product's changes come in their order).
+pub fn spawn_admin(shared: &Arc<Shared>, plan: &crate::plan::Plan) -> Vec<tokio::task::JoinHandle<()>> {
+    let restocks = plan
+        .products
         .iter()
         .flat_map(|product| product.restocks.iter().map(move |restock| (product.index, *restock)))
-        .map(|(product, planned)| tokio::spawn(restock(shared.clone(), product, planned)))
-        .collect()
+        .map(|(product, planned)| tokio::spawn(restock(shared.clone(), product, planned)));
+    let changes = plan.products.iter().filter(|product| !product.changes.is_empty()).map(|product| {
+        let (shared, index, changes) = (shared.clone(), product.index, product.changes.clone());
+        tokio::spawn(async move {
+            for planned in changes {
+                change(&shared, index, planned).await;
+            }
+        })
+    });
+    restocks.chain(changes).collect()
+}
+
+/// Sleeps until `at_ms` of the run.
+async fn sleep_until_ms(shared: &Shared, at_ms: u64) {
+    let now = shared.recorder.now_ms();
+    if at_ms > now {
+        tokio::time::sleep(Duration::from_millis(at_ms - now)).await;
+    }
+}
+
+/// A request of the administrator's.
+fn admin_request(shared: &Shared, method: Method, path: String, body: Option<serde_json::Value>) -> SimRequest {
+    let session = shared.admin_session.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let mut headers = vec![("cookie", format!("{COOKIE_NAME}={session}")), ("x-forwarded-for", ADMIN_IP.to_owned())];
+    if body.is_some() {
+        headers.push(("content-type", "application/json".to_owned()));
+    }
+    SimRequest {
+        method,
+        path,
+        headers,
+        body: body.map(|body| bytes::Bytes::from(body.to_string())).unwrap_or_default(),
+    }
+}
+
+/// At its planned moment, an administrator changes a product, and sends the change
+/// again until an answer says whether it was applied (a change is idempotent: a close
+/// names the same end every time), or the sale ends.
+pub async fn change(shared: &Shared, product: usize, planned: ChangePlan) {
+    sleep_until_ms(shared, planned.at_ms).await;
+    let Some(product_id) = shared.product_ids.get(product).copied() else { return };
+    let path = format!("/api/v1/products/{product_id}");
+    let (method, body) = match planned.change {
+        ProductChange::OnePerUser { on } => (Method::Put, Some(serde_json::json!({ "one_per_user": on }))),
+        ProductChange::Close => {
+            (Method::Put, Some(serde_json::json!({ "sale_ends_at_ms": shared.admin.ids.now_ms() })))
+        }
+        ProductChange::Reopen => (Method::Put, Some(serde_json::json!({ "sale_ends_at_ms": null }))),
+        ProductChange::Delete => (Method::Delete, None),
+    };
+    for attempt in 0..MAX_ATTEMPTS {
+        if shared.recorder.now_ms() >= shared.deadline_ms {
+            return;
+        }
+        let transport = &shared.transport;
+        let kind = OpKind::Change { product, change: planned.change };
+        let invoke_ms = shared.recorder.now_ms();
+        let Some(instance) = next_up(transport, attempt as usize % transport.instance_count().max(1)) else {
+            let outcome = Outcome::Fail { status: 0, problem: "no-instance".into() };
+            shared.recorder.record(ADMIN, 0, kind, invoke_ms, outcome);
+            tokio::time::sleep(Duration::from_millis(FIRST_BACKOFF_MS)).await;
+            continue;
+        };
+        let request = admin_request(shared, method, path.clone(), body.clone());
+        let outcome = match transport.send(instance, request).await {
+            Ok(Answer { status: 200 | 204, .. }) => Outcome::Changed,
+            other => classify(other),
+        };
+        let settled = matches!(outcome, Outcome::Changed | Outcome::Fail { status: 404 | 409 | 422, .. });
+        if matches!(outcome, Outcome::Fail { status: 401, .. }) {
+            renew_admin_session(shared).await;
+        }
+        shared.recorder.record(ADMIN, instance, kind, invoke_ms, outcome);
+        if settled {
+            return;
+        }
+        let base = FIRST_BACKOFF_MS.saturating_mul(1 << attempt.min(5));
+        tokio::time::sleep(Duration::from_millis(base).min(MAX_BACKOFF)).await;
+    }
 }
 
 /// At its planned moment, an administrator restocks a product. Sent again only after
@@ -243,12 +322,9 @@ pub fn spawn_restocks(shared: &Arc<Shared>, plan: &crate::plan::Plan) -> Vec<tok
 /// expired session, a rate limit): a restock is not idempotent, so a timeout or a 5xx,
 /// whose restock may have been applied, ends it.
 pub async fn restock(shared: Arc<Shared>, product: usize, restock: RestockPlan) {
-    let now = shared.recorder.now_ms();
-    if restock.at_ms > now {
-        tokio::time::sleep(Duration::from_millis(restock.at_ms - now)).await;
-    }
+    sleep_until_ms(&shared, restock.at_ms).await;
     let Some(product_id) = shared.product_ids.get(product).copied() else { return };
-    let body = bytes::Bytes::from(format!("{{\"quantity\":{}}}", restock.quantity));
+    let body = serde_json::json!({ "quantity": restock.quantity });
     for attempt in 0..MAX_ATTEMPTS {
         if shared.recorder.now_ms() >= shared.deadline_ms {
             return;
@@ -262,17 +338,8 @@ pub async fn restock(shared: Arc<Shared>, product: usize, restock: RestockPlan) 
             tokio::time::sleep(Duration::from_millis(FIRST_BACKOFF_MS)).await;
             continue;
         };
-        let session = shared.admin_session.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let request = SimRequest {
-            method: Method::Post,
-            path: format!("/api/v1/products/{product_id}/restock"),
-            headers: vec![
-                ("cookie", format!("{COOKIE_NAME}={session}")),
-                ("content-type", "application/json".to_owned()),
-                ("x-forwarded-for", ADMIN_IP.to_owned()),
-            ],
-            body: body.clone(),
-        };
+        let request =
+            admin_request(&shared, Method::Post, format!("/api/v1/products/{product_id}/restock"), Some(body.clone()));
         let outcome = match transport.send(instance, request).await {
             Ok(Answer { status: 200, body, .. }) => match serde_json::from_slice::<RestockedBody>(&body) {
                 Ok(restocked) => Outcome::Restocked { stock_total: restocked.stock_total },
@@ -316,13 +383,8 @@ async fn cancel_once(shared: &Shared, cancellation: Cancellation, instance: usiz
         shared.recorder.record(cancellation.buyer, 0, kind, invoke_ms, outcome);
         return CancelEnd::Unknown;
     };
-    let session = shared.admin_session.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    let request = SimRequest {
-        method: Method::Post,
-        path: format!("/api/v1/admin/orders/{}/cancel", cancellation.order_id),
-        headers: vec![("cookie", format!("{COOKIE_NAME}={session}")), ("x-forwarded-for", ADMIN_IP.to_owned())],
-        body: bytes::Bytes::new(),
-    };
+    let request =
+        admin_request(shared, Method::Post, format!("/api/v1/admin/orders/{}/cancel", cancellation.order_id), None);
     let answer = transport.send(instance, request).await;
     let outcome = match answer {
         Ok(Answer { status: 200, .. }) => Outcome::Cancelled,
@@ -443,7 +505,12 @@ impl Outcome {
             Outcome::Ok { status, .. } => *status == 201,
             Outcome::Fail { problem, .. } => matches!(
                 problem.as_str(),
-                "sold-out" | "already-purchased" | "sale-ended" | "idempotency-key-reused" | "order-released"
+                "sold-out"
+                    | "already-purchased"
+                    | "sale-ended"
+                    | "idempotency-key-reused"
+                    | "order-released"
+                    | "not-found"
             ),
             _ => false,
         }

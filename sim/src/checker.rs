@@ -14,7 +14,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::history::{FaultPhase, History, OpKind, Outcome};
-use crate::plan::{Backend, Fault, FaultMix, Plan};
+use crate::plan::{Backend, Fault, FaultMix, Plan, ProductChange};
 
 /// The invariants of `architecture.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -43,10 +43,14 @@ pub enum Invariant {
     ///    end, and no request of its key after the release answered a fresh order or
     ///    `already-purchased` (a stored answer replayed is the key's old answer).
     ReleasedStaysReleased,
+    /// 10. The administrator's changes hold from their answer on: no order taken while
+    ///     the sale was closed or after the product was deleted, no `sale-ended` while
+    ///     it was open, and a deleted product's sale state gone at the end.
+    SaleRules,
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 9] = [
+    pub const ALL: [Invariant; 10] = [
         Self::NoOversell,
         Self::NonNegativeStock,
         Self::OnePerUser,
@@ -56,6 +60,7 @@ impl Invariant {
         Self::Conservation,
         Self::StockSeen,
         Self::ReleasedStaysReleased,
+        Self::SaleRules,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +74,7 @@ impl Invariant {
             Self::Conservation => "conservation",
             Self::StockSeen => "stock seen is possible",
             Self::ReleasedStaysReleased => "a released order stays released",
+            Self::SaleRules => "changes hold",
         }
     }
 }
@@ -141,6 +147,9 @@ pub struct FinalProduct {
     /// The stock total of the product's highest revision (a write answered 503 may have
     /// recorded a revision without publishing it; the next write or a rebuild does).
     pub revised_stock: Option<i64>,
+    /// MongoDB's product document says the product is deleted.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// The final state read after healing and draining.
@@ -293,16 +302,18 @@ pub fn check(plan: &Plan, ids: &Identities, history: &History, state: &FinalStat
     }
 
     let cancels = Cancels::of(history);
+    let reservations = Reservations::of(ids, history);
     let verdicts = vec![
         no_oversell(plan, history, state),
         non_negative(history, state),
-        one_per_user(plan, state, &user_buyer),
+        one_per_user(plan, history, state, &user_buyer, &reservations),
         idempotency(ids, history, &cancels),
         no_lost_order(ids, history, state, &cancels),
         no_phantom(state, &requested, &maybe_bought, &user_buyer),
         conservation(plan, history, state),
         stock_seen(plan, history, state),
         released_stays_released(ids, history, state, &cancels),
+        sale_rules(history, state, &reservations),
     ];
     let self_checks = self_checks(plan, history, state);
     Report { verdicts, self_checks }
@@ -412,24 +423,298 @@ fn non_negative(history: &History, state: &FinalState) -> Verdict {
     c.finish()
 }
 
-fn one_per_user(plan: &Plan, state: &FinalState, user_buyer: &HashMap<String, usize>) -> Verdict {
+/// When each order may have been reserved, per (order, product): from the first request
+/// of its key for that product that may have bought (an order or an unknown outcome) to
+/// the last such request's end. A reservation lost with Redis's data may be taken again
+/// by a later request of its key, so the end is the last request's, not the first
+/// answer's.
+struct Reservations(HashMap<(Uuid, usize), (u64, u64)>);
+
+impl Reservations {
+    fn of(ids: &Identities, history: &History) -> Self {
+        let mut spans: HashMap<(Uuid, usize), (u64, u64)> = HashMap::new();
+        for op in &history.ops {
+            let OpKind::Buy { product, key } = &op.kind else { continue };
+            if !matches!(op.outcome, Outcome::Ok { .. } | Outcome::Info { .. }) {
+                continue;
+            }
+            let Some(user) = ids.user_ids.get(op.buyer) else { continue };
+            let order = flashsale::clock::derive_order_id(*user, key);
+            let span = spans.entry((order, *product)).or_insert((op.invoke_ms, op.complete_ms));
+            *span = (span.0.min(op.invoke_ms), span.1.max(op.complete_ms));
+        }
+        Self(spans)
+    }
+
+    fn of_order(&self, order_id: &str, product: usize) -> Option<(u64, u64)> {
+        let id = Uuid::parse_str(order_id).ok()?;
+        self.0.get(&(id, product)).copied()
+    }
+}
+
+/// One planned change of a product as the history shows it: its attempts, in a row.
+#[derive(Debug, Clone, Copy)]
+struct SentChange {
+    change: ProductChange,
+    /// When its first attempt was sent (a close names the administrator's clock then).
+    sent_ms: u64,
+    /// When an attempt answered 200 or 204: applied from then on.
+    applied_ms: Option<u64>,
+    /// Some attempt may have applied it (answered so, or without a definite answer).
+    maybe: bool,
+}
+
+/// The administrator's changes of product `index`, in the order they were sent.
+fn sent_changes(history: &History, index: usize) -> Vec<SentChange> {
+    let mut ops: Vec<_> = history
+        .ops
+        .iter()
+        .filter(|op| matches!(&op.kind, OpKind::Change { product, .. } if *product == index))
+        .collect();
+    ops.sort_by_key(|op| (op.invoke_ms, op.seq));
+    let mut changes: Vec<SentChange> = Vec::new();
+    for op in ops {
+        let OpKind::Change { change, .. } = op.kind else { continue };
+        let applied = matches!(op.outcome, Outcome::Changed).then_some(op.complete_ms);
+        let maybe = applied.is_some() || op.outcome.is_info();
+        match changes.last_mut() {
+            // Another attempt of the same change (sent again until an answer settles it).
+            Some(last) if last.change == change && last.applied_ms.is_none() => {
+                last.applied_ms = applied;
+                last.maybe |= maybe;
+            }
+            _ => changes.push(SentChange { change, sent_ms: op.invoke_ms, applied_ms: applied, maybe }),
+        }
+    }
+    changes
+}
+
+/// How far an instance's clock may be from the administrator's: a close names the
+/// administrator's clock as the sale's end, and each instance compares that with its
+/// own (deterministic mode offsets each instance's clock by up to this much; real
+/// mode's processes share one clock).
+pub const CLOCK_SKEW_MS: u64 = 250;
+
+/// When a two-valued setting of a product (one-per-user on, the sale closed) surely
+/// held each value: from the answer of a change that set it (or the start, for the
+/// planned value) until the next change that may have set the other was sent.
+#[derive(Debug, Default)]
+struct Toggle {
+    /// Spans `[from, until)`, for `false` and for `true`.
+    spans: [Vec<(u64, u64)>; 2],
+}
+
+impl Toggle {
+    fn of<'a>(initial: bool, changes: impl Iterator<Item = (bool, &'a SentChange)>) -> Self {
+        let mut toggle = Self::default();
+        let mut known = Some((initial, 0u64));
+        for (value, change) in changes.filter(|(_, change)| change.maybe) {
+            if let Some((current, since)) = known.filter(|(current, _)| *current != value) {
+                toggle.spans[usize::from(current)].push((since, change.sent_ms));
+                known = None;
+            }
+            if let (None, Some(at)) = (known, change.applied_ms) {
+                known = Some((value, at));
+            }
+        }
+        if let Some((current, since)) = known {
+            toggle.spans[usize::from(current)].push((since, u64::MAX));
+        }
+        toggle
+    }
+
+    /// Whether it surely was `value` from `from` to `until`, more than `early` ms after
+    /// that span began and `late` ms before it ended. Strictly: the history counts whole
+    /// milliseconds, and a request sent in the millisecond a change was answered may have
+    /// run before it. The planned value holds from the start.
+    fn surely(&self, value: bool, from: u64, until: u64, early: u64, late: u64) -> bool {
+        self.spans[usize::from(value)].iter().any(|&(begins, ends)| {
+            let after = if begins == 0 && early == 0 { true } else { begins.saturating_add(early) < from };
+            after && until.saturating_add(late) < ends
+        })
+    }
+}
+
+/// Invariant 3. For a product whose rule never changed, no user holds two live orders
+/// at the end. For one whose rule an administrator turned over: no user got a second
+/// live order while the rule surely was on (of two orders, whichever may have been
+/// reserved later was reserved while it was on; not across a Redis data loss, which
+/// may forget a pending reservation), and no `already-purchased` was answered while it
+/// surely was off.
+fn one_per_user(
+    plan: &Plan,
+    history: &History,
+    state: &FinalState,
+    user_buyer: &HashMap<String, usize>,
+    reservations: &Reservations,
+) -> Verdict {
     let mut c = Collector::new(Invariant::OnePerUser);
+    let loss_starts = redis_data_loss_starts(history);
     for (index, product) in state.products.iter().enumerate() {
-        if !plan.products.get(index).is_some_and(|p| p.one_per_user) {
+        let planned = plan.products.get(index).is_some_and(|p| p.one_per_user);
+        let changes = sent_changes(history, index);
+        let switches: Vec<(bool, &SentChange)> = changes
+            .iter()
+            .filter_map(|change| match change.change {
+                ProductChange::OnePerUser { on } if change.maybe => Some((on, change)),
+                _ => None,
+            })
+            .collect();
+        if switches.is_empty() && !planned {
             continue;
         }
-        let mut per_user: HashMap<&str, Vec<&str>> = HashMap::new();
+        let rule = Toggle::of(planned, switches.iter().copied());
+        let mut per_user: HashMap<&str, Vec<&StoredOrder>> = HashMap::new();
         for order in live_orders(product) {
-            per_user.entry(&order.user_id).or_default().push(&order.order_id);
+            per_user.entry(&order.user_id).or_default().push(order);
         }
-        for (user, orders) in per_user {
+        let mut users: Vec<_> = per_user.into_iter().collect();
+        users.sort_by_key(|(user, _)| *user);
+        for (user, orders) in users {
             c.check();
-            if orders.len() > 1 {
-                let buyers = user_buyer.get(user).copied().into_iter().collect();
+            let buyers: Vec<usize> = user_buyer.get(user).copied().into_iter().collect();
+            if switches.is_empty() {
+                if orders.len() > 1 {
+                    let ids: Vec<&str> = orders.iter().map(|o| o.order_id.as_str()).collect();
+                    c.violate(
+                        format!("user {user} holds {} live orders: {}", orders.len(), ids.join(", ")),
+                        Some(index),
+                        buyers,
+                        None,
+                    );
+                }
+                continue;
+            }
+            let spans: Vec<(&str, (u64, u64))> = orders
+                .iter()
+                .filter_map(|o| reservations.of_order(&o.order_id, index).map(|span| (o.order_id.as_str(), span)))
+                .collect();
+            let second = spans.iter().enumerate().find_map(|(i, a)| {
+                spans[i + 1..]
+                    .iter()
+                    .find(|b| {
+                        let (from, until) = (a.1.0.min(b.1.0), a.1.1.max(b.1.1));
+                        let lost = loss_starts.iter().any(|start| (from..=until).contains(start));
+                        // Each of the two that may have been reserved after the other was
+                        // reserved while the rule surely was on.
+                        let on = |x: &(&str, (u64, u64)), y: &(&str, (u64, u64))| {
+                            x.1.1 < y.1.0 || rule.surely(true, x.1.0, x.1.1, 0, 0)
+                        };
+                        !lost && on(a, b) && on(b, a)
+                    })
+                    .map(|b| (a, b))
+            });
+            if let Some((a, b)) = second {
                 c.violate(
-                    format!("user {user} holds {} live orders: {}", orders.len(), orders.join(", ")),
+                    format!(
+                        "user {user} holds orders {} (reserved {}..{} ms) and {} ({}..{} ms), one taken while one-per-user was on",
+                        a.0, a.1.0, a.1.1, b.0, b.1.0, b.1.1
+                    ),
                     Some(index),
                     buyers,
+                    Some(a.1.1.max(b.1.1)),
+                );
+            }
+        }
+        if switches.is_empty() {
+            continue;
+        }
+        for op in &history.ops {
+            if !matches!(&op.kind, OpKind::Buy { product, .. } if *product == index)
+                || op.outcome.problem() != Some("already-purchased")
+            {
+                continue;
+            }
+            c.check();
+            if rule.surely(false, op.invoke_ms, op.complete_ms, 0, 0) {
+                c.violate(
+                    "answered already-purchased while one-per-user was off".to_owned(),
+                    Some(index),
+                    vec![op.buyer],
+                    Some(op.complete_ms),
+                );
+            }
+        }
+    }
+    c.finish()
+}
+
+/// Invariant 10. The administrator's changes hold from their answers on: no order (live
+/// or released since) was reserved while the sale surely was closed (a close names the
+/// administrator's clock, so from its answer plus [`CLOCK_SKEW_MS`] until a reopen was
+/// sent) or after a delete answered 204; no `sale-ended` was answered while the sale
+/// surely was open (until [`CLOCK_SKEW_MS`] before a close was sent); and a deleted
+/// product's sale state is gone at the end.
+fn sale_rules(history: &History, state: &FinalState, reservations: &Reservations) -> Verdict {
+    let mut c = Collector::new(Invariant::SaleRules);
+    for (index, product) in state.products.iter().enumerate() {
+        let changes = sent_changes(history, index);
+        let closed = Toggle::of(
+            false,
+            changes.iter().filter_map(|change| match change.change {
+                ProductChange::Close => Some((true, change)),
+                ProductChange::Reopen => Some((false, change)),
+                _ => None,
+            }),
+        );
+        let deleted_at = changes.iter().filter(|c| c.change == ProductChange::Delete).find_map(|c| c.applied_ms);
+        for order in &product.orders {
+            let Some((from, until)) = reservations.of_order(&order.order_id, index) else { continue };
+            c.check();
+            if closed.surely(true, from, until, CLOCK_SKEW_MS, 0) {
+                c.violate(
+                    format!(
+                        "order {} was reserved between {from} and {until} ms, while the sale was closed",
+                        order.order_id
+                    ),
+                    Some(index),
+                    vec![],
+                    Some(until),
+                );
+            }
+            if let Some(at) = deleted_at.filter(|at| from > *at) {
+                c.violate(
+                    format!(
+                        "order {} was reserved after {from} ms, but the product was deleted at {at} ms",
+                        order.order_id
+                    ),
+                    Some(index),
+                    vec![],
+                    Some(from),
+                );
+            }
+        }
+        for op in &history.ops {
+            if !matches!(&op.kind, OpKind::Buy { product, .. } if *product == index)
+                || op.outcome.problem() != Some("sale-ended")
+            {
+                continue;
+            }
+            c.check();
+            if closed.surely(false, op.invoke_ms, op.complete_ms, 0, CLOCK_SKEW_MS) {
+                c.violate(
+                    "answered sale-ended while the sale was open".to_owned(),
+                    Some(index),
+                    vec![op.buyer],
+                    Some(op.complete_ms),
+                );
+            }
+        }
+        if deleted_at.is_some() || product.deleted {
+            c.check();
+            if deleted_at.is_some() && !product.deleted {
+                c.violate(
+                    "a delete answered 204 but the product document is not deleted".into(),
+                    Some(index),
+                    vec![],
+                    None,
+                );
+            }
+            if product.deleted && product.redis.is_some() {
+                c.violate(
+                    "the product is deleted but its sale state is still loaded".into(),
+                    Some(index),
+                    vec![],
                     None,
                 );
             }
@@ -909,6 +1194,10 @@ fn conservation(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
         let bounds = StockBounds::of(plan, history, index);
         let live = live_orders(product).count() as i64;
         let released = product.orders.iter().any(|o| !o.live);
+        if product.deleted {
+            // No sale state to hold the stock: whether it is gone is invariant 10's.
+            continue;
+        }
         let Some(sale) = product.redis else {
             c.violate("the sale state is missing from Redis after healing".into(), Some(index), vec![], None);
             continue;
@@ -1141,6 +1430,7 @@ mod tests {
                 orders,
                 recorded_stock: Some(2),
                 revised_stock: Some(2),
+                deleted: false,
             }],
             drained: true,
             drain_ms: 0,
@@ -1438,5 +1728,125 @@ mod tests {
         assert!(report.vacuous());
         let failed: Vec<_> = report.self_checks.iter().filter(|c| !c.passed).map(|c| c.check).collect();
         assert_eq!(failed, vec![SelfCheck::SoldOut, SelfCheck::KeyReplayed]);
+    }
+
+    fn change(seq: u64, change: ProductChange, sent: u64, answered: u64, outcome: Outcome) -> Op {
+        Op {
+            seq,
+            buyer: crate::history::ADMIN,
+            instance: 0,
+            kind: OpKind::Change { product: 0, change },
+            invoke_ms: sent,
+            complete_ms: answered,
+            outcome,
+        }
+    }
+
+    /// Buyer 0 buys with key "a" at 0, then with key "a2" at `second_at`, both stored.
+    fn second_order_by_one_user(changes: Vec<Op>, second_at: u64) -> Report {
+        let mut history = good_history();
+        history.ops[2] = buy(2, 0, "a2", second_at, ok(0, "a2", 2, false));
+        history.ops.extend(changes);
+        check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1), stored(0, "a2", 2)], 3))
+    }
+
+    #[test]
+    fn one_per_user_holds_from_the_answer_that_turned_it_on_until_one_turning_it_off_is_sent() {
+        let off = |seq, sent, answered, outcome| {
+            change(seq, ProductChange::OnePerUser { on: false }, sent, answered, outcome)
+        };
+        let on =
+            |seq, sent, answered, outcome| change(seq, ProductChange::OnePerUser { on: true }, sent, answered, outcome);
+        // Turned off at 10..12: a second order at 20 is allowed.
+        assert!(violated(&second_order_by_one_user(vec![off(10, 10, 12, Outcome::Changed)], 20)).is_empty());
+        // A second order while the rule was off, then turned on again: still allowed.
+        let report =
+            second_order_by_one_user(vec![off(10, 10, 12, Outcome::Changed), on(11, 100, 105, Outcome::Changed)], 20);
+        assert!(violated(&report).is_empty(), "{:#?}", report.verdicts);
+        // Turned on again at 100..105, the second order at 200: broken.
+        let report =
+            second_order_by_one_user(vec![off(10, 10, 12, Outcome::Changed), on(11, 100, 105, Outcome::Changed)], 200);
+        assert_eq!(violated(&report), vec![Invariant::OnePerUser]);
+        // Turning it off got no answer: it may have been off, so no verdict either way.
+        let unknown = Outcome::Info { status: 0, reason: "timeout".into() };
+        assert!(violated(&second_order_by_one_user(vec![off(10, 10, 12, unknown)], 20)).is_empty());
+        // A refusal changed nothing: the rule stayed on.
+        let refused = Outcome::Fail { status: 409, problem: "conflict".into() };
+        let report = second_order_by_one_user(vec![off(10, 10, 12, refused)], 20);
+        assert_eq!(violated(&report), vec![Invariant::OnePerUser]);
+        // already-purchased while the rule surely was off.
+        let mut history = good_history();
+        history.ops.push(off(10, 10, 12, Outcome::Changed));
+        history.ops.push(buy(11, 0, "a3", 40, Outcome::Fail { status: 409, problem: "already-purchased".into() }));
+        let report = check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3));
+        assert_eq!(violated(&report), vec![Invariant::OnePerUser]);
+    }
+
+    #[test]
+    fn no_order_is_reserved_while_the_sale_is_closed_nor_sale_ended_answered_while_it_is_open() {
+        let close = |sent, answered| change(10, ProductChange::Close, sent, answered, Outcome::Changed);
+        let reopen = |sent, answered| change(11, ProductChange::Reopen, sent, answered, Outcome::Changed);
+        let run = |ops: Vec<Op>| {
+            let mut history = good_history();
+            history.ops.extend(ops);
+            check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3))
+        };
+        // Key "b" (sent at 1 and 20) was reserved by 25: a close sent at 10 and answered
+        // at 12 came too late to matter, whatever the clocks.
+        assert!(violated(&run(vec![close(10, 12)])).is_empty());
+        // Closed well before "b" was first sent: broken.
+        let mut early = good_history();
+        early.ops[1].invoke_ms = 1_000;
+        early.ops[2].invoke_ms = 1_020;
+        early.ops[2].complete_ms = 1_025;
+        early.ops.push(close(10, 12));
+        let report = check(&plan(), &ids(), &early, &state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3));
+        assert_eq!(violated(&report), vec![Invariant::SaleRules]);
+        // Within the clocks' skew of the close's answer: no verdict.
+        let mut skewed = early.clone();
+        skewed.ops[1].invoke_ms = 12 + CLOCK_SKEW_MS - 1;
+        let report = check(&plan(), &ids(), &skewed, &state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3));
+        assert!(violated(&report).is_empty(), "{:#?}", report.verdicts);
+        // Reopened before "b" was sent: allowed.
+        early.ops.push(reopen(500, 510));
+        let report = check(&plan(), &ids(), &early, &state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3));
+        assert!(violated(&report).is_empty(), "{:#?}", report.verdicts);
+        // sale-ended before any close was sent (and outside the skew): broken.
+        let ended = Outcome::Fail { status: 409, problem: "sale-ended".into() };
+        let report = run(vec![buy(10, 2, "d", 40, ended.clone()), close(1_000, 1_010)]);
+        assert_eq!(violated(&report), vec![Invariant::SaleRules]);
+        let report = run(vec![buy(10, 2, "d", 40, ended.clone()), close(40 + 5 + CLOCK_SKEW_MS, 1_000)]);
+        assert!(violated(&report).is_empty(), "{:#?}", report.verdicts);
+    }
+
+    #[test]
+    fn a_deleted_product_takes_no_order_after_its_delete_and_keeps_no_sale_state() {
+        let delete = |outcome| change(10, ProductChange::Delete, 10, 12, outcome);
+        let mut gone = state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3);
+        gone.products[0].deleted = true;
+        gone.products[0].redis = None;
+        let report = check(
+            &plan(),
+            &ids(),
+            &{
+                let mut history = good_history();
+                history.ops.push(delete(Outcome::Changed));
+                history
+            },
+            &gone,
+        );
+        assert!(violated(&report).is_empty(), "{:#?}", report.verdicts);
+        // Its sale state still loaded at the end.
+        let mut loaded = gone.clone();
+        loaded.products[0].redis = state(vec![], 3).products[0].redis;
+        let mut history = good_history();
+        history.ops.push(delete(Outcome::Changed));
+        assert_eq!(violated(&check(&plan(), &ids(), &history, &loaded)), vec![Invariant::SaleRules]);
+        // An order first asked for after the delete's answer.
+        let mut late = good_history();
+        late.ops[1].invoke_ms = 100;
+        late.ops[2].invoke_ms = 120;
+        late.ops.push(delete(Outcome::Changed));
+        assert_eq!(violated(&check(&plan(), &ids(), &late, &gone)), vec![Invariant::SaleRules]);
     }
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::plan::Fault;
+use crate::plan::{Fault, ProductChange};
 
 /// What one operation asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,6 +36,9 @@ pub enum OpKind {
     /// `POST /api/v1/products/{product}/restock` by an administrator (`buyer` is
     /// [`ADMIN`]).
     Restock { product: usize, quantity: i64 },
+    /// `PUT` or `DELETE /api/v1/products/{product}` by an administrator (`buyer` is
+    /// [`ADMIN`]).
+    Change { product: usize, change: ProductChange },
 }
 
 /// The `buyer` of an operation an administrator sends on no buyer's behalf.
@@ -61,6 +64,8 @@ pub enum Outcome {
     Cancelled,
     /// A restock answered 200, with the product's new stock total.
     Restocked { stock_total: i64 },
+    /// A change answered 200 (an update) or 204 (a delete): applied.
+    Changed,
 }
 
 impl Outcome {
@@ -88,6 +93,7 @@ impl Outcome {
             Self::LoggedIn => "logged in".into(),
             Self::Cancelled => "cancelled".into(),
             Self::Restocked { stock_total } => format!("restocked to {stock_total}"),
+            Self::Changed => "changed".into(),
         }
     }
 }

@@ -380,6 +380,9 @@ fn print_plan(out: &mut impl Write, plan: &Plan) -> std::io::Result<()> {
         for restock in &product.restocks {
             writeln!(out, "    restocked +{} at {} ms", restock.quantity, restock.at_ms)?;
         }
+        for change in &product.changes {
+            writeln!(out, "    {} at {} ms", report::change_text(change.change), change.at_ms)?;
+        }
     }
     for fault in &plan.faults {
         writeln!(out, "  at {:>6} ms for {:>5} ms: {:?}", fault.at_ms, fault.duration_ms, fault.fault)?;

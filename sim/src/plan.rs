@@ -160,6 +160,33 @@ pub struct ProductPlan {
     /// Units an administrator adds during the sale.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restocks: Vec<RestockPlan>,
+    /// Changes an administrator makes to the product during the sale, in time order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<ChangePlan>,
+}
+
+/// One change to a product by an administrator (`PUT` or `DELETE
+/// /api/v1/products/{id}`). Each is idempotent, so it is sent again after an unknown
+/// outcome, as an administrator's console would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangePlan {
+    /// When it is sent, from the start of the run.
+    pub at_ms: u64,
+    pub change: ProductChange,
+}
+
+/// What a change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ProductChange {
+    /// Turns the one-per-user rule on or off.
+    OnePerUser { on: bool },
+    /// Ends the sale: its end set to the administrator's clock when first sent.
+    Close,
+    /// Clears the end of the sale.
+    Reopen,
+    /// Deletes the product.
+    Delete,
 }
 
 /// One restock by an administrator (`POST /api/v1/products/{id}/restock`), sent once:
@@ -260,6 +287,7 @@ impl Plan {
                 one_per_user: rng.random_bool(0.85),
                 opens_at_ms: opening_ms(&options, index),
                 restocks: Vec::new(),
+                changes: Vec::new(),
             })
             .collect();
         let mut buyers: Vec<BuyerPlan> =
@@ -267,6 +295,7 @@ impl Plan {
         let faults = plan_faults(&mut rng, &options, &products);
         plan_cancellations(&options, &mut buyers);
         plan_restocks(&options, &mut products);
+        plan_changes(&options, &mut products);
         Ok(Self { options, products, buyers, faults })
     }
 
@@ -308,6 +337,10 @@ impl Plan {
             anyhow::ensure!(
                 product.restocks.iter().all(|restock| restock.quantity >= 1),
                 "product {position} has a restock of fewer than one unit"
+            );
+            anyhow::ensure!(
+                product.changes.windows(2).all(|pair| pair[0].at_ms <= pair[1].at_ms),
+                "product {position} has changes out of time order"
             );
         }
         for fault in &self.faults {
@@ -432,6 +465,51 @@ fn plan_restocks(options: &PlanOptions, products: &mut [ProductPlan]) {
             let at_ms = rng.random_range(earliest..=window_end.max(earliest));
             let quantity = rng.random_range(1..=(product.stock / 4).max(1));
             product.restocks.push(RestockPlan { at_ms, quantity });
+        }
+    }
+}
+
+/// Percent of the products an administrator changes during the sale; a swarm plan draws
+/// one of [`SWARM_CHANGED_PERCENTS`].
+pub const CHANGED_PERCENT: u32 = 25;
+/// The shares of changed products a swarm seed chooses from.
+pub const SWARM_CHANGED_PERCENTS: [u32; 3] = [0, 25, 100];
+/// How long after the first change of a product its reversal may come (one-per-user
+/// turned back, the sale reopened).
+const CHANGE_REVERSED_AFTER_MS: std::ops::Range<u64> = 300..3_000;
+
+/// Picks the products an administrator changes, from a stream of its own (the buyers,
+/// faults and restocks a seed plans stay the same): one-per-user turned over (and in
+/// half of them back again), the sale closed (and in half of them reopened), or the
+/// product deleted, during the fault window. The first product is never closed nor
+/// deleted, so every run has a sale that can sell out.
+fn plan_changes(options: &PlanOptions, products: &mut [ProductPlan]) {
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0xC4A6_9E00_0000_0000);
+    let percent = match options.fault_mix {
+        FaultMix::Swarm => SWARM_CHANGED_PERCENTS[rng.random_range(0..SWARM_CHANGED_PERCENTS.len())],
+        _ => CHANGED_PERCENT,
+    };
+    let window_end = options.duration_ms * FAULT_WINDOW_PERCENT / 100;
+    for product in products.iter_mut() {
+        if rng.random_range(0..100) >= percent {
+            continue;
+        }
+        let earliest = product.opens_at_ms + RESTOCK_AFTER_OPENING_MS;
+        let at_ms = rng.random_range(earliest..=window_end.max(earliest));
+        let later = at_ms + rng.random_range(CHANGE_REVERSED_AFTER_MS);
+        let reversed = rng.random_bool(0.5);
+        let kinds = if product.index == 0 { 1 } else { 3 };
+        let (first, second) = match rng.random_range(0..kinds) {
+            0 => (
+                ProductChange::OnePerUser { on: !product.one_per_user },
+                ProductChange::OnePerUser { on: product.one_per_user },
+            ),
+            1 => (ProductChange::Close, ProductChange::Reopen),
+            _ => (ProductChange::Delete, ProductChange::Delete),
+        };
+        product.changes.push(ChangePlan { at_ms, change: first });
+        if reversed && first != ProductChange::Delete {
+            product.changes.push(ChangePlan { at_ms: later, change: second });
         }
     }
 }

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::checker::{Invariant, Report, SelfCheckResult, Verdict, Violation};
 use crate::history::{ADMIN, FaultEvent, FaultPhase, History, Op, OpKind, Outcome};
-use crate::plan::{Backend, Fault, Plan};
+use crate::plan::{Backend, Fault, Plan, ProductChange};
 use crate::runner::{self, RunOutcome};
 
 /// Largest number of offending buyers whose histories are shown.
@@ -289,7 +289,8 @@ fn op_product(kind: &OpKind) -> Option<usize> {
         OpKind::Buy { product, .. }
         | OpKind::Read { product }
         | OpKind::Cancel { product, .. }
-        | OpKind::Restock { product, .. } => Some(*product),
+        | OpKind::Restock { product, .. }
+        | OpKind::Change { product, .. } => Some(*product),
         OpKind::Login => None,
     }
 }
@@ -301,6 +302,18 @@ fn op_text(kind: &OpKind) -> String {
         OpKind::Login => "login".into(),
         OpKind::Cancel { product, order_id } => format!("cancel p{product} order {order_id}"),
         OpKind::Restock { product, quantity } => format!("restock p{product} +{quantity}"),
+        OpKind::Change { product, change } => format!("{} p{product}", change_text(*change)),
+    }
+}
+
+/// A product change, in words.
+pub fn change_text(change: ProductChange) -> &'static str {
+    match change {
+        ProductChange::OnePerUser { on: true } => "one-per-user on",
+        ProductChange::OnePerUser { on: false } => "one-per-user off",
+        ProductChange::Close => "close",
+        ProductChange::Reopen => "reopen",
+        ProductChange::Delete => "delete",
     }
 }
 
@@ -621,13 +634,13 @@ fn summary_markdown(run: &RunOutcome) -> String {
 
     wl!(md, "## Products");
     wl!(md);
-    wl!(md, "| product | stock | one per user | opens at | restocks | id |");
-    wl!(md, "|---:|---:|---|---:|---|---|");
+    wl!(md, "| product | stock | one per user | opens at | restocks | changes | id |");
+    wl!(md, "|---:|---:|---|---:|---|---|---|");
     for product in &plan.products {
         let id = run.ids.product_ids.get(product.index).map(ToString::to_string).unwrap_or_default();
         wl!(
             md,
-            "| {} | {} | {} | {} ms | {} | `{}` |",
+            "| {} | {} | {} | {} ms | {} | {} | `{}` |",
             product.index,
             product.stock,
             if product.one_per_user { "yes" } else { "no" },
@@ -636,6 +649,12 @@ fn summary_markdown(run: &RunOutcome) -> String {
                 .restocks
                 .iter()
                 .map(|r| format!("+{} at {} ms", r.quantity, r.at_ms))
+                .collect::<Vec<_>>()
+                .join(", "),
+            product
+                .changes
+                .iter()
+                .map(|c| format!("{} at {} ms", change_text(c.change), c.at_ms))
                 .collect::<Vec<_>>()
                 .join(", "),
             id
@@ -1383,6 +1402,7 @@ mod tests {
                     redis: Some(sale(3)),
                     recorded_stock: Some(2),
                     revised_stock: Some(2),
+                    deleted: false,
                 },
                 FinalProduct {
                     product_id: ids.product_ids[1],
@@ -1390,6 +1410,7 @@ mod tests {
                     redis: Some(sale(2)),
                     recorded_stock: Some(2),
                     revised_stock: Some(2),
+                    deleted: false,
                 },
             ],
             drained: true,

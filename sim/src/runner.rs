@@ -263,7 +263,7 @@ async fn play(
         let buyer = Buyer { plan: buyer_plan.clone(), user_id, session };
         tasks.push(tokio::spawn(buyers::play(shared.clone(), buyer)));
     }
-    tasks.extend(buyers::spawn_restocks(&shared, plan));
+    tasks.extend(buyers::spawn_admin(&shared, plan));
     let progress_task = settings.progress.then(|| {
         let recorder = recorder.clone();
         let total = plan.buyers.len();
@@ -454,8 +454,8 @@ async fn create_product(
 }
 
 /// Waits until every product's sale state is loaded, its pending set is empty and its
-/// live stock has caught up with the stock its document records (on tokio's clock:
-/// virtual time in deterministic mode).
+/// live stock has caught up with the stock its document records, and every deleted
+/// product's sale state is gone (on tokio's clock: virtual time in deterministic mode).
 pub(crate) async fn drain(admin: &AppState, product_ids: &[Uuid]) -> bool {
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     loop {
@@ -463,8 +463,9 @@ pub(crate) async fn drain(admin: &AppState, product_ids: &[Uuid]) -> bool {
         for id in product_ids {
             let recorded = flashsale::sale::product_store::find_product(admin, *id).await;
             match (redis_sale(admin, *id).await, recorded) {
-                (Ok(Some(sale)), Ok(Some(product))) if sale.pending == 0 && sale.stock_total >= product.stock_total => {
-                }
+                (Ok(None), Ok(Some(product))) if product.deleted => {}
+                (Ok(Some(sale)), Ok(Some(product)))
+                    if !product.deleted && sale.pending == 0 && sale.stock_total >= product.stock_total => {}
                 _ => done = false,
             }
         }
@@ -514,10 +515,12 @@ pub(crate) async fn read_final_state(
                 user_id: doc.user_id,
             })
             .collect();
-        let recorded_stock = flashsale::sale::product_store::find_product(admin, *id).await?.map(|p| p.stock_total);
+        let document = flashsale::sale::product_store::find_product(admin, *id).await?;
+        let recorded_stock = document.as_ref().map(|p| p.stock_total);
+        let deleted = document.is_some_and(|p| p.deleted);
         let revised_stock = flashsale::sale::product_store::head(admin, *id).await?.map(|p| p.stock_total);
         let redis = redis_sale(admin, *id).await?;
-        products.push(FinalProduct { product_id: *id, orders, redis, recorded_stock, revised_stock });
+        products.push(FinalProduct { product_id: *id, orders, redis, recorded_stock, revised_stock, deleted });
     }
     Ok(FinalState { products, drained, drain_ms })
 }

@@ -26,6 +26,8 @@ pub struct SimRequest {
 pub enum Method {
     Get,
     Post,
+    Put,
+    Delete,
 }
 
 /// What came back.
@@ -92,6 +94,8 @@ async fn send_http(client: &reqwest::Client, base: &str, request: SimRequest) ->
     let mut builder = match request.method {
         Method::Get => client.get(url),
         Method::Post => client.post(url),
+        Method::Put => client.put(url),
+        Method::Delete => client.delete(url),
     };
     for (name, value) in request.headers {
         builder = builder.header(name, value);

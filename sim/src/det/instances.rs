@@ -185,6 +185,8 @@ async fn call(router: Router, request: SimRequest) -> Result<Answer, Lost> {
     let method = match request.method {
         Method::Get => axum::http::Method::GET,
         Method::Post => axum::http::Method::POST,
+        Method::Put => axum::http::Method::PUT,
+        Method::Delete => axum::http::Method::DELETE,
     };
     let mut builder = axum::http::Request::builder().method(method).uri(&request.path);
     for (name, value) in &request.headers {
