@@ -1,6 +1,7 @@
 -- purchase.lua: take one unit of a product for one order, atomically.
 --
--- KEYS[1] sale hash      (stock_total, next_unit, one_per_user, starts_at_ms, ends_at_ms, paused)
+-- KEYS[1] sale hash      (stock_total, next_unit, one_per_user, starts_at_ms, ends_at_ms, paused,
+--                         retiring: a deleted product's sale about to go, see unload.lua)
 -- KEYS[2] free zset      (returned units, score = unit number)
 -- KEYS[3] buyers hash    (user_id -> live order count)
 -- KEYS[4] orders hash    (order_id -> "user_id|unit|reserved_at_ms|state[|rule]", state R
@@ -18,11 +19,11 @@
 --
 -- Every read and check comes before the first write: a Redis script has no rollback.
 local sale = redis.call('HMGET', KEYS[1], 'stock_total', 'next_unit', 'one_per_user',
-  'starts_at_ms', 'ends_at_ms', 'paused')
+  'starts_at_ms', 'ends_at_ms', 'paused', 'retiring')
 local stock_total = tonumber(sale[1])
 local next_unit = tonumber(sale[2])
 if not stock_total or not next_unit then return {'not_loaded'} end
-if sale[6] == '1' then return {'paused'} end
+if sale[6] == '1' or sale[7] == '1' then return {'paused'} end
 
 local existing = redis.call('HGET', KEYS[4], ARGV[1])
 if existing then

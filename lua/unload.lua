@@ -4,9 +4,10 @@
 -- KEYS[1..6] as purchase.lua (sale, free, buyers, orders, pending, tombstones)
 -- ARGV[1] events channel  ARGV[2] product_id  ARGV[3] "stop" to stop (absent: unload)
 --
--- Stopping pauses a loaded sale (purchases answer "paused", and the purchase path then
--- finds the product deleted), so that the reservations it holds are all there is to
--- persist before it goes. Unloading refuses while a reservation is not yet persisted
+-- Stopping marks a loaded sale `retiring`: purchase.lua answers "paused" (the purchase
+-- path then finds the product deleted and answers 404) while releases and confirmations
+-- still work, so that the reservations it holds are all there is to persist before it
+-- goes. Unloading refuses while a reservation is not yet persisted
 -- (its pending entry stands): some were answered 202, and the tombstone would lose them.
 --
 -- The sale hash becomes {deleted = 1}: purchases find no sale loaded, and load_sale.lua
@@ -20,7 +21,7 @@
 -- are still pending: nothing unloaded).
 if ARGV[3] == 'stop' then
   if not redis.call('HGET', KEYS[1], 'stock_total') then return 0 end
-  redis.call('HSET', KEYS[1], 'paused', '1')
+  redis.call('HSET', KEYS[1], 'retiring', '1')
   return 1
 end
 if redis.call('ZCARD', KEYS[5]) > 0 then return 0 end

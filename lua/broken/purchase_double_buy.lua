@@ -21,11 +21,11 @@
 --
 -- Every read and check comes before the first write: a Redis script has no rollback.
 local sale = redis.call('HMGET', KEYS[1], 'stock_total', 'next_unit', 'one_per_user',
-  'starts_at_ms', 'ends_at_ms', 'paused')
+  'starts_at_ms', 'ends_at_ms', 'paused', 'retiring')
 local stock_total = tonumber(sale[1])
 local next_unit = tonumber(sale[2])
 if not stock_total or not next_unit then return {'not_loaded'} end
-if sale[6] == '1' then return {'paused'} end
+if sale[6] == '1' or sale[7] == '1' then return {'paused'} end
 
 local existing = redis.call('HGET', KEYS[4], ARGV[1])
 if existing then

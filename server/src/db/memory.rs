@@ -242,6 +242,10 @@ impl MemoryDb {
         self.run(|db| Ok(db.live_products())).await
     }
 
+    pub async fn deleted_since(&self, since_ms: i64) -> DbResult<Vec<String>> {
+        self.run(|db| Ok(db.deleted_since(since_ms))).await
+    }
+
     pub async fn insert_order(&self, order: &OrderDoc) -> DbResult<()> {
         self.run(|db| db.insert_order(order)).await
     }

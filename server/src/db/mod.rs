@@ -241,6 +241,12 @@ impl Db {
         dispatch!(self.live_products())
     }
 
+    /// Ids of the products deleted (their document updated) at `since_ms` or later, in
+    /// `_id` order.
+    pub async fn deleted_since(&self, since_ms: i64) -> DbResult<Vec<String>> {
+        dispatch!(self.deleted_since(since_ms))
+    }
+
     /// Inserts an order; `DuplicateKey` if its id, its unit or its buyer slot is taken.
     pub async fn insert_order(&self, order: &OrderDoc) -> DbResult<()> {
         dispatch!(self.insert_order(order))

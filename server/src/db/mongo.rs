@@ -269,6 +269,22 @@ impl MongoDb {
             .collect())
     }
 
+    pub async fn deleted_since(&self, since_ms: i64) -> DbResult<Vec<String>> {
+        let products = self.collection::<Document>(PRODUCTS);
+        let docs: Vec<Document> = self
+            .run(async {
+                products
+                    .find(doc! { "deleted": true, "updated_at_ms": { "$gte": since_ms } })
+                    .projection(doc! { "_id": 1 })
+                    .sort(doc! { "_id": 1 })
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        Ok(docs.iter().filter_map(|d| Some(d.get_str("_id").ok()?.to_owned())).collect())
+    }
+
     pub async fn insert_order(&self, order: &OrderDoc) -> DbResult<()> {
         self.run(self.orders().insert_one(order)).await?;
         Ok(())

@@ -229,3 +229,41 @@ async fn reservations_keep_the_one_per_user_rule_they_were_taken_under() {
     let args = PurchaseArgs { order_id: third, user_id, product_id: product, now_ms: 2_000, channel: &channel };
     assert_eq!(scripts::purchase(&mut conn, &keys, &args).await.expect("purchase"), PurchaseOutcome::AlreadyPurchased);
 }
+
+/// A delete recorded in MongoDB whose live step never ran (Redis down when it was
+/// answered 503, the instance gone before its retry took): the next reconciler pass
+/// persists the reservations the sale still holds (a buyer may hold a 202 for one) and
+/// retires the sale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_retires_the_sale_of_a_product_deleted_without_its_live_step() {
+    use flashsale::db::records::ProductRevision;
+    use flashsale::redis::scripts::{self, PurchaseArgs, PurchaseOutcome};
+    use flashsale::sale::{product_store, reconciler};
+
+    let app = TestApp::spawn_with(|config| config.background_tasks = false).await;
+    let product = app.create_product(5, true).await;
+    let (_, user_id) = app.verified_buyer(Role::Buyer).await;
+    let keys = app.app().keys.sale(product);
+    let channel = app.app().keys.events_channel();
+    let mut conn = app.app().redis.clone();
+    let order_id = flashsale::clock::derive_order_id(user_id, "pending");
+    let args =
+        PurchaseArgs { order_id, user_id, product_id: product, now_ms: app.app().ids.now_ms(), channel: &channel };
+    let outcome = scripts::purchase(&mut conn, &keys, &args).await.expect("purchase script");
+    assert!(matches!(outcome, PurchaseOutcome::Reserved { .. }), "{outcome:?}");
+
+    // The delete's MongoDB steps only: its revision and its document.
+    let mut deleted = product_store::head(app.app(), product).await.expect("mongo").expect("product");
+    deleted.deleted = true;
+    deleted.revision += 1;
+    deleted.updated_at_ms = app.app().ids.now_ms();
+    app.app().db.insert_product_revision(&ProductRevision::of(&deleted)).await.expect("revision");
+    app.app().db.put_product(&deleted).await.expect("document");
+    assert!(flashsale::sale::stock(app.app(), product).await.expect("redis").is_some(), "still loaded");
+
+    reconciler::run_pass(app.app()).await.expect("reconciler pass");
+
+    assert!(flashsale::sale::stock(app.app(), product).await.expect("redis").is_none(), "the sale is retired");
+    let stored = orders::find_order(app.app(), order_id).await.expect("mongo").expect("the reservation persisted");
+    assert_eq!(stored.status, OrderStatus::Confirmed);
+}

@@ -83,6 +83,7 @@ pub enum Step {
     InsertProductRevision(ProductRevision),
     LatestProductRevision(String),
     LiveProducts,
+    DeletedSince(i64),
     InsertOrder(OrderDoc),
     /// A group commit: one unordered `insert_many`.
     InsertOrders(Vec<OrderDoc>),
@@ -121,6 +122,7 @@ pub enum Outcome {
     Products(Vec<Product>),
     Revision(Option<ProductRevision>),
     Stocks(Vec<(String, i64)>),
+    Ids(Vec<String>),
     Order(Option<OrderDoc>),
     Orders(Vec<OrderDoc>),
     /// One outcome per document of a multi-document write.
@@ -187,6 +189,7 @@ impl Step {
             Self::InsertProductRevision(revision) => O::of(db.insert_product_revision(revision).await, |()| O::Done),
             Self::LatestProductRevision(id) => O::of(db.latest_product_revision(id).await, O::Revision),
             Self::LiveProducts => O::of(db.live_products().await, O::Stocks),
+            Self::DeletedSince(since_ms) => O::of(db.deleted_since(*since_ms).await, O::Ids),
             Self::InsertOrder(order) => O::of(db.insert_order(order).await, |()| O::Done),
             Self::InsertOrders(orders) => O::of(db.insert_orders(orders).await, |outcomes| {
                 O::Each(outcomes.into_iter().map(|outcome| O::of(outcome, |()| O::Done)).collect())
@@ -298,6 +301,7 @@ fn product_step() -> impl Strategy<Value = Step> {
         4 => product().prop_map(|product| Step::InsertProductRevision(ProductRevision::of(&product))),
         3 => pick(CURSORS).prop_map(Step::LatestProductRevision),
         1 => Just(Step::LiveProducts),
+        1 => (0..=3i64).prop_map(Step::DeletedSince),
     ]
 }
 

@@ -239,6 +239,15 @@ impl Database {
             .collect()
     }
 
+    pub(super) fn deleted_since(&self, since_ms: i64) -> Vec<String> {
+        self.products
+            .docs
+            .iter()
+            .filter(|(_, stored)| stored.doc.deleted && stored.doc.updated_at_ms >= since_ms)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub(super) fn insert_order(&mut self, order: &OrderDoc) -> DbResult<()> {
         if self.orders.contains(&order.id) {
             return duplicate(DuplicateIndex::Id);

@@ -341,12 +341,18 @@ async fn a_deleted_sale_is_stopped_then_unloaded_only_once_nothing_is_pending() 
         channel: &channel,
     };
     assert!(scripts::load_sale(&mut conn, &sale, LoadMode::Init, &sale_snapshot(5)).await.unwrap());
-    let reserved = scripts::purchase(&mut conn, &sale, &buy(1)).await.unwrap();
-    assert!(matches!(reserved, PurchaseOutcome::Reserved { unit: 1, .. }), "{reserved:?}");
+    for order in [1, 2] {
+        let reserved = scripts::purchase(&mut conn, &sale, &buy(order)).await.unwrap();
+        assert!(matches!(reserved, PurchaseOutcome::Reserved { .. }), "{reserved:?}");
+    }
     assert!(scripts::stop(&mut conn, &sale, &channel, product_id).await.unwrap());
-    assert_eq!(scripts::purchase(&mut conn, &sale, &buy(2)).await.unwrap(), PurchaseOutcome::Paused);
-    assert!(!scripts::unload(&mut conn, &sale, &channel, product_id).await.unwrap(), "order 1 is still pending");
+    assert_eq!(scripts::purchase(&mut conn, &sale, &buy(9)).await.unwrap(), PurchaseOutcome::Paused);
+    assert!(!scripts::unload(&mut conn, &sale, &channel, product_id).await.unwrap(), "orders 1 and 2 are pending");
     assert!(scripts::stock(&mut conn, &sale).await.unwrap().is_some(), "the sale state stays");
+    // Releases and confirmations still run on a stopped sale (not paused for a rebuild).
+    let released = scripts::release(&mut conn, &sale, Uuid::from_u128(2), &channel, product_id).await.unwrap();
+    assert!(released.freed && !released.paused, "{released:?}");
+    assert!(!scripts::unload(&mut conn, &sale, &channel, product_id).await.unwrap(), "order 1 is still pending");
     assert!(scripts::confirm(&mut conn, &sale, Uuid::from_u128(1)).await.unwrap());
     assert!(scripts::unload(&mut conn, &sale, &channel, product_id).await.unwrap());
     assert_eq!(scripts::purchase(&mut conn, &sale, &buy(3)).await.unwrap(), PurchaseOutcome::NotLoaded);
