@@ -271,6 +271,43 @@ fn admin_request(shared: &Shared, method: Method, path: String, body: Option<ser
     }
 }
 
+/// Sends an administrator's request to the instances in turn, each attempt recorded as
+/// `kind` with the outcome `read` makes of its answer, until `again` says an outcome
+/// needs no resend, the attempts run out or the sale ends. A 401 renews the session.
+async fn send_as_admin(
+    shared: &Shared,
+    kind: OpKind,
+    (method, path, body): (Method, String, Option<serde_json::Value>),
+    read: impl Fn(Result<Answer, Lost>) -> Outcome,
+    again: impl Fn(&Outcome) -> bool,
+) {
+    for attempt in 0..MAX_ATTEMPTS {
+        if shared.recorder.now_ms() >= shared.deadline_ms {
+            return;
+        }
+        let transport = &shared.transport;
+        let invoke_ms = shared.recorder.now_ms();
+        let Some(instance) = next_up(transport, attempt as usize % transport.instance_count().max(1)) else {
+            let outcome = Outcome::Fail { status: 0, problem: "no-instance".into() };
+            shared.recorder.record(ADMIN, 0, kind.clone(), invoke_ms, outcome);
+            tokio::time::sleep(Duration::from_millis(FIRST_BACKOFF_MS)).await;
+            continue;
+        };
+        let request = admin_request(shared, method, path.clone(), body.clone());
+        let outcome = read(transport.send(instance, request).await);
+        let resend = again(&outcome);
+        if matches!(outcome, Outcome::Fail { status: 401, .. }) {
+            renew_admin_session(shared).await;
+        }
+        shared.recorder.record(ADMIN, instance, kind.clone(), invoke_ms, outcome);
+        if !resend {
+            return;
+        }
+        let base = FIRST_BACKOFF_MS.saturating_mul(1 << attempt.min(5));
+        tokio::time::sleep(Duration::from_millis(base).min(MAX_BACKOFF)).await;
+    }
+}
+
 /// At its planned moment, an administrator changes a product, and sends the change
 /// again until an answer says whether it was applied (a change is idempotent: a close
 /// names the same end every time), or the sale ends.
@@ -278,43 +315,21 @@ pub async fn change(shared: &Shared, product: usize, planned: ChangePlan) {
     sleep_until_ms(shared, planned.at_ms).await;
     let Some(product_id) = shared.product_ids.get(product).copied() else { return };
     let path = format!("/api/v1/products/{product_id}");
-    let (method, body) = match planned.change {
-        ProductChange::OnePerUser { on } => (Method::Put, Some(serde_json::json!({ "one_per_user": on }))),
+    let request = match planned.change {
+        ProductChange::OnePerUser { on } => (Method::Put, path, Some(serde_json::json!({ "one_per_user": on }))),
         ProductChange::Close => {
-            (Method::Put, Some(serde_json::json!({ "sale_ends_at_ms": shared.admin.ids.now_ms() })))
+            (Method::Put, path, Some(serde_json::json!({ "sale_ends_at_ms": shared.admin.ids.now_ms() })))
         }
-        ProductChange::Reopen => (Method::Put, Some(serde_json::json!({ "sale_ends_at_ms": null }))),
-        ProductChange::Delete => (Method::Delete, None),
+        ProductChange::Reopen => (Method::Put, path, Some(serde_json::json!({ "sale_ends_at_ms": null }))),
+        ProductChange::Delete => (Method::Delete, path, None),
     };
-    for attempt in 0..MAX_ATTEMPTS {
-        if shared.recorder.now_ms() >= shared.deadline_ms {
-            return;
-        }
-        let transport = &shared.transport;
-        let kind = OpKind::Change { product, change: planned.change };
-        let invoke_ms = shared.recorder.now_ms();
-        let Some(instance) = next_up(transport, attempt as usize % transport.instance_count().max(1)) else {
-            let outcome = Outcome::Fail { status: 0, problem: "no-instance".into() };
-            shared.recorder.record(ADMIN, 0, kind, invoke_ms, outcome);
-            tokio::time::sleep(Duration::from_millis(FIRST_BACKOFF_MS)).await;
-            continue;
-        };
-        let request = admin_request(shared, method, path.clone(), body.clone());
-        let outcome = match transport.send(instance, request).await {
-            Ok(Answer { status: 200 | 204, .. }) => Outcome::Changed,
-            other => classify(other),
-        };
-        let settled = matches!(outcome, Outcome::Changed | Outcome::Fail { status: 404 | 409 | 422, .. });
-        if matches!(outcome, Outcome::Fail { status: 401, .. }) {
-            renew_admin_session(shared).await;
-        }
-        shared.recorder.record(ADMIN, instance, kind, invoke_ms, outcome);
-        if settled {
-            return;
-        }
-        let base = FIRST_BACKOFF_MS.saturating_mul(1 << attempt.min(5));
-        tokio::time::sleep(Duration::from_millis(base).min(MAX_BACKOFF)).await;
-    }
+    let read = |answer| match answer {
+        Ok(Answer { status: 200 | 204, .. }) => Outcome::Changed,
+        other => classify(other),
+    };
+    let settled =
+        |outcome: &Outcome| matches!(outcome, Outcome::Changed | Outcome::Fail { status: 404 | 409 | 422, .. });
+    send_as_admin(shared, OpKind::Change { product, change: planned.change }, request, read, |o| !settled(o)).await;
 }
 
 /// At its planned moment, an administrator restocks a product. Sent again only after
@@ -324,40 +339,17 @@ pub async fn change(shared: &Shared, product: usize, planned: ChangePlan) {
 pub async fn restock(shared: Arc<Shared>, product: usize, restock: RestockPlan) {
     sleep_until_ms(&shared, restock.at_ms).await;
     let Some(product_id) = shared.product_ids.get(product).copied() else { return };
-    let body = serde_json::json!({ "quantity": restock.quantity });
-    for attempt in 0..MAX_ATTEMPTS {
-        if shared.recorder.now_ms() >= shared.deadline_ms {
-            return;
-        }
-        let transport = &shared.transport;
-        let kind = OpKind::Restock { product, quantity: restock.quantity };
-        let invoke_ms = shared.recorder.now_ms();
-        let Some(instance) = next_up(transport, attempt as usize % transport.instance_count().max(1)) else {
-            let outcome = Outcome::Fail { status: 0, problem: "no-instance".into() };
-            shared.recorder.record(ADMIN, 0, kind, invoke_ms, outcome);
-            tokio::time::sleep(Duration::from_millis(FIRST_BACKOFF_MS)).await;
-            continue;
-        };
-        let request =
-            admin_request(&shared, Method::Post, format!("/api/v1/products/{product_id}/restock"), Some(body.clone()));
-        let outcome = match transport.send(instance, request).await {
-            Ok(Answer { status: 200, body, .. }) => match serde_json::from_slice::<RestockedBody>(&body) {
-                Ok(restocked) => Outcome::Restocked { stock_total: restocked.stock_total },
-                Err(_) => Outcome::Info { status: 200, reason: "unreadable-product".into() },
-            },
-            other => classify(other),
-        };
-        let again = matches!(outcome, Outcome::Fail { status: 0 | 401 | 429, .. });
-        if matches!(outcome, Outcome::Fail { status: 401, .. }) {
-            renew_admin_session(&shared).await;
-        }
-        shared.recorder.record(ADMIN, instance, kind, invoke_ms, outcome);
-        if !again {
-            return;
-        }
-        let base = FIRST_BACKOFF_MS.saturating_mul(1 << attempt.min(5));
-        tokio::time::sleep(Duration::from_millis(base).min(MAX_BACKOFF)).await;
-    }
+    let path = format!("/api/v1/products/{product_id}/restock");
+    let request = (Method::Post, path, Some(serde_json::json!({ "quantity": restock.quantity })));
+    let read = |answer| match answer {
+        Ok(Answer { status: 200, body, .. }) => match serde_json::from_slice::<RestockedBody>(&body) {
+            Ok(restocked) => Outcome::Restocked { stock_total: restocked.stock_total },
+            Err(_) => Outcome::Info { status: 200, reason: "unreadable-product".into() },
+        },
+        other => classify(other),
+    };
+    let again = |outcome: &Outcome| matches!(outcome, Outcome::Fail { status: 0 | 401 | 429, .. });
+    send_as_admin(&shared, OpKind::Restock { product, quantity: restock.quantity }, request, read, again).await;
 }
 
 /// The part of a product view a restock's answer is read for.

@@ -437,28 +437,29 @@ pub async fn configure(
 /// `product_deleted` (see `lua/unload.lua`): false, and nothing removed, while one of
 /// its reservations is not yet persisted.
 pub async fn unload(conn: &mut RedisConn, keys: &SaleKeys, channel: &str, product_id: Uuid) -> anyhow::Result<bool> {
-    let unloaded: i64 = UNLOAD
-        .key(&keys.script_keys()[..])
-        .arg(channel)
-        .arg(product_id.to_string())
-        .invoke_async(conn)
-        .await
-        .context("unload script")?;
-    Ok(unloaded == 1)
+    unload_script(conn, keys, channel, product_id, None).await
 }
 
 /// Stops a deleted product's sale taking reservations before it is unloaded (see
 /// `lua/unload.lua`): false if no sale is loaded.
 pub async fn stop(conn: &mut RedisConn, keys: &SaleKeys, channel: &str, product_id: Uuid) -> anyhow::Result<bool> {
-    let stopped: i64 = UNLOAD
-        .key(&keys.script_keys()[..])
-        .arg(channel)
-        .arg(product_id.to_string())
-        .arg("stop")
-        .invoke_async(conn)
-        .await
-        .context("unload script (stop)")?;
-    Ok(stopped == 1)
+    unload_script(conn, keys, channel, product_id, Some("stop")).await
+}
+
+async fn unload_script(
+    conn: &mut RedisConn,
+    keys: &SaleKeys,
+    channel: &str,
+    product_id: Uuid,
+    mode: Option<&str>,
+) -> anyhow::Result<bool> {
+    let mut invocation = UNLOAD.key(&keys.script_keys()[..]);
+    invocation.arg(channel).arg(product_id.to_string());
+    if let Some(mode) = mode {
+        invocation.arg(mode);
+    }
+    let done: i64 = invocation.invoke_async(conn).await.context("unload script")?;
+    Ok(done == 1)
 }
 
 /// The decision of one rate-limit check.
