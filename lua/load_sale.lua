@@ -9,7 +9,9 @@
 -- ARGV[2] the rebuild's fencing token (the lock's value from lock.lua; "" for init)
 -- ARGV[3] stock_total  ARGV[4] next_unit  ARGV[5] one_per_user (0/1)
 -- ARGV[6] starts_at_ms (0 = open)  ARGV[7] ends_at_ms (0 = never)
--- ARGV[8] n_free, then n_free units
+-- ARGV[8] the product revision the settings are from (configure.lua never goes back
+--         to an earlier one)
+-- ARGV[9] n_free, then n_free units
 -- then n_buyers, then n_buyers pairs (user_id, live order count)
 -- then n_orders, then n_orders pairs (order_id, record "user|unit|at|C")
 -- then n_tombstones, then n_tombstones order ids
@@ -30,8 +32,9 @@ for i = 1, 6 do redis.call('DEL', KEYS[i]) end
 local paused = '0'
 if ARGV[1] == 'rebuild' then paused = '1' end
 redis.call('HSET', KEYS[1], 'stock_total', ARGV[3], 'next_unit', ARGV[4],
-  'one_per_user', ARGV[5], 'starts_at_ms', ARGV[6], 'ends_at_ms', ARGV[7], 'paused', paused)
-local i = 8
+  'one_per_user', ARGV[5], 'starts_at_ms', ARGV[6], 'ends_at_ms', ARGV[7], 'revision', ARGV[8],
+  'paused', paused)
+local i = 9
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i]); i = i + 1 end
 n = tonumber(ARGV[i]); i = i + 1

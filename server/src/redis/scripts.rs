@@ -311,6 +311,8 @@ pub struct SaleSnapshot {
     pub one_per_user: bool,
     pub starts_at_ms: i64,
     pub ends_at_ms: i64,
+    /// The product revision the settings (window, rule) are from: see [`configure`].
+    pub revision: i64,
     pub free_units: Vec<i64>,
     /// (user id, live orders)
     pub buyers: Vec<(String, i64)>,
@@ -349,6 +351,7 @@ pub async fn load_sale(
         .arg(i64::from(snapshot.one_per_user))
         .arg(snapshot.starts_at_ms)
         .arg(snapshot.ends_at_ms)
+        .arg(snapshot.revision)
         .arg(snapshot.free_units.len())
         .arg(&snapshot.free_units)
         .arg(snapshot.buyers.len());
@@ -415,22 +418,45 @@ pub async fn restock(
     Ok((remaining >= 0).then_some(remaining))
 }
 
-pub async fn configure(
-    conn: &mut RedisConn,
-    keys: &SaleKeys,
-    one_per_user: bool,
-    starts_at_ms: i64,
-    ends_at_ms: i64,
-) -> anyhow::Result<bool> {
-    let changed: i64 = CONFIGURE
+/// A product revision's sale settings, as `configure.lua` applies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaleSettings {
+    pub one_per_user: bool,
+    /// 0: open from the start.
+    pub starts_at_ms: i64,
+    /// 0: never ends.
+    pub ends_at_ms: i64,
+    /// The revision they are from.
+    pub revision: i64,
+}
+
+/// What `configure.lua` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Configured {
+    Applied,
+    /// No sale state: the next load reads the product.
+    NotLoaded,
+    /// The sale holds the settings of a later revision, which stay (settings never go
+    /// back: a late or stale live step changes nothing).
+    LaterRevisionHeld,
+}
+
+pub async fn configure(conn: &mut RedisConn, keys: &SaleKeys, settings: SaleSettings) -> anyhow::Result<Configured> {
+    let outcome: i64 = CONFIGURE
         .key(&keys.sale)
-        .arg(i64::from(one_per_user))
-        .arg(starts_at_ms)
-        .arg(ends_at_ms)
+        .arg(i64::from(settings.one_per_user))
+        .arg(settings.starts_at_ms)
+        .arg(settings.ends_at_ms)
+        .arg(settings.revision)
         .invoke_async(conn)
         .await
         .context("configure script")?;
-    Ok(changed == 1)
+    match outcome {
+        1 => Ok(Configured::Applied),
+        0 => Ok(Configured::NotLoaded),
+        2 => Ok(Configured::LaterRevisionHeld),
+        other => anyhow::bail!("configure script: unexpected answer {other}"),
+    }
 }
 
 /// Removes a deleted product's sale state, leaves its tombstone and publishes

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::orders::{self, OrderStatus, Reservation};
 use crate::db::records::Product;
-use crate::redis::scripts::{self, LoadMode, SaleSnapshot, StockState};
+use crate::redis::scripts::{self, Configured, LoadMode, SaleSettings, SaleSnapshot, StockState};
 use crate::state::App;
 
 /// The sale state of a product with no orders yet.
@@ -19,6 +19,7 @@ pub fn fresh_snapshot(product: &Product) -> SaleSnapshot {
         one_per_user: product.one_per_user,
         starts_at_ms: product.sale_starts_at_ms.unwrap_or(0),
         ends_at_ms: product.sale_ends_at_ms.unwrap_or(0),
+        revision: product.revision,
         ..SaleSnapshot::default()
     }
 }
@@ -65,17 +66,17 @@ pub async fn restock(app: &App, product_id: Uuid, stock_total: i64) -> anyhow::R
     Ok(remaining)
 }
 
-/// Applies a product's window and one-per-user rule to its loaded sale.
-pub async fn configure(app: &App, product_id: Uuid, product: &Product) -> anyhow::Result<bool> {
+/// Applies a product's window and one-per-user rule to its loaded sale, unless the sale
+/// already holds those of a later revision.
+pub async fn configure(app: &App, product_id: Uuid, product: &Product) -> anyhow::Result<Configured> {
     let mut conn = app.redis.clone();
-    scripts::configure(
-        &mut conn,
-        &app.keys.sale(product_id),
-        product.one_per_user,
-        product.sale_starts_at_ms.unwrap_or(0),
-        product.sale_ends_at_ms.unwrap_or(0),
-    )
-    .await
+    let settings = SaleSettings {
+        one_per_user: product.one_per_user,
+        starts_at_ms: product.sale_starts_at_ms.unwrap_or(0),
+        ends_at_ms: product.sale_ends_at_ms.unwrap_or(0),
+        revision: product.revision,
+    };
+    scripts::configure(&mut conn, &app.keys.sale(product_id), settings).await
 }
 
 /// The live stock of a product, if its sale is loaded.

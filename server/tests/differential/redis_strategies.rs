@@ -71,6 +71,9 @@ const RECORDS: &[&str] = &["u1|1|5|C", "u2|2|7|C", "u1|3|9|R", "garbage"];
 const TOTALS: &[&str] = &["3", "0", "1", "5", "3.99", "x"];
 const STARTS_MS: &[&str] = &["0", "5", "1000"];
 const ENDS_MS: &[&str] = &["0", "50", "1000000"];
+/// Product revisions of a sale's settings: equal, earlier and later than each other, and
+/// one that is not a number.
+const REVISIONS: &[&str] = &["0", "1", "2", "x"];
 const WINDOWS_MS: &[&str] = &["60000", "3600000"];
 const LIMITS: &[&str] = &["3", "1", "10", "0", "x"];
 const LEASES_MS: &[&str] = &["30000", "600000", "0", "x"];
@@ -282,7 +285,8 @@ fn project_script() -> BoxedStrategy<Step> {
     });
     let release = pick(ORDER_IDS).prop_map(move |order| event(vec![order]));
     let restock = pick(TOTALS).prop_map(move |total| event(vec![total]));
-    let configure = (pick(&["0", "1"]), pick(STARTS_MS), pick(ENDS_MS)).prop_map(|(one, s, e)| vec![one, s, e]);
+    let configure = (pick(&["0", "1"]), pick(STARTS_MS), pick(ENDS_MS), pick(REVISIONS))
+        .prop_map(|(one, s, e, revision)| vec![one, s, e, revision]);
     let fenced = || fence().prop_map(|fence| vec![fence]);
     let resumed = || fence().prop_map(|fence| vec![fence, Arg::from("resume")]);
     let rate = (pick(NOW_MS), pick(WINDOWS_MS), pick(LIMITS)).prop_map(|(now, w, limit)| vec![now, w, limit]);
@@ -343,7 +347,7 @@ fn otp_verify() -> BoxedStrategy<Step> {
 
 fn load_sale() -> BoxedStrategy<Step> {
     let head = (pick(&["init", "rebuild", "other"]), fence(), pick(TOTALS), pick(&["1", "2", "4"]), pick(&["0", "1"]));
-    let window = (pick(STARTS_MS), pick(ENDS_MS));
+    let window = (pick(STARTS_MS), pick(ENDS_MS), pick(REVISIONS));
     let lists = (
         vec(pick(UNITS), 0..=2),
         vec((pick(USERS), pick(COUNTS)), 0..=2),
@@ -351,8 +355,8 @@ fn load_sale() -> BoxedStrategy<Step> {
         vec(pick(ORDER_IDS), 0..=2),
     );
     let args = (head, window, lists).prop_map(
-        |((mode, fence, total, next, one), (starts, ends), (free, buyers, orders, tombs))| {
-            let mut args = vec![mode, fence, total, next, one, starts, ends];
+        |((mode, fence, total, next, one), (starts, ends, revision), (free, buyers, orders, tombs))| {
+            let mut args = vec![mode, fence, total, next, one, starts, ends, revision];
             args.push(free.len().into());
             args.extend(free);
             args.push(buyers.len().into());
@@ -374,7 +378,7 @@ pub fn prelude() -> BoxedStrategy<Vec<Step>> {
     let load = (pick(&["3", "1", "5"]), pick(&["0", "1"])).prop_map(|(total, one_per_user)| {
         let mut args = texts(&["init", ""]);
         args.extend([total, Arg::from("1"), one_per_user]);
-        args.extend(texts(&["0", "0", "0", "0", "0", "0"]));
+        args.extend(texts(&["0", "0", "1", "0", "0", "0", "0"]));
         let keys = texts(&[SALE, FREE, BUYERS, ORDERS, PENDING, TOMBSTONES, LOCK]);
         vec![Step::Script { file: lua_file("load_sale.lua"), keys, args }]
     });

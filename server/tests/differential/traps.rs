@@ -168,7 +168,7 @@ fn errors_raised_in_library_functions() -> Vec<Step> {
     let sale = [SALE, FREE, BUYERS, ORDERS, PENDING, TOMBSTONES];
     let load = [SALE, FREE, BUYERS, ORDERS, PENDING, TOMBSTONES, LOCK];
     steps.extend([
-        script("load_sale.lua", &load, &["init", "", "3", "1", "0", "0", "0", "0", "0", "0", "0"]),
+        script("load_sale.lua", &load, &["init", "", "3", "1", "0", "0", "0", "0", "0", "0", "0", "0"]),
         Step::command("HSET", [SALE, "stock_total", "inf"]),
         script("purchase.lua", &sale, &["o1", "u1", "5", "ch", "p1"]),
     ]);
@@ -193,7 +193,7 @@ fn scores_parsed_like_strtod() -> Vec<Step> {
         Step::command("ZRANGEBYSCORE", [FREE, "0x1", "+inf"]),
         Step::command("ZRANGE", [FREE, "0", "-1", "WITHSCORES"]),
         Step::command("DEL", [FREE]),
-        script("load_sale.lua", &load, &["init", "", "3", "1", "0", "0", "0", "0", "0", "0", "0"]),
+        script("load_sale.lua", &load, &["init", "", "3", "1", "0", "0", "0", "0", "0", "0", "0", "0"]),
         script("purchase.lua", &sale, &["1", "1", "0x10"]),
     ]
 }
@@ -271,9 +271,10 @@ fn a_whole_sale() -> Vec<Step> {
         args: vec![Arg::Fence(token)],
     };
     let mut rebuild_args = vec![Arg::from("rebuild"), Arg::Fence("t1")];
-    rebuild_args.extend(texts(&["3", "3", "1", "0", "0", "1", "2", "1", "u1", "1", "1", "o1", "u1|1|5|C", "1", "o2"]));
+    rebuild_args
+        .extend(texts(&["3", "3", "1", "0", "0", "2", "1", "2", "1", "u1", "1", "1", "o1", "u1|1|5|C", "1", "o2"]));
     vec![
-        script("load_sale.lua", &load, &["init", "", "2", "1", "1", "0", "0", "0", "0", "0", "0"]),
+        script("load_sale.lua", &load, &["init", "", "2", "1", "1", "0", "0", "0", "0", "0", "0", "0"]),
         script("purchase.lua", &sale, &["o1", "u1", "5", "ch", "p1"]),
         script("purchase.lua", &sale, &["o1", "u1", "5", "ch", "p1"]),
         script("purchase.lua", &sale, &["o2", "u1", "5", "ch", "p1"]),
@@ -283,13 +284,17 @@ fn a_whole_sale() -> Vec<Step> {
         script("release.lua", &sale, &["o2", "ch", "p1"]),
         script("stock.lua", &[SALE, FREE], &[]),
         script("restock.lua", &[SALE, FREE], &["3", "ch", "p1"]),
-        script("configure.lua", &[SALE], &["0", "0", "1000"]),
+        script("configure.lua", &[SALE], &["0", "0", "1000", "1"]),
         script("lock.lua", &[LOCK], &["t1", "30000"]),
         script("lock.lua", &[LOCK], &["t2", "30000"]),
         fence("t2"),
         fence("t1"),
         Step::Script { file: lua_file("load_sale.lua"), keys: texts(&load), args: rebuild_args },
         script("purchase.lua", &sale, &["o4", "u4", "8", "ch", "p1"]),
+        // The rebuild loaded revision 2: an earlier one changes nothing, the same applies.
+        script("configure.lua", &[SALE], &["0", "0", "1000", "1"]),
+        script("configure.lua", &[SALE], &["1", "0", "0", "2"]),
+        script("configure.lua", &[SALE], &["0", "0", "0", "x"]),
         Step::Script {
             file: lua_file("pause.lua"),
             keys: texts(&[SALE, LOCK]),

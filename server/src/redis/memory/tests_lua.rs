@@ -13,7 +13,7 @@ use super::lua::sha1_hex;
 use super::tests::{ManualClock, bulk, error_of, q};
 use crate::redis::RedisConn;
 use crate::redis::keys::Keys;
-use crate::redis::scripts::{self, LoadMode, PurchaseArgs, PurchaseOutcome, SaleSnapshot};
+use crate::redis::scripts::{self, Configured, LoadMode, PurchaseArgs, PurchaseOutcome, SaleSettings, SaleSnapshot};
 
 fn memory() -> MemoryRedis {
     MemoryRedis::new(ManualClock::at(1_000_000))
@@ -317,11 +317,54 @@ async fn a_rebuilt_sale_stays_paused_until_its_rebuild_resumes_it() {
     );
     assert_eq!(scripts::purchase(&mut conn, &sale, &buy(1, 2_000)).await.unwrap(), PurchaseOutcome::Paused);
     // Catching up: the sale was closed at 1,000 while the rebuild read MongoDB.
-    assert!(scripts::configure(&mut conn, &sale, true, 0, 1_000).await.unwrap());
+    let closed = SaleSettings { one_per_user: true, starts_at_ms: 0, ends_at_ms: 1_000, revision: 1 };
+    assert_eq!(scripts::configure(&mut conn, &sale, closed).await.unwrap(), Configured::Applied);
     assert!(!scripts::resume(&mut conn, &sale, "another-rebuild").await.is_ok_and(|resumed| resumed));
     assert!(scripts::resume(&mut conn, &sale, &fence).await.unwrap());
     assert_eq!(scripts::purchase(&mut conn, &sale, &buy(2, 2_000)).await.unwrap(), PurchaseOutcome::Ended);
     assert!(!scripts::stock(&mut conn, &sale).await.unwrap().unwrap().paused);
+}
+
+/// A sale's settings never go back to an earlier revision: a live step that read its
+/// revision before a later write claimed the next one, or that Redis ran late, changes
+/// nothing; a load records the revision it read, and catching up after it applies.
+#[tokio::test]
+async fn a_sale_never_goes_back_to_the_settings_of_an_earlier_revision() {
+    let mut conn = RedisConn::connect("memory://tests-lua-revisions", Duration::from_secs(1)).await.unwrap();
+    let keys = Keys::new("fs-test");
+    let product_id = Uuid::from_u128(4);
+    let sale = keys.sale(product_id);
+    let channel = keys.events_channel();
+    let buy = |order: u128| PurchaseArgs {
+        order_id: Uuid::from_u128(order),
+        user_id: Uuid::from_u128(order),
+        product_id,
+        now_ms: 2_000,
+        channel: &channel,
+    };
+    let settings =
+        |ends_at_ms: i64, revision: i64| SaleSettings { one_per_user: true, starts_at_ms: 0, ends_at_ms, revision };
+    let loaded = SaleSnapshot { revision: 3, ..sale_snapshot(5) };
+    assert!(scripts::load_sale(&mut conn, &sale, LoadMode::Init, &loaded).await.unwrap());
+    // Revision 2 (the sale open) arrives after the load of revision 3: refused.
+    assert_eq!(scripts::configure(&mut conn, &sale, settings(0, 2)).await.unwrap(), Configured::LaterRevisionHeld);
+    // Revision 4 closes the sale at 1,000; revision 3 (open) retried late changes nothing.
+    assert_eq!(scripts::configure(&mut conn, &sale, settings(1_000, 4)).await.unwrap(), Configured::Applied);
+    assert_eq!(scripts::configure(&mut conn, &sale, settings(0, 3)).await.unwrap(), Configured::LaterRevisionHeld);
+    assert_eq!(scripts::purchase(&mut conn, &sale, &buy(1)).await.unwrap(), PurchaseOutcome::Ended);
+    // The same revision again applies (a retry of the step that took).
+    assert_eq!(scripts::configure(&mut conn, &sale, settings(1_000, 4)).await.unwrap(), Configured::Applied);
+    // A rebuild loads what it read (revision 2): its catch-up applies revision 4 again.
+    let fence = scripts::lock(&mut conn, &sale.rebuild_lock, "rebuilder", 5_000).await.unwrap().unwrap();
+    assert!(scripts::pause(&mut conn, &sale, &fence).await.unwrap());
+    let older = SaleSnapshot { revision: 2, ..sale_snapshot(5) };
+    assert!(scripts::load_sale(&mut conn, &sale, LoadMode::Rebuild { fence: &fence }, &older).await.unwrap());
+    assert_eq!(scripts::configure(&mut conn, &sale, settings(1_000, 4)).await.unwrap(), Configured::Applied);
+    assert!(scripts::resume(&mut conn, &sale, &fence).await.unwrap());
+    assert_eq!(scripts::purchase(&mut conn, &sale, &buy(2)).await.unwrap(), PurchaseOutcome::Ended);
+    // Not loaded: nothing to configure.
+    let other = keys.sale(Uuid::from_u128(5));
+    assert_eq!(scripts::configure(&mut conn, &other, settings(0, 9)).await.unwrap(), Configured::NotLoaded);
 }
 
 /// A deleted product's sale stops taking reservations before it goes, and does not go
