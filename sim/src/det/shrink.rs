@@ -3,20 +3,24 @@
 //! what makes this possible: each candidate is run once and its verdict is the verdict.
 //!
 //! 1. Delta debugging (ddmin, Zeller and Hildebrandt 2002, complements only) over the
-//!    buyers, then over the faults: drop chunks, halving the chunk size when nothing can
-//!    be dropped, while the invariant stays violated.
-//!    Faults go first, then each product's stock is halved while the violation stays (a
-//!    smaller sale needs fewer buyers), then the buyers.
+//!    faults, the buyers and the administrator's actions (restocks and product changes):
+//!    drop chunks, halving the chunk size when nothing can be dropped, while the
+//!    invariant stays violated. Faults go first, then each product's stock is halved
+//!    while the violation stays (a smaller sale needs fewer buyers), then buyers, faults
+//!    and actions in turn until none of the three lists shrinks.
 //! 2. Simplify what is left, one number at a time, each kept only if the violation
-//!    stays: faults shorter (halved), buyers earlier (start at 0, else halved), buyers
-//!    plainer (well-behaved: one key, retried on unknown outcomes).
+//!    stays: faults shorter (halved), buyers plainer (well-behaved: one key, retried on
+//!    unknown outcomes; no cancellation of their order), buyers earlier (start at 0,
+//!    else halved).
+//! 3. Steps 1 and 2 again while a round changes the plan (a simpler buyer may make
+//!    another one needless), within the budget of candidate runs.
 //!
 //! Buyers are renumbered after every removal (the checker maps a buyer's position to its
 //! user): keys and jitter follow the new numbers, which is one more reason each
 //! candidate is judged by running it.
 
 use crate::checker::Invariant;
-use crate::plan::{Behaviour, BuyerPlan, FaultPlan, Plan};
+use crate::plan::{Behaviour, BuyerPlan, ChangePlan, FaultPlan, Plan, RestockPlan};
 use crate::runner::RunSettings;
 
 /// Candidate runs one shrink may make.
@@ -51,27 +55,35 @@ pub fn shrink(settings: &RunSettings, mut progress: impl FnMut(&str)) -> anyhow:
     ));
 
     // Faults first (each fault run is as long as the sale), then less stock (a smaller
-    // sale needs fewer buyers to sell out), then the buyers, then the faults and buyers
-    // again while either list shrinks: without a buyer a fault may have become needless,
-    // and the other way round.
+    // sale needs fewer buyers to sell out), then buyers, faults and the administrator's
+    // actions in turn while any of them shrinks: without a buyer a fault may have become
+    // needless, and the other way round. Then the simplifications, and all of it again
+    // while a round changes the plan.
     plan = shrink_faults(plan, &mut judge);
     progress(&format!("faults: {} left ({} runs)", plan.faults.len(), judge.runs));
     simplify_stock(&mut plan, &mut judge);
     progress(&format!("stock: {:?} ({} runs)", plan.products.iter().map(|p| p.stock).collect::<Vec<_>>(), judge.runs));
     loop {
-        let before = (plan.buyers.len(), plan.faults.len());
-        plan = shrink_buyers(plan, &mut judge);
-        progress(&format!("buyers: {} left ({} runs)", plan.buyers.len(), judge.runs));
-        plan = shrink_faults(plan, &mut judge);
-        if (plan.buyers.len(), plan.faults.len()) == before {
+        let round_start = plan.clone();
+        loop {
+            let before = sizes(&plan);
+            plan = shrink_buyers(plan, &mut judge);
+            progress(&format!("buyers: {} left ({} runs)", plan.buyers.len(), judge.runs));
+            plan = shrink_faults(plan, &mut judge);
+            progress(&format!("faults: {} left ({} runs)", plan.faults.len(), judge.runs));
+            plan = shrink_admin(plan, &mut judge);
+            progress(&format!("administrator's actions: {} left ({} runs)", admin_actions(&plan).len(), judge.runs));
+            if sizes(&plan) == before {
+                break;
+            }
+        }
+        simplify_faults(&mut plan, &mut judge);
+        simplify_buyers(&mut plan, &mut judge);
+        progress(&format!("simplified ({} runs)", judge.runs));
+        if plan == round_start || judge.exhausted() {
             break;
         }
-        progress(&format!("faults: {} left ({} runs)", plan.faults.len(), judge.runs));
     }
-
-    simplify_faults(&mut plan, &mut judge);
-    simplify_buyers(&mut plan, &mut judge);
-    progress(&format!("simplified ({} runs)", judge.runs));
     Ok(Shrunk { plan, invariant, runs: judge.runs })
 }
 
@@ -83,8 +95,12 @@ struct Judge {
 }
 
 impl Judge {
+    fn exhausted(&self) -> bool {
+        self.runs >= MAX_SHRINK_RUNS
+    }
+
     fn fails(&mut self, plan: &Plan) -> bool {
-        if self.runs >= MAX_SHRINK_RUNS || plan.check_references().is_err() {
+        if self.exhausted() || plan.check_references().is_err() {
             return false;
         }
         self.runs += 1;
@@ -103,6 +119,55 @@ fn shrink_faults(plan: Plan, judge: &mut Judge) -> Plan {
 fn shrink_buyers(plan: Plan, judge: &mut Judge) -> Plan {
     let buyers = ddmin(plan.buyers.clone(), |candidate| judge.fails(&with_parts(&plan, candidate, &plan.faults)));
     with_parts(&plan, &buyers, &plan.faults)
+}
+
+/// Buyers, faults and administrator's actions: what delta debugging removes.
+fn sizes(plan: &Plan) -> (usize, usize, usize) {
+    (plan.buyers.len(), plan.faults.len(), admin_actions(plan).len())
+}
+
+/// One action of the administrator: a restock or a change of one product (by index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AdminAction {
+    Restock(usize, RestockPlan),
+    Change(usize, ChangePlan),
+}
+
+/// The plan's restocks and changes, product by product, each list in its own order.
+fn admin_actions(plan: &Plan) -> Vec<AdminAction> {
+    let mut actions = Vec::new();
+    for product in &plan.products {
+        actions.extend(product.restocks.iter().map(|restock| AdminAction::Restock(product.index, *restock)));
+        actions.extend(product.changes.iter().map(|change| AdminAction::Change(product.index, *change)));
+    }
+    actions
+}
+
+/// `plan` with only these restocks and changes (a sublist of [`admin_actions`], so each
+/// product's lists keep their order).
+fn with_admin_actions(plan: &Plan, actions: &[AdminAction]) -> Plan {
+    let mut shrunk = plan.clone();
+    for product in &mut shrunk.products {
+        product.restocks.clear();
+        product.changes.clear();
+    }
+    for action in actions {
+        match *action {
+            AdminAction::Restock(index, restock) => shrunk.products[index].restocks.push(restock),
+            AdminAction::Change(index, change) => shrunk.products[index].changes.push(change),
+        }
+    }
+    shrunk
+}
+
+/// Delta debugging over the administrator's restocks and changes.
+fn shrink_admin(plan: Plan, judge: &mut Judge) -> Plan {
+    let actions = admin_actions(&plan);
+    if actions.is_empty() {
+        return plan;
+    }
+    let kept = ddmin(actions, |candidate| judge.fails(&with_admin_actions(&plan, candidate)));
+    with_admin_actions(&plan, &kept)
 }
 
 /// `plan` with these buyers (renumbered 0, 1, 2, ...) and these faults.
@@ -179,6 +244,13 @@ fn simplify_buyers(plan: &mut Plan, judge: &mut Judge) {
                 *plan = candidate;
             }
         }
+        if plan.buyers[index].cancelled_after_ms.is_some() {
+            let mut candidate = plan.clone();
+            candidate.buyers[index].cancelled_after_ms = None;
+            if judge.fails(&candidate) {
+                *plan = candidate;
+            }
+        }
         if plan.buyers[index].start_at_ms > 0 {
             let mut candidate = plan.clone();
             candidate.buyers[index].start_at_ms = 0;
@@ -207,6 +279,44 @@ mod tests {
         let items: Vec<u32> = (0..40).collect();
         let fails = |candidate: &[u32]| candidate.contains(&7) && candidate.contains(&31);
         assert_eq!(ddmin(items, fails), vec![7, 31]);
+    }
+
+    #[test]
+    fn the_administrators_actions_come_apart_and_back_in_each_products_order() {
+        use crate::plan::{FaultMix, PlanOptions, Topology};
+        let options = PlanOptions {
+            seed: 5,
+            buyers: 100,
+            products: 4,
+            stock_per_product: 20,
+            instances: 2,
+            topology: Topology::Single,
+            fault_mix: FaultMix::Swarm,
+            duration_ms: 10_000,
+            partition: false,
+        };
+        // A swarm seed whose plan holds restocks and changes on more than one product.
+        let plan = (1..200)
+            .map(|seed| Plan::generate(PlanOptions { seed, ..options.clone() }).expect("plan"))
+            .find(|plan| {
+                let busy = plan.products.iter().filter(|p| !p.restocks.is_empty() || !p.changes.is_empty()).count();
+                busy >= 2 && plan.products.iter().any(|p| p.changes.len() >= 2)
+            })
+            .expect("a plan with restocks and changes");
+        let actions = admin_actions(&plan);
+        assert_eq!(with_admin_actions(&plan, &actions), plan);
+        assert!(with_admin_actions(&plan, &[]).products.iter().all(|p| p.restocks.is_empty() && p.changes.is_empty()));
+        // Without the first change of a product with two or more, the others stay in order.
+        let product = plan.products.iter().find(|p| p.changes.len() >= 2).expect("product");
+        let first = actions
+            .iter()
+            .position(|action| matches!(action, AdminAction::Change(index, _) if *index == product.index))
+            .expect("its first change");
+        let mut fewer = actions.clone();
+        fewer.remove(first);
+        let shrunk = with_admin_actions(&plan, &fewer);
+        assert_eq!(shrunk.products[product.index].changes, product.changes[1..]);
+        assert!(shrunk.check_references().is_ok());
     }
 
     #[test]
