@@ -88,6 +88,9 @@ pub struct Metrics {
     pub replays_from_memory: Counter,
     pub reconciled_orders: Counter,
     pub sale_rebuilds: Counter,
+    /// Tries of a rebuild's MongoDB read that failed because MongoDB did not answer, and
+    /// were made again.
+    pub rebuild_read_retries: Counter,
     /// Logins and registrations refused at once because the password-check queue was full.
     pub password_checks_shed: Counter,
     /// Group commits of order writes, and the orders they carried (their ratio is the
@@ -129,6 +132,7 @@ impl Metrics {
         let replays_from_memory = Counter::default();
         let reconciled_orders = Counter::default();
         let sale_rebuilds = Counter::default();
+        let rebuild_read_retries = Counter::default();
         let password_checks_shed = Counter::default();
         let order_group_commits = Counter::default();
         let orders_group_committed = Counter::default();
@@ -150,6 +154,11 @@ impl Metrics {
         );
         registry.register("reconciled_orders", "Reservations persisted by the reconciler", reconciled_orders.clone());
         registry.register("sale_rebuilds", "Sale states rebuilt from MongoDB", sale_rebuilds.clone());
+        registry.register(
+            "rebuild_read_retries",
+            "Rebuild reads of MongoDB made again after MongoDB did not answer",
+            rebuild_read_retries.clone(),
+        );
         registry.register(
             "password_checks_shed",
             "Logins and registrations refused because the password-check queue was full",
@@ -184,6 +193,7 @@ impl Metrics {
             replays_from_memory,
             reconciled_orders,
             sale_rebuilds,
+            rebuild_read_retries,
             password_checks_shed,
             order_group_commits,
             orders_group_committed,

@@ -154,11 +154,13 @@ impl MemoryDb {
 
     /// Runs one operation on this handle's database under the server's faults. The
     /// database is locked only while `apply` runs, never across a wait.
+    /// Every operation is one step of [`super::with_step_bound`].
     async fn run<T>(&self, apply: impl FnOnce(&mut Database) -> DbResult<T>) -> DbResult<T> {
+        let bound = super::step_bound(self.op_timeout);
         let delay = self.faults().delay;
-        if delay >= self.op_timeout {
-            tokio::time::sleep(self.op_timeout).await;
-            return Err(DbError::Unavailable(Box::new(ModelError::TimedOut(self.op_timeout))));
+        if delay >= bound {
+            tokio::time::sleep(bound).await;
+            return Err(DbError::Unavailable(Box::new(ModelError::TimedOut(bound))));
         }
         if delay.is_zero() {
             // A real operation is an I/O round trip: other tasks run meanwhile.
@@ -176,8 +178,8 @@ impl MemoryDb {
             apply(databases.entry(self.database.clone()).or_default())
         };
         if faults.apply_then_time_out {
-            tokio::time::sleep(self.op_timeout.saturating_sub(delay)).await;
-            return Err(DbError::Unavailable(Box::new(ModelError::TimedOut(self.op_timeout))));
+            tokio::time::sleep(bound.saturating_sub(delay)).await;
+            return Err(DbError::Unavailable(Box::new(ModelError::TimedOut(bound))));
         }
         result
     }

@@ -121,6 +121,28 @@ pub struct StoreDump {
     pub product_revisions: Vec<ProductRevision>,
 }
 
+tokio::task_local! {
+    /// The step bound of [`with_step_bound`], for the task running inside it.
+    static STEP_BOUND: Duration;
+}
+
+/// Runs `future` with each MongoDB step it makes bounded by `bound` (at most the handle's
+/// operation bound): a single operation is one step, a streamed read one step per batch
+/// (`Db::orders_of_product`), whose whole stays bounded by the operation bound.
+///
+/// For callers that would rather fail fast and try again than wait: a step that stalls
+/// (a connection that stopped answering) costs them `bound`, not the operation bound, and
+/// the next try runs on another connection. The scope is this task's: tasks it spawns
+/// (the group commit of `sale::order_writes`) keep their own bounds.
+pub async fn with_step_bound<F: std::future::Future>(bound: Duration, future: F) -> F::Output {
+    STEP_BOUND.scope(bound, future).await
+}
+
+/// The bound of one step of an operation whose whole is bounded by `op_timeout`.
+fn step_bound(op_timeout: Duration) -> Duration {
+    STEP_BOUND.try_with(|bound| (*bound).min(op_timeout)).unwrap_or(op_timeout)
+}
+
 /// The store: MongoDB, or with the `memory` feature the in-process model.
 #[derive(Debug, Clone)]
 pub enum Db {
@@ -276,7 +298,8 @@ impl Db {
     }
 
     /// Every order document of a product, confirmed and tombstones, in no particular
-    /// order (MongoDB's natural order; the model's is `_id` order).
+    /// order (MongoDB's natural order; the model's is `_id` order). Streamed: each batch
+    /// is a step of [`with_step_bound`].
     pub async fn orders_of_product(&self, product_id: &str) -> DbResult<Vec<OrderDoc>> {
         dispatch!(self.orders_of_product(product_id))
     }

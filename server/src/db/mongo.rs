@@ -45,6 +45,27 @@ const UNAVAILABLE_CODES: &[i32] = &[
     13436, // NotPrimaryOrSecondary
 ];
 
+/// Orders per batch of a streamed read of a product's orders: small enough that one
+/// batch answers well inside a step bound (FerretDB reads about 12,000 orders a second
+/// here), large enough that the round trips do not dominate.
+const ORDERS_READ_BATCH: u32 = 1_000;
+
+/// An I/O error saying MongoDB did not answer `waited_for` within `bound`; the driver's
+/// callers see it as any dropped connection.
+fn timed_out(bound: Duration, waited_for: &str) -> mongodb::error::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("MongoDB did not answer within {bound:?} ({waited_for})"))
+        .into()
+}
+
+/// `operation`, failed with [`timed_out`] past `bound` (dropping it drops its connection).
+async fn within<T>(
+    bound: Duration,
+    waited_for: &str,
+    operation: impl IntoFuture<Output = mongodb::error::Result<T>>,
+) -> mongodb::error::Result<T> {
+    tokio::time::timeout(bound, operation.into_future()).await.map_err(|_| timed_out(bound, waited_for))?
+}
+
 #[derive(Debug, Clone)]
 pub struct MongoDb {
     pub database: Database,
@@ -81,7 +102,8 @@ impl MongoDb {
 
     /// Runs one MongoDB operation: it waits at most [`MongoDb::op_timeout`] for a turn (one
     /// operation per permit of the gate, as many as `mongo_pool_size`), then at most
-    /// [`MongoDb::op_timeout`] again for its answer.
+    /// [`MongoDb::op_timeout`] again for its answer (less inside
+    /// [`super::with_step_bound`]).
     ///
     /// The bound: the driver has no socket timeout, so an operation on a connection that
     /// stopped answering (a peer gone without a reset) would wait forever and keep its
@@ -104,18 +126,39 @@ impl MongoDb {
         &self,
         operation: impl IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> mongodb::error::Result<T> {
-        let timed_out = |waited_for: &str| -> mongodb::error::Error {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("MongoDB did not answer within {:?} ({waited_for})", self.op_timeout),
-            )
-            .into()
-        };
+        self.gated(super::step_bound(self.op_timeout), operation).await
+    }
+
+    /// [`MongoDb::bounded`] with `bound` on the operation once it holds a permit.
+    async fn gated<T>(
+        &self,
+        bound: Duration,
+        operation: impl IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> mongodb::error::Result<T> {
         let Ok(permit) = tokio::time::timeout(self.op_timeout, self.gate.acquire()).await else {
-            return Err(timed_out("waiting for a connection"));
+            return Err(timed_out(self.op_timeout, "waiting for a connection"));
         };
         let _permit = permit.map_err(|_| std::io::Error::other("the MongoDB operation gate is closed"))?;
-        tokio::time::timeout(self.op_timeout, operation.into_future()).await.map_err(|_| timed_out("the operation"))?
+        within(bound, "the operation", operation).await
+    }
+
+    /// A read of many documents, in batches of `batch_size`, its whole bounded as one
+    /// operation and each batch as a step of [`super::with_step_bound`]: a read that makes
+    /// progress may take the whole operation bound, one that stalls fails at the step bound.
+    async fn streamed<T>(&self, find: mongodb::action::Find<'_, T>, batch_size: u32) -> DbResult<Vec<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + Sync,
+    {
+        let step = super::step_bound(self.op_timeout);
+        let read = async {
+            let mut cursor = within(step, "the query", find.batch_size(batch_size)).await?;
+            let mut found = Vec::new();
+            while let Some(document) = within(step, "the next batch", cursor.try_next()).await? {
+                found.push(document);
+            }
+            Ok(found)
+        };
+        self.gated(self.op_timeout, read).await.map_err(classify)
     }
 
     /// [`MongoDb::bounded`], its error classified.
@@ -325,9 +368,7 @@ impl MongoDb {
     }
 
     pub async fn orders_of_product(&self, product_id: &str) -> DbResult<Vec<OrderDoc>> {
-        let orders = self.orders();
-        let read = async { orders.find(doc! { "product_id": product_id }).await?.try_collect().await };
-        self.run(read).await
+        self.streamed(self.orders().find(doc! { "product_id": product_id }), ORDERS_READ_BATCH).await
     }
 
     pub async fn release_order(&self, id: &str) -> DbResult<bool> {

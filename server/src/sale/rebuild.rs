@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::reconciler;
+use crate::db;
+use crate::db::records::Product;
 use crate::redis::keys::SaleKeys;
 use crate::redis::scripts::{self, LoadMode};
 use crate::sale;
@@ -39,6 +41,15 @@ pub const RESTART_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// is released and the next attempt starts over, instead of the sale staying paused.
 pub const REBUILD_TIMEOUT: Duration = Duration::from_secs(10);
 const _: () = assert!(REBUILD_TIMEOUT.as_millis() < REBUILD_LEASE_MS as u128);
+/// Bound of each MongoDB step of a rebuild ([`db::with_step_bound`]): one operation, or
+/// one batch of the orders read. A step that stalls (MongoDB silent on its connection)
+/// fails at this bound and the rebuild reads again ([`retrying`]), so half a second of
+/// MongoDB silence costs the paused sale about this long, not [`REBUILD_TIMEOUT`]. The
+/// whole read is bounded by progress, not by time: 10^5 orders take about 8 s on FerretDB.
+pub const REBUILD_STEP_TIMEOUT: Duration = Duration::from_millis(2_000);
+const _: () = assert!(REBUILD_STEP_TIMEOUT.as_millis() < REBUILD_TIMEOUT.as_millis());
+/// Pause before a rebuild reads MongoDB again after a try failed on it.
+pub const REBUILD_RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// How long a request waits for the rebuild it started or joined before answering
 /// 503 sale-paused; the rebuild goes on without it. A rebuild takes at least the order
 /// write timeout plus [`REBUILD_SETTLE_MARGIN`].
@@ -106,7 +117,9 @@ impl Drop for LockGuard {
 async fn rebuild_locked(app: &App, product_id: Uuid, keys: &SaleKeys, fence: &str) -> anyhow::Result<Rebuilt> {
     // The product's highest revision, not its document: a copy a slower admin write
     // left one revision behind must not decide whether the sale exists.
-    let Some(product) = product_store::head(app, product_id).await? else { return Ok(Rebuilt::NoProduct) };
+    let Some(product) = retrying(app, product_id, || product_store::head(app, product_id)).await? else {
+        return Ok(Rebuilt::NoProduct);
+    };
     if product.deleted {
         product_store::retire(app, product_id, &product).await?;
         return Ok(Rebuilt::NoProduct);
@@ -117,24 +130,73 @@ async fn rebuild_locked(app: &App, product_id: Uuid, keys: &SaleKeys, fence: &st
     // let every such write finish or time out, so that MongoDB, read next, holds every
     // unit they took (otherwise the rebuilt state would hand those units out again).
     tokio::time::sleep(Duration::from_millis(app.config.order_write_timeout_ms) + REBUILD_SETTLE_MARGIN).await;
-    // Reservations Redis still holds are real requests: persist them before MongoDB is
-    // read, so the rebuilt state keeps them.
-    let pass = reconciler::reconcile_product(app, product_id, &product, 0, usize::MAX).await?;
-    let snapshot = sale::snapshot_from_mongo(app, product_id, &product).await?;
-    if !scripts::load_sale(&mut conn, keys, LoadMode::Rebuild { fence }, &snapshot).await? {
+    let Some((pass, orders)) =
+        retrying(app, product_id, || load_from_mongo(app, product_id, keys, fence, &product)).await?
+    else {
         // The product was deleted meanwhile: its tombstone stands.
         return Ok(Rebuilt::NoProduct);
-    }
-    // Admin writes published while this rebuild read MongoDB were overwritten by it: the
-    // sale stays paused until they are applied again (a sale closed, or made one per
-    // user, and answered so, must not sell a moment on the older settings).
-    product_store::catch_up_after_load(app, product_id, &product).await?;
+    };
     scripts::resume(&mut conn, keys, fence).await?;
     reconciler::reissue(app, product_id, &pass.reissue).await;
     app.sold_out.forget(product_id);
     app.metrics.sale_rebuilds.inc();
-    tracing::info!(%product_id, orders = snapshot.orders.len(), "sale state rebuilt from MongoDB");
+    tracing::info!(%product_id, orders, "sale state rebuilt from MongoDB");
     Ok(Rebuilt::Done)
+}
+
+/// The paused sale's state, read from MongoDB and loaded into Redis (still paused):
+/// the reconciler's pass and the orders loaded, or `None` if the product was deleted
+/// meanwhile. Safe to run again after a failure: the pass and the load replace what an
+/// earlier try did.
+async fn load_from_mongo(
+    app: &App,
+    product_id: Uuid,
+    keys: &SaleKeys,
+    fence: &str,
+    product: &Product,
+) -> anyhow::Result<Option<(reconciler::ProductPass, usize)>> {
+    // Reservations Redis still holds are real requests: persist them before MongoDB is
+    // read, so the rebuilt state keeps them.
+    let pass = reconciler::reconcile_product(app, product_id, product, 0, usize::MAX).await?;
+    let snapshot = sale::snapshot_from_mongo(app, product_id, product).await?;
+    let mut conn = app.redis.clone();
+    if !scripts::load_sale(&mut conn, keys, LoadMode::Rebuild { fence }, &snapshot).await? {
+        return Ok(None);
+    }
+    // Admin writes published while this rebuild read MongoDB were overwritten by it: the
+    // sale stays paused until they are applied again (a sale closed, or made one per
+    // user, and answered so, must not sell a moment on the older settings).
+    product_store::catch_up_after_load(app, product_id, product).await?;
+    Ok(Some((pass, snapshot.orders.len())))
+}
+
+/// Runs `attempt` with each MongoDB step bounded by [`REBUILD_STEP_TIMEOUT`], and again,
+/// [`REBUILD_RETRY_PAUSE`] later, while it fails because MongoDB did not answer (a step
+/// that stalled, an unreachable server, an order write that timed out); the caller's
+/// [`REBUILD_TIMEOUT`] bounds the tries. Any other failure is the rebuild's.
+async fn retrying<T, F, Fut>(app: &App, product_id: Uuid, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    loop {
+        match db::with_step_bound(REBUILD_STEP_TIMEOUT, attempt()).await {
+            Err(err) if mongo_did_not_answer(&err) => {
+                tracing::info!(error = %format!("{err:#}"), %product_id, "the rebuild's MongoDB read failed; reading again");
+                app.metrics.rebuild_read_retries.inc();
+                tokio::time::sleep(REBUILD_RETRY_PAUSE).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether `err` is MongoDB not answering: unavailable, or a bound that ran out.
+fn mongo_did_not_answer(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.downcast_ref::<db::DbError>().is_some_and(db::DbError::is_unavailable)
+            || cause.is::<tokio::time::error::Elapsed>()
+    })
 }
 
 /// A rebuild running in its own task; awaiting it gives its outcome (the error as text,

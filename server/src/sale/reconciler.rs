@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -204,7 +205,7 @@ pub async fn reconcile_product(
         let write_timeout = Duration::from_millis(app.config.order_write_timeout_ms);
         let persisted = tokio::time::timeout(write_timeout, orders::persist(app, &document))
             .await
-            .map_err(|_| anyhow::anyhow!("order write for {order_id} timed out"))??;
+            .with_context(|| format!("order write for {order_id} timed out"))??;
         match persisted {
             Persisted::Inserted { confirmed } => {
                 // The reservation this pass settles is confirmed here whatever the group

@@ -313,6 +313,43 @@ async fn a_rebuild_goes_on_when_the_request_that_started_it_gives_up() {
     assert_eq!(state.metrics.sale_rebuilds.get(), 1);
 }
 
+/// A rebuild whose MongoDB reads meet a silent MongoDB (FerretDB stopped: its connections
+/// stay open and nothing answers) gives each read up at the rebuild's step bound and reads
+/// again, instead of waiting out the operation bound, and finishes once MongoDB answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_gives_up_a_stalled_mongodb_read_at_its_step_bound_and_reads_again() {
+    let app = TestApp::spawn_with_own_backends(RedisPersistence::None, |config| {
+        // Past the rebuild's own bound: a rebuild that waited out one stalled operation
+        // would fail, and would count no read made again.
+        config.mongo_op_timeout_ms = 30_000;
+        config.order_write_timeout_ms = 200;
+    })
+    .await;
+    let product = app.create_product(5, true).await;
+    let client = reqwest::Client::new();
+    for index in 0..3 {
+        let (_, cookie) = app.buyer_cookie().await;
+        let (status, body) = buy_with_cookie(&app, &client, &cookie, product, &format!("k{index}")).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let state = app.app();
+    let ferretdb = &app.own.as_ref().expect("own backends").mongo;
+    ferretdb.pause();
+    let flight = state.rebuilds.start(state, product, 0).expect("start");
+    // Two reads given up while MongoDB is silent: the step bound, not the operation
+    // bound, ends each (two, so the first is not a stall that ended some other way).
+    let deadline = tokio::time::Instant::now() + rebuild::REBUILD_TIMEOUT;
+    while state.metrics.rebuild_read_retries.get() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no rebuild read was given up and made again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ferretdb.resume();
+    assert_eq!(flight.await, Ok(Rebuilt::Done));
+    let stock = flashsale::sale::stock(state, product).await.expect("redis").expect("loaded");
+    assert_eq!((stock.next_unit, stock.free_count, stock.paused), (4, 0, false), "the three orders were read back");
+    assert_eq!(state.metrics.sale_rebuilds.get(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sell_out_a_session_seen_here_is_told_sold_out_without_redis() {
     let app = TestApp::spawn_with_own_backends(RedisPersistence::None, |config| {

@@ -532,6 +532,37 @@ async fn a_group_commit_fails_only_its_duplicate_members_on_both_sides() {
     assert!(again.iter().all(|o| matches!(o, Outcome::Failed(ErrorClass::DuplicateKey(_)))), "{again:?}");
 }
 
+/// A product's orders read back in full on both sides when they span several batches of
+/// the streamed read (and another product's orders are left out).
+#[cfg(not(feature = "memory-broken"))]
+#[tokio::test]
+async fn a_read_of_a_products_orders_spanning_several_batches_returns_every_order_on_both_sides() {
+    let order = |index: usize, product: &str| OrderDoc {
+        id: format!("{product}-o{index:05}"),
+        product_id: product.to_owned(),
+        user_id: format!("u{index}"),
+        unit: UnitField::Unit(i64::try_from(index).expect("small") + 1),
+        buyer_slot: format!("u{index}"),
+        status: OrderStatus::Confirmed,
+        created_at_ms: 1,
+    };
+    let mut steps = vec![Step::EnsureIndexes];
+    for chunk in (0..2_500).collect::<Vec<_>>().chunks(500) {
+        steps.push(Step::InsertOrders(chunk.iter().map(|&index| order(index, "p1")).collect()));
+    }
+    steps.push(Step::InsertOrders((0..10).map(|index| order(index, "p2")).collect()));
+    steps.push(Step::OrdersOfProduct("p1".to_owned()));
+    let real = Real::open().await;
+    let pair = Pair::open(&real, &steps).await;
+    let outcome = pair.run_steps(&steps).await;
+    let read = Step::OrdersOfProduct("p1".to_owned()).run(&pair.model).await;
+    pair.close();
+    real.close().await;
+    outcome.unwrap_or_else(|mismatch| panic!("{mismatch}"));
+    let Outcome::Orders(orders) = read else { panic!("a read of orders: {read:?}") };
+    assert_eq!(orders.len(), 2_500);
+}
+
 #[cfg(feature = "memory-broken")]
 #[tokio::test]
 async fn the_fixed_sequence_catches_the_model_without_the_buyer_slot_index() {
