@@ -1070,7 +1070,9 @@ fn last_redis_data_loss_ms(history: &History) -> Option<u64> {
 /// a read that began after an order's 201 (the order in MongoDB, so counted by any
 /// rebuild) cannot show that unit free; a read cannot show fewer units than the stock
 /// less every key of that product that may have reserved one by the time it ended (an
-/// order, or an unknown outcome; a key reserves at most one unit). The stock is the
+/// order, an unknown outcome, or `order-released`: the key's order existed and was
+/// cancelled while the request was still on its way; a key reserves at most one unit).
+/// The stock is the
 /// most the restocks sent by the read's end allow for the first check, and the planned
 /// stock for the second (a read may show a restock late: the live stock catches up
 /// with MongoDB when a product read or a rebuild sees the difference).
@@ -1090,7 +1092,8 @@ fn stock_seen(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
             let at = confirmed[*product].entry(*order_id).or_insert(op.complete_ms);
             *at = (*at).min(op.complete_ms);
         }
-        if matches!(op.outcome, Outcome::Ok { .. } | Outcome::Info { .. }) {
+        let released = op.outcome.problem() == Some("order-released");
+        if released || matches!(op.outcome, Outcome::Ok { .. } | Outcome::Info { .. }) {
             let at = reserving[*product].entry((op.buyer, key.as_str())).or_insert(op.invoke_ms);
             *at = (*at).min(op.invoke_ms);
         }
@@ -1504,6 +1507,20 @@ mod tests {
         assert!(!stock_seen_held(vec![early]), "two units gone when one key could hold one");
         // A read begun at the very moment of a 201 need not see it.
         assert!(stock_seen_held(vec![read(10, 2, 5, 2)]));
+        // A key whose request reserved, and whose order was cancelled before that request
+        // answered (`order-released`), held a unit all the same.
+        let early = Op { complete_ms: 0, ..read(10, 2, 0, 0) };
+        let released = |problem: &str| Op {
+            seq: 11,
+            buyer: 2,
+            instance: 0,
+            kind: OpKind::Buy { product: 0, key: "z".into() },
+            invoke_ms: 0,
+            complete_ms: 30,
+            outcome: Outcome::Fail { status: 409, problem: problem.into() },
+        };
+        assert!(stock_seen_held(vec![early.clone(), released("order-released")]));
+        assert!(!stock_seen_held(vec![early, released("sold-out")]), "a refused key held nothing");
     }
 
     fn cancel(seq: u64, buyer: usize, key: &str, at: u64, outcome: Outcome) -> Op {
