@@ -133,6 +133,15 @@ pub enum Broken {
     /// refused by MongoDB's indexes only at their own writes), conservation, no lost
     /// acknowledged order (a 202 whose reservation the later load dropped).
     RebuildsAtOnce,
+    /// Every live step of a product change claims the highest revision there is, so
+    /// `configure.lua` never refuses one: a change's settings that reach Redis late (sent
+    /// by an instance whose commands were delayed, run after a newer change another
+    /// instance applied) write the older window or rule back over the newer one, while
+    /// MongoDB holds the newer.
+    ///
+    /// Breaks: the administrator's changes hold (a sale closed or open against the last
+    /// answered change; one-per-user not as last set).
+    SettingsGoBack,
 }
 
 /// The broken variant this instance runs, if any.
@@ -190,6 +199,11 @@ pub fn rebuild_keys(app: &App, mut keys: SaleKeys, token: &str) -> SaleKeys {
         keys.rebuild_lock = format!("{}:{token}", keys.rebuild_lock);
     }
     keys
+}
+
+/// [`Broken::SettingsGoBack`]: the revision a change's live step claims.
+pub fn settings_revision(app: &App, revision: i64) -> i64 {
+    if is(app, Broken::SettingsGoBack) { i64::MAX } else { revision }
 }
 
 /// [`Broken::PendingAfterVanished`]: whether a 202 checks that its reservation is held.

@@ -230,18 +230,23 @@ async fn refund(shared: Arc<Shared>, plan: BuyerPlan, user_id: Uuid, at_ms: u64)
 }
 
 /// Starts the administrator's planned restocks, one task each, and the planned changes,
-/// one task per product (a product's changes come in their order).
+/// one task per product (a product's changes come in their order). An administrator's
+/// actions reach the instances in turn, as through a round-robin load balancer: the
+/// `n`th action of a product goes to instance `product + n` first, so consecutive
+/// changes of one product are made on different instances.
 pub fn spawn_admin(shared: &Arc<Shared>, plan: &crate::plan::Plan) -> Vec<tokio::task::JoinHandle<()>> {
     let restocks = plan
         .products
         .iter()
-        .flat_map(|product| product.restocks.iter().map(move |restock| (product.index, *restock)))
-        .map(|(product, planned)| tokio::spawn(restock(shared.clone(), product, planned)));
+        .flat_map(|product| {
+            product.restocks.iter().enumerate().map(move |(n, restock)| (product.index, product.index + n, *restock))
+        })
+        .map(|(product, first, planned)| tokio::spawn(restock(shared.clone(), product, first, planned)));
     let changes = plan.products.iter().filter(|product| !product.changes.is_empty()).map(|product| {
         let (shared, index, changes) = (shared.clone(), product.index, product.changes.clone());
         tokio::spawn(async move {
-            for planned in changes {
-                change(&shared, index, planned).await;
+            for (n, planned) in changes.into_iter().enumerate() {
+                change(&shared, index, index + n, planned).await;
             }
         })
     });
@@ -271,11 +276,13 @@ fn admin_request(shared: &Shared, method: Method, path: String, body: Option<ser
     }
 }
 
-/// Sends an administrator's request to the instances in turn, each attempt recorded as
-/// `kind` with the outcome `read` makes of its answer, until `again` says an outcome
-/// needs no resend, the attempts run out or the sale ends. A 401 renews the session.
+/// Sends an administrator's request to the instances in turn from instance `first`
+/// (modulo their number), each attempt recorded as `kind` with the outcome `read` makes
+/// of its answer, until `again` says an outcome needs no resend, the attempts run out or
+/// the sale ends. A 401 renews the session.
 async fn send_as_admin(
     shared: &Shared,
+    first: usize,
     kind: OpKind,
     (method, path, body): (Method, String, Option<serde_json::Value>),
     read: impl Fn(Result<Answer, Lost>) -> Outcome,
@@ -287,7 +294,7 @@ async fn send_as_admin(
         }
         let transport = &shared.transport;
         let invoke_ms = shared.recorder.now_ms();
-        let Some(instance) = next_up(transport, attempt as usize % transport.instance_count().max(1)) else {
+        let Some(instance) = next_up(transport, (first + attempt as usize) % transport.instance_count().max(1)) else {
             let outcome = Outcome::Fail { status: 0, problem: "no-instance".into() };
             shared.recorder.record(ADMIN, 0, kind.clone(), invoke_ms, outcome);
             tokio::time::sleep(Duration::from_millis(FIRST_BACKOFF_MS)).await;
@@ -311,7 +318,7 @@ async fn send_as_admin(
 /// At its planned moment, an administrator changes a product, and sends the change
 /// again until an answer says whether it was applied (a change is idempotent: a close
 /// names the same end every time), or the sale ends.
-pub async fn change(shared: &Shared, product: usize, planned: ChangePlan) {
+pub async fn change(shared: &Shared, product: usize, first: usize, planned: ChangePlan) {
     sleep_until_ms(shared, planned.at_ms).await;
     let Some(product_id) = shared.product_ids.get(product).copied() else { return };
     let path = format!("/api/v1/products/{product_id}");
@@ -329,14 +336,15 @@ pub async fn change(shared: &Shared, product: usize, planned: ChangePlan) {
     };
     let settled =
         |outcome: &Outcome| matches!(outcome, Outcome::Changed | Outcome::Fail { status: 404 | 409 | 422, .. });
-    send_as_admin(shared, OpKind::Change { product, change: planned.change }, request, read, |o| !settled(o)).await;
+    let kind = OpKind::Change { product, change: planned.change };
+    send_as_admin(shared, first, kind, request, read, |o| !settled(o)).await;
 }
 
 /// At its planned moment, an administrator restocks a product. Sent again only after
 /// an answer that says it was not applied (refused before it reached the server, an
 /// expired session, a rate limit): a restock is not idempotent, so a timeout or a 5xx,
 /// whose restock may have been applied, ends it.
-pub async fn restock(shared: Arc<Shared>, product: usize, restock: RestockPlan) {
+pub async fn restock(shared: Arc<Shared>, product: usize, first: usize, restock: RestockPlan) {
     sleep_until_ms(&shared, restock.at_ms).await;
     let Some(product_id) = shared.product_ids.get(product).copied() else { return };
     let path = format!("/api/v1/products/{product_id}/restock");
@@ -349,7 +357,7 @@ pub async fn restock(shared: Arc<Shared>, product: usize, restock: RestockPlan) 
         other => classify(other),
     };
     let again = |outcome: &Outcome| matches!(outcome, Outcome::Fail { status: 0 | 401 | 429, .. });
-    send_as_admin(&shared, OpKind::Restock { product, quantity: restock.quantity }, request, read, again).await;
+    send_as_admin(&shared, first, OpKind::Restock { product, quantity: restock.quantity }, request, read, again).await;
 }
 
 /// The part of a product view a restock's answer is read for.

@@ -60,7 +60,20 @@ fn heal_proxies(targets: &Targets, target: Backend) -> String {
     for proxy in backends.proxies(target) {
         proxy.heal();
     }
+    if target == Backend::Redis {
+        for link in &backends.link_proxies {
+            link.heal();
+        }
+    }
     format!("{target:?} proxies pass again")
+}
+
+/// Sets the mode of one instance's own path to Redis ([`Backends::add_links`]).
+fn set_link(targets: &Targets, instance: usize, mode: ProxyMode) -> anyhow::Result<String> {
+    let backends = targets.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let link = backends.link_proxies.get(instance).with_context(|| format!("instance {instance} has no link proxy"))?;
+    link.set_mode(mode);
+    Ok(format!("instance {instance}'s Redis link: {mode:?}"))
 }
 
 /// A fault on a backend's process (or container).
@@ -218,6 +231,7 @@ async fn fire(targets: &Targets, fault: &Fault) -> anyhow::Result<String> {
         Fault::KillRestart { target, persistent } => {
             process_op(targets, target, ProcessOp::Kill { keep_data: persistent }).await
         }
+        Fault::SlowLink { instance, latency_ms } => set_link(targets, instance, ProxyMode::Latency { ms: latency_ms }),
         Fault::KillInstance { instance } => {
             if targets.instances.kill(instance) {
                 Ok(format!("instance {instance} killed"))
@@ -249,6 +263,7 @@ async fn heal(targets: &Targets, fault: &Fault) -> anyhow::Result<String> {
         | Fault::ProxySlowClose { target, .. }
         | Fault::ProxyBlackhole { target } => Ok(heal_proxies(targets, target)),
         Fault::Pause { target } => process_op(targets, target, ProcessOp::Resume).await,
+        Fault::SlowLink { instance, .. } => set_link(targets, instance, ProxyMode::Pass),
         Fault::KillRestart { target, persistent } => {
             process_op(targets, target, ProcessOp::Restart { keep_data: persistent }).await
         }

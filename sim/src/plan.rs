@@ -248,6 +248,11 @@ pub enum Fault {
     KillRestart { target: Backend, persistent: bool },
     /// One server instance killed mid-purchase (and started again).
     KillInstance { instance: usize },
+    /// One instance's network path to Redis is slow (a proxy in front of that instance
+    /// alone): its commands arrive `latency_ms` late, in order, whether or not it still
+    /// waits for them, while the other instances' arrive at once. A write it gave up on
+    /// can land after a newer one another instance made.
+    SlowLink { instance: usize, latency_ms: u64 },
     /// `CLIENT PAUSE WRITE` on Redis.
     ClientPauseWrite,
 }
@@ -344,10 +349,10 @@ impl Plan {
             );
         }
         for fault in &self.faults {
-            if let Fault::KillInstance { instance } = fault.fault {
+            if let Some(instance) = fault.fault.instance() {
                 anyhow::ensure!(
                     instance < self.options.instances,
-                    "a fault kills instance {instance}, which the plan lacks"
+                    "a fault acts on instance {instance}, which the plan lacks"
                 );
             }
         }
@@ -571,8 +576,31 @@ fn swarm_faults(rng: &mut ChaCha8Rng, options: &PlanOptions, window: u64) -> Vec
                 || f.at_ms + f.duration_ms < first_mongo
         });
     }
+    faults.extend(slow_links(options, window));
     faults.sort_by_key(|f| (f.at_ms, f.duration_ms));
     faults
+}
+
+/// A swarm plan's slow links: in half the seeds, one or two, each on one instance's path
+/// to Redis, 200 ms to 2.5 s late (past the server's Redis timeout, so the instance
+/// gives up on writes that land later). Drawn from a stream of their own, so a seed's
+/// other faults plan as before.
+fn slow_links(options: &PlanOptions, window: u64) -> Vec<FaultPlan> {
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x5107_11AC_0000_0000);
+    if options.instances < 2 || !rng.random_bool(0.5) {
+        return Vec::new();
+    }
+    (0..rng.random_range(1..=2))
+        .map(|_| {
+            let fault = Fault::SlowLink {
+                instance: rng.random_range(0..options.instances),
+                latency_ms: rng.random_range(200..2_500),
+            };
+            let duration_ms = rng.random_range(100..(window / 4).clamp(101, 3_000));
+            let at_ms = rng.random_range(0..window.saturating_sub(duration_ms).max(1));
+            FaultPlan { at_ms, duration_ms, fault }
+        })
+        .collect()
 }
 
 fn swarm_fault(rng: &mut ChaCha8Rng, options: &PlanOptions, kind: usize) -> Fault {
@@ -645,8 +673,16 @@ impl Fault {
             | Self::Partition { target }
             | Self::Pause { target }
             | Self::KillRestart { target, .. } => Some(*target),
-            Self::ClientPauseWrite => Some(Backend::Redis),
+            Self::ClientPauseWrite | Self::SlowLink { .. } => Some(Backend::Redis),
             Self::KillInstance { .. } => None,
+        }
+    }
+
+    /// The server instance it acts on, if it acts on one.
+    pub fn instance(&self) -> Option<usize> {
+        match self {
+            Self::KillInstance { instance } | Self::SlowLink { instance, .. } => Some(*instance),
+            _ => None,
         }
     }
 

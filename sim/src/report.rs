@@ -355,6 +355,7 @@ fn fault_label(fault: &Fault) -> String {
             format!("kill+restart {}{}", backend_name(*target), if *persistent { "" } else { " (no persistence)" })
         }
         Fault::KillInstance { instance } => format!("kill instance {instance}"),
+        Fault::SlowLink { instance, latency_ms } => format!("slow link {latency_ms} ms, instance {instance} → redis"),
         Fault::ClientPauseWrite => "CLIENT PAUSE WRITE redis".into(),
     }
 }

@@ -29,7 +29,7 @@ use crate::buyers::{self, Buyer, Shared};
 use crate::checker::{self, FinalProduct, FinalState, Identities, RedisSale, StoredOrder};
 use crate::faults::{self, Targets};
 use crate::history::{History, OpKind, Outcome, Recorder};
-use crate::plan::{Plan, Topology};
+use crate::plan::{Fault, Plan, Topology};
 use crate::transport::Transport;
 use crate::world::{BackendChoice, Backends, Instances, admin_app};
 
@@ -170,7 +170,10 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<RunOutcome> {
         &settings,
         format!("seed {} plan hash {}: starting {:?} backends", plan.options.seed, plan.hash(), plan.options.topology),
     );
-    let backends = Backends::start(plan.options.topology, settings.backend).await?;
+    let mut backends = Backends::start(plan.options.topology, settings.backend).await?;
+    if plan.faults.iter().any(|fault| matches!(fault.fault, Fault::SlowLink { .. })) {
+        backends.add_links(plan.options.instances).await?;
+    }
     let mut instance_config =
         Config::for_local(&backends.proxied_redis_url(), &backends.proxied_mongo_url(), DATABASE, KEY_PREFIX);
     // Every buyer has its own address, as behind a proxy that sets X-Forwarded-For.
@@ -182,7 +185,10 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<RunOutcome> {
         Config::for_local(&backends.direct_redis_url(), &backends.direct_mongo_url(), DATABASE, KEY_PREFIX);
     admin_config.background_tasks = false;
     let admin = admin_app(admin_config, plan.options.seed).await?;
-    let instances = Instances::start(vec![instance_config; plan.options.instances], plan.options.seed).await?;
+    let configs = (0..plan.options.instances)
+        .map(|instance| Config { redis_url: backends.instance_redis_url(instance), ..instance_config.clone() })
+        .collect();
+    let instances = Instances::start(configs, plan.options.seed).await?;
     let backends = Arc::new(Mutex::new(backends));
 
     let result = play(&settings, &plan, &admin, &instances, &backends, started).await;

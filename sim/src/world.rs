@@ -93,6 +93,9 @@ pub struct Backends {
     pub containers: Option<Arc<flashsale_stack::ContainerStack>>,
     /// One proxy per Redis node, in node order.
     pub redis_proxies: Vec<FaultProxy>,
+    /// With [`Backends::add_links`]: one proxy per instance in front of the Redis proxy,
+    /// each instance's own path to Redis (for slow-link faults), by instance.
+    pub link_proxies: Vec<FaultProxy>,
     pub mongo_proxy: FaultProxy,
     direct_redis: Vec<String>,
     direct_mongo: String,
@@ -120,6 +123,7 @@ impl Backends {
             direct_mongo: stack.mongo_url(),
             containers: Some(Arc::new(stack)),
             redis_proxies: vec![redis_proxy],
+            link_proxies: Vec::new(),
             mongo_proxy,
         })
     }
@@ -172,6 +176,7 @@ impl Backends {
             #[cfg(feature = "containers")]
             containers: None,
             redis_proxies,
+            link_proxies: Vec::new(),
             mongo_proxy,
         })
     }
@@ -179,6 +184,30 @@ impl Backends {
     /// The Redis URL the server instances use: through the proxies.
     pub fn proxied_redis_url(&self) -> String {
         self.redis_proxies.iter().map(|p| format!("redis://127.0.0.1:{}", p.port())).collect::<Vec<_>>().join(",")
+    }
+
+    /// Gives each of `instances` a path of its own to Redis: a proxy in front of the
+    /// Redis proxy, whose faults reach that instance alone. Single Redis only: a cluster
+    /// client learns the nodes' announced addresses (the shared proxies) and would go
+    /// around it.
+    pub async fn add_links(&mut self, instances: usize) -> anyhow::Result<()> {
+        let [redis_proxy] = self.redis_proxies.as_slice() else {
+            anyhow::bail!("slow-link faults need the single Redis topology");
+        };
+        let upstream = loopback(redis_proxy.port());
+        for _ in 0..instances {
+            self.link_proxies.push(FaultProxy::start(upstream, None).await.context("starting a link proxy")?);
+        }
+        Ok(())
+    }
+
+    /// The Redis URL instance `instance` uses: its link, if [`Backends::add_links`] made
+    /// one, else [`Backends::proxied_redis_url`].
+    pub fn instance_redis_url(&self, instance: usize) -> String {
+        match self.link_proxies.get(instance) {
+            Some(link) => format!("redis://127.0.0.1:{}", link.port()),
+            None => self.proxied_redis_url(),
+        }
     }
 
     pub fn proxied_mongo_url(&self) -> String {

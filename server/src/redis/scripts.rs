@@ -140,7 +140,8 @@ pub async fn purchase_broken(
         | Broken::RebuildForgetsReleased
         | Broken::PendingAfterVanished
         | Broken::ReconcilerConfirmsReleased
-        | Broken::RebuildsAtOnce => &PURCHASE,
+        | Broken::RebuildsAtOnce
+        | Broken::SettingsGoBack => &PURCHASE,
     };
     run_purchase(script, conn, keys, args).await
 }

@@ -76,6 +76,8 @@ pub async fn configure(app: &App, product_id: Uuid, product: &Product) -> anyhow
         ends_at_ms: product.sale_ends_at_ms.unwrap_or(0),
         revision: product.revision,
     };
+    #[cfg(feature = "broken")]
+    let settings = SaleSettings { revision: crate::broken::settings_revision(app, settings.revision), ..settings };
     scripts::configure(&mut conn, &app.keys.sale(product_id), settings).await
 }
 

@@ -9,8 +9,10 @@ use std::time::Duration;
 use flashsale::auth::extract::Role;
 use flashsale::broken::Broken;
 use flashsale::clock::derive_order_id;
+use flashsale::db::records::Product;
+use flashsale::redis::scripts::Configured;
 use flashsale::sale::rebuild::{self, Rebuilt};
-use flashsale::sale::{orders, reconciler};
+use flashsale::sale::{orders, product_store, reconciler};
 use flashsale_stack::RedisPersistence;
 use serde_json::Value;
 use uuid::Uuid;
@@ -231,5 +233,27 @@ async fn rebuilds_at_once_lets_two_rebuilds_of_one_product_run_together() {
         outcomes.sort_by_key(|outcome| *outcome != Rebuilt::Done);
         assert_eq!(outcomes, expected, "{broken:?}");
         assert!(rebuild::settled(state, product).await.expect("redis"), "{broken:?}: loaded and not paused");
+    }
+}
+
+/// A change's settings that reach Redis after a newer change's are refused by the
+/// correct server; the variant writes them back over the newer ones.
+#[tokio::test]
+async fn settings_go_back_lets_an_older_changes_settings_land_over_a_newer_ones() {
+    for broken in [Some(Broken::SettingsGoBack), None] {
+        let app = spawn(broken).await;
+        let id = app.create_product(3, false).await;
+        let state = app.app();
+        assert_eq!(rebuild::ensure_loaded(state, id).await.expect("load"), Rebuilt::Done);
+        let older = product_store::head(state, id).await.expect("mongo").expect("the product");
+        let newer = Product { revision: older.revision + 1, one_per_user: true, ..older.clone() };
+        let applied = flashsale::sale::configure(state, id, &newer).await.expect("redis");
+        assert_eq!(applied, Configured::Applied, "{broken:?}");
+        let late = flashsale::sale::configure(state, id, &older).await.expect("redis");
+        let rule = flashsale::sale::stock(state, id).await.expect("redis").expect("loaded").one_per_user;
+        match broken {
+            Some(_) => assert_eq!((late, rule), (Configured::Applied, false), "the older rule is back"),
+            None => assert_eq!((late, rule), (Configured::LaterRevisionHeld, true), "the newer rule stays"),
+        }
     }
 }

@@ -13,6 +13,8 @@ use crate::plan::{Backend, Fault};
 pub struct Coverage {
     seeds: u64,
     reached: BTreeMap<&'static str, u64>,
+    /// Seeds whose plan held a slow link ([`LINK_FAULT_KIND`], swarm plans only).
+    planned_links: u64,
 }
 
 /// Every item a sweep must reach (fault kinds are added as the plans schedule them).
@@ -71,6 +73,9 @@ impl Coverage {
         if data_lost && history.server.rebuilds > 0 {
             seen.push(ITEMS[8]);
         }
+        if history.faults.iter().any(|event| matches!(event.fault, Fault::SlowLink { .. })) {
+            self.planned_links += 1;
+        }
         for event in history.faults.iter().filter(|event| event.phase == FaultPhase::Heal) {
             if matches!(event.fault, Fault::KillInstance { .. }) {
                 seen.push(ITEMS[5]);
@@ -87,6 +92,7 @@ impl Coverage {
     /// Adds another part of the same sweep.
     pub fn merge(&mut self, other: Self) {
         self.seeds += other.seeds;
+        self.planned_links += other.planned_links;
         for (item, count) in other.reached {
             *self.reached.entry(item).or_default() += count;
         }
@@ -94,13 +100,20 @@ impl Coverage {
 
     /// Items no seed reached, fault kinds included.
     pub fn missing(&self) -> Vec<&'static str> {
-        ITEMS.iter().chain(FAULT_KINDS).copied().filter(|item| !self.reached.contains_key(item)).collect()
+        self.required().filter(|item| !self.reached.contains_key(item)).collect()
+    }
+
+    /// The items this sweep must reach: the slow link only if some plan held one (the
+    /// default fault mix never does).
+    fn required(&self) -> impl Iterator<Item = &'static str> {
+        let link = (self.planned_links > 0).then_some(LINK_FAULT_KIND);
+        ITEMS.iter().chain(FAULT_KINDS).copied().chain(link)
     }
 
     /// One line per item: how many seeds reached it.
     pub fn table(&self) -> String {
         let mut out = format!("coverage over {} seeds (seeds that reached each):\n", self.seeds);
-        for item in ITEMS.iter().chain(FAULT_KINDS) {
+        for item in self.required() {
             let count = self.reached.get(item).copied().unwrap_or(0);
             out.push_str(&format!("  {count:>6}  {item}{}\n", if count == 0 { "  (NEVER)" } else { "" }));
         }
@@ -120,6 +133,9 @@ const FAULT_KINDS: &[&str] = &[
     "fault: MongoDB stalled (blackhole, partition, pause)",
     "fault: MongoDB answers lost (operations applied, connections reset)",
 ];
+
+/// The fault kind only swarm plans hold.
+const LINK_FAULT_KIND: &str = "fault: one instance's Redis link slow (its writes land late)";
 
 fn fault_kind(fault: &Fault) -> &'static str {
     match *fault {
@@ -142,5 +158,6 @@ fn fault_kind(fault: &Fault) -> &'static str {
         | Fault::Partition { target: Backend::Mongo }
         | Fault::Pause { target: Backend::Mongo } => FAULT_KINDS[7],
         Fault::KillInstance { .. } => ITEMS[5],
+        Fault::SlowLink { .. } => LINK_FAULT_KIND,
     }
 }

@@ -12,6 +12,7 @@
 //! | kill and restart, persistence | connections refused, then the script cache flushed | unavailable |
 //! | `CLIENT PAUSE WRITE` | commands hang until healed | - |
 //! | instance killed | its requests and tasks stop where they are; it starts again at the heal | |
+//! | slow link of one instance | that instance's commands arrive late, in order, applied even when it gave up | - |
 //!
 //! Start and heal are recorded in the history on the same (virtual) clock as in real mode.
 
@@ -29,6 +30,8 @@ use crate::plan::{Backend, Fault, FaultPlan};
 #[derive(Clone)]
 pub struct DetTargets {
     pub redis: MemoryRedis,
+    /// Each instance's own path to `redis` ([`MemoryRedis::with_link`]), by instance.
+    pub links: Vec<MemoryRedis>,
     pub mongo: MemoryDb,
     pub instances: Arc<DetInstances>,
 }
@@ -154,6 +157,13 @@ fn fire(targets: &DetTargets, fault: &Fault) -> String {
             mongo.make_slow(MONGO_STALL);
             "MongoDB operations stall".to_owned()
         }
+        Fault::SlowLink { instance, latency_ms } => match targets.links.get(instance) {
+            Some(link) => {
+                link.slow_link(Duration::from_millis(latency_ms));
+                format!("instance {instance}'s Redis commands arrive {latency_ms} ms late")
+            }
+            None => format!("instance {instance} has no link"),
+        },
         Fault::KillInstance { instance } => {
             if targets.instances.kill(instance) {
                 format!("instance {instance} killed")
@@ -192,17 +202,24 @@ async fn undo(targets: &DetTargets, fault: &Fault, still: &[Fault]) -> anyhow::R
             Ok(format!("instance {instance} stays down until its supervisor starts it"))
         }
         _ => {
-            targets.redis.heal();
-            targets.mongo.heal();
+            heal_stores(targets);
             Ok("healed".to_owned())
         }
     }
 }
 
-/// Heals everything whatever the schedule reached, and starts dead instances again.
-pub async fn heal_all(targets: &DetTargets) -> anyhow::Result<()> {
+/// Clears every switch of the stores and of the instances' links.
+fn heal_stores(targets: &DetTargets) {
     targets.redis.heal();
     targets.mongo.heal();
+    for link in &targets.links {
+        link.heal_link();
+    }
+}
+
+/// Heals everything whatever the schedule reached, and starts dead instances again.
+pub async fn heal_all(targets: &DetTargets) -> anyhow::Result<()> {
+    heal_stores(targets);
     for index in 0..targets.instances.count() {
         if !targets.instances.is_up(index) {
             targets.instances.start_one(index).await?;

@@ -135,10 +135,27 @@ async fn play(settings: &RunSettings) -> anyhow::Result<(Identities, History, ch
     let store_clock = Arc::new(VirtualClock::new(origin, 0));
     let redis = MemoryRedis::with_seed(store_clock.clone(), seed);
     MemoryRedis::register(&name, &redis);
-    let result = play_on(settings, plan, &name, &redis, origin).await;
+    // Each instance reaches Redis through a path of its own, which a slow-link fault
+    // slows for that instance alone.
+    let links: Vec<MemoryRedis> = (0..plan.options.instances)
+        .map(|instance| {
+            let link = redis.with_link();
+            MemoryRedis::register(&link_name(&name, instance), &link);
+            link
+        })
+        .collect();
+    let result = play_on(settings, plan, &name, &redis, &links, origin).await;
+    for instance in 0..links.len() {
+        MemoryRedis::unregister(&link_name(&name, instance));
+    }
     MemoryRedis::unregister(&name);
     MemoryDb::forget(&name);
     result
+}
+
+/// The registry name of one instance's path to the run's Redis.
+fn link_name(name: &str, instance: usize) -> String {
+    format!("{name}-instance-{instance}")
 }
 
 fn config(name: &str, settings: &RunSettings) -> Config {
@@ -160,6 +177,7 @@ async fn play_on(
     plan: &Plan,
     name: &str,
     redis: &MemoryRedis,
+    links: &[MemoryRedis],
     origin: tokio::time::Instant,
 ) -> anyhow::Result<(Identities, History, checker::FinalState, Timings)> {
     let seed = plan.options.seed;
@@ -174,9 +192,16 @@ async fn play_on(
     let clocks = (0..plan.options.instances)
         .map(|_| Arc::new(VirtualClock::new(origin, offsets.random_range(-MAX_CLOCK_OFFSET_MS..=MAX_CLOCK_OFFSET_MS))))
         .collect();
-    let instances = DetInstances::start(vec![instance_config; plan.options.instances], clocks, seed).await?;
-    let result =
-        sale(plan, &admin, &instances, DetTargets { redis: redis.clone(), mongo, instances: instances.clone() }).await;
+    let configs = (0..plan.options.instances)
+        .map(|instance| {
+            let mut config = instance_config.clone();
+            config.redis_url = format!("memory://{}", link_name(name, instance));
+            config
+        })
+        .collect();
+    let instances = DetInstances::start(configs, clocks, seed).await?;
+    let targets = DetTargets { redis: redis.clone(), links: links.to_vec(), mongo, instances: instances.clone() };
+    let result = sale(plan, &admin, &instances, targets).await;
     instances.stop_all();
     result.map(|(ids, mut history, final_state, timings)| {
         history.server = instances.tally();

@@ -115,6 +115,7 @@ mod broken_plans {
             Invariant::ReleasedStaysReleased,
         ),
         (Broken::RebuildsAtOnce, "broken-rebuilds_at_once.json", Invariant::NoLostOrder),
+        (Broken::SettingsGoBack, "broken-settings_go_back.json", Invariant::SaleRules),
     ];
 
     fn load(file: &str) -> Plan {

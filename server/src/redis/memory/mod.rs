@@ -33,6 +33,7 @@ mod core;
 mod error;
 mod faults;
 mod keyspace;
+mod link;
 mod lua;
 mod lua_api;
 mod lua_convert;
@@ -75,6 +76,8 @@ pub struct MemoryRedis {
     shared: Arc<Shared>,
     /// How long a command may wait (on a fault) before the caller gets a timeout.
     response_timeout: Option<Duration>,
+    /// This handle's own network path, if it has one ([`MemoryRedis::with_link`]).
+    link: Option<Arc<link::Link>>,
 }
 
 struct Shared {
@@ -98,7 +101,7 @@ impl MemoryRedis {
     /// follow from `seed`.
     pub fn with_seed(clock: Arc<dyn Clock>, seed: u64) -> Self {
         let shared = Shared { server: Mutex::new(Server::new(clock, seed)), faults: FaultSwitch::default() };
-        Self { shared: Arc::new(shared), response_timeout: None }
+        Self { shared: Arc::new(shared), response_timeout: None, link: None }
     }
 
     /// The emulated Redis registered under `name`, made on first use (system clock, run
@@ -114,7 +117,7 @@ impl MemoryRedis {
     /// Registers `redis` under `name` (replacing any other), so that `memory://NAME`
     /// reaches it: how a caller injects its own clock or seed.
     pub fn register(name: &str, redis: &Self) {
-        let handle = Self { shared: redis.shared.clone(), response_timeout: None };
+        let handle = Self { shared: redis.shared.clone(), response_timeout: None, link: redis.link.clone() };
         REGISTRY.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned(), handle);
     }
 
@@ -130,7 +133,7 @@ impl MemoryRedis {
 
     /// This handle, with commands held by a fault failing with a timeout after `limit`.
     pub fn with_response_timeout(&self, limit: Option<Duration>) -> Self {
-        Self { shared: self.shared.clone(), response_timeout: limit }
+        Self { shared: self.shared.clone(), response_timeout: limit, link: self.link.clone() }
     }
 
     /// The current run id (it changes on [`restart`](Self::restart)).
@@ -149,16 +152,17 @@ impl MemoryRedis {
 
     /// Runs one command. Error replies are `Value::ServerError`, as from a connection.
     pub async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
-        if !self.shared.faults.any() {
+        let linked = self.link_holds();
+        if !linked && !self.shared.faults.any() {
             let args: Vec<&[u8]> = cmd.args_iter().map(arg_bytes).collect();
             return Ok(self.server().execute(&args));
         }
         let owned: Vec<Vec<u8>> = cmd.args_iter().map(|arg| arg_bytes(arg).to_vec()).collect();
-        self.faulted(move |server| {
+        let op = move |server: &mut Server| {
             let args: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
             server.execute(&args)
-        })
-        .await
+        };
+        if linked { self.through_link(op).await } else { self.faulted(op).await }
     }
 
     /// Runs a pipeline and answers the replies from `offset`, `count` of them, as
@@ -172,7 +176,13 @@ impl MemoryRedis {
             let commands: Vec<Vec<&[u8]>> = owned.iter().map(|args| args.iter().map(Vec::as_slice).collect()).collect();
             server.pipeline(&commands, atomic)
         };
-        let replies = if self.shared.faults.any() { self.faulted(run).await? } else { run(&mut self.server()) };
+        let replies = if self.link_holds() {
+            self.through_link(run).await?
+        } else if self.shared.faults.any() {
+            self.faulted(run).await?
+        } else {
+            run(&mut self.server())
+        };
         match replies {
             Ok(replies) => Ok(replies.into_iter().skip(offset).take(count).collect()),
             Err(abort) => match abort.to_value() {

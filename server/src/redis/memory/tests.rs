@@ -324,3 +324,30 @@ async fn a_restart_loses_every_key_and_disconnects_subscribers() {
     redis.refuse_connections();
     assert!(conn.subscribe("events").await.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_links_commands_arrive_late_in_order_even_when_their_caller_gave_up() {
+    let (redis, _) = memory();
+    let linked = redis.with_link().with_response_timeout(Some(Duration::from_millis(100)));
+    linked.slow_link(Duration::from_millis(500));
+    let sent = tokio::time::Instant::now();
+    let error = linked.query(&cmd(&["SET", "k", "late"])).await.unwrap_err();
+    assert!(error.is_timeout(), "{error:?}");
+    assert_eq!(sent.elapsed(), Duration::from_millis(100), "the caller gave up at its timeout");
+    // Another client's command, sent later, arrives first.
+    assert_eq!(q(&redis, &["SET", "k", "early"]).await, Value::Okay);
+    assert_eq!(q(&redis, &["GET", "k"]).await, bulk("early"));
+    // Healed while the SET is still on the link: a command sent now waits behind it.
+    linked.heal_link();
+    let patient = linked.with_response_timeout(None);
+    assert_eq!(patient.query(&cmd(&["APPEND", "k", "+"])).await.unwrap(), Value::Int(5));
+    assert_eq!(sent.elapsed(), Duration::from_millis(500), "it arrived right after the late SET");
+    assert_eq!(q(&redis, &["GET", "k"]).await, bulk("late+"), "the late SET applied, then the APPEND");
+    // Fast again, and other handles of the same Redis never went through the link.
+    let now = tokio::time::Instant::now();
+    assert_eq!(patient.query(&cmd(&["GET", "k"])).await.unwrap(), bulk("late+"));
+    assert_eq!(now.elapsed(), Duration::ZERO);
+    redis.slow_link(Duration::from_secs(1));
+    assert_eq!(q(&redis, &["GET", "k"]).await, bulk("late+"), "a handle without a link is never slowed");
+    assert_eq!(now.elapsed(), Duration::ZERO);
+}
