@@ -19,6 +19,7 @@ use futures::future::{BoxFuture, Shared};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::orders::Reservation;
 use super::reconciler;
 use crate::db;
 use crate::db::records::Product;
@@ -130,34 +131,40 @@ async fn rebuild_locked(app: &App, product_id: Uuid, keys: &SaleKeys, fence: &st
     // let every such write finish or time out, so that MongoDB, read next, holds every
     // unit they took (otherwise the rebuilt state would hand those units out again).
     tokio::time::sleep(Duration::from_millis(app.config.order_write_timeout_ms) + REBUILD_SETTLE_MARGIN).await;
-    let Some((pass, orders)) =
-        retrying(app, product_id, || load_from_mongo(app, product_id, keys, fence, &product)).await?
-    else {
+    let reissue = Mutex::new(Vec::new());
+    let loaded =
+        retrying(app, product_id, || load_from_mongo(app, product_id, keys, fence, &product, &reissue)).await?;
+    let Some(orders) = loaded else {
         // The product was deleted meanwhile: its tombstone stands.
         return Ok(Rebuilt::NoProduct);
     };
     scripts::resume(&mut conn, keys, fence).await?;
-    reconciler::reissue(app, product_id, &pass.reissue).await;
+    let reissue = reissue.into_inner().unwrap_or_else(PoisonError::into_inner);
+    reconciler::reissue(app, product_id, &reissue).await;
     app.sold_out.forget(product_id);
     app.metrics.sale_rebuilds.inc();
     tracing::info!(%product_id, orders, "sale state rebuilt from MongoDB");
     Ok(Rebuilt::Done)
 }
 
-/// The paused sale's state, read from MongoDB and loaded into Redis (still paused):
-/// the reconciler's pass and the orders loaded, or `None` if the product was deleted
-/// meanwhile. Safe to run again after a failure: the pass and the load replace what an
-/// earlier try did.
+/// The paused sale's state, read from MongoDB and loaded into Redis (still paused): the
+/// orders loaded, or `None` if the product was deleted meanwhile. The reservations the
+/// reconciler's pass dropped to take a fresh unit after the rebuild are added to
+/// `reissue` as soon as the pass ends. Safe to run again after a failure: the pass and
+/// the load replace what an earlier try did, and `reissue` keeps what its pass dropped
+/// (Redis no longer holds those reservations, so no later pass would find them).
 async fn load_from_mongo(
     app: &App,
     product_id: Uuid,
     keys: &SaleKeys,
     fence: &str,
     product: &Product,
-) -> anyhow::Result<Option<(reconciler::ProductPass, usize)>> {
+    reissue: &Mutex<Vec<Reservation>>,
+) -> anyhow::Result<Option<usize>> {
     // Reservations Redis still holds are real requests: persist them before MongoDB is
     // read, so the rebuilt state keeps them.
     let pass = reconciler::reconcile_product(app, product_id, product, 0, usize::MAX).await?;
+    reissue.lock().unwrap_or_else(PoisonError::into_inner).extend(pass.reissue);
     let snapshot = sale::snapshot_from_mongo(app, product_id, product).await?;
     let mut conn = app.redis.clone();
     if !scripts::load_sale(&mut conn, keys, LoadMode::Rebuild { fence }, &snapshot).await? {
@@ -167,7 +174,7 @@ async fn load_from_mongo(
     // sale stays paused until they are applied again (a sale closed, or made one per
     // user, and answered so, must not sell a moment on the older settings).
     product_store::catch_up_after_load(app, product_id, product).await?;
-    Ok(Some((pass, snapshot.orders.len())))
+    Ok(Some(snapshot.orders.len()))
 }
 
 /// Runs `attempt` with each MongoDB step bounded by [`REBUILD_STEP_TIMEOUT`], and again,
