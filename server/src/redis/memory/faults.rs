@@ -79,7 +79,7 @@ impl MemoryRedis {
         self.set_fault(|faults| faults.refuse = true);
         let held = std::mem::take(&mut self.shared.faults.lock().held);
         drop(held);
-        self.server().core.disconnect_subscribers();
+        self.server().core().disconnect_subscribers();
     }
 
     /// Commands apply, but their replies are lost: the caller gets an I/O error.

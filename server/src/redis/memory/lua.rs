@@ -2,10 +2,8 @@
 //! sandbox Redis 7.0 sets up, the script cache by SHA1, and running a script with
 //! `KEYS`/`ARGV` while it holds the keyspace.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use mlua::chunk::ChunkMode;
 use mlua::{Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value as LuaValue};
@@ -34,7 +32,6 @@ pub(crate) fn sha1_hex(body: &[u8]) -> String {
 pub(crate) struct LuaEngine {
     lua: Lua,
     globals: Table,
-    redis: Table,
     /// The protected environment every script runs in.
     env: Table,
     runner: Function,
@@ -42,15 +39,23 @@ pub(crate) struct LuaEngine {
 }
 
 impl LuaEngine {
-    /// A fresh interpreter; `rand48` is the state behind `math.random`.
-    pub(crate) fn new(rand48: Arc<AtomicU64>) -> mlua::Result<Self> {
+    /// A fresh interpreter whose `redis.call` and `redis.pcall` run commands against
+    /// `core` (locked per command; its owner never holds the lock while a script runs),
+    /// and whose `math.random` draws from `core`'s state.
+    pub(crate) fn new(core: Arc<Mutex<Core>>) -> mlua::Result<Self> {
         let lua = Lua::new_with(StdLib::TABLE | StdLib::STRING | StdLib::MATH, LuaOptions::default())?;
         let globals = lua.globals();
         for name in REMOVED {
             globals.raw_set(name, LuaValue::Nil)?;
         }
+        let rand48 = core.lock().unwrap_or_else(PoisonError::into_inner).rand48.clone();
         let redis = lua_api::redis_table(&lua)?;
-        globals.raw_set("redis", redis.clone())?;
+        let keyspace = core.clone();
+        let call = lua.create_function(move |lua, args: MultiValue| lua_api::redis_call(lua, &keyspace, args, true))?;
+        let pcall = lua.create_function(move |lua, args: MultiValue| lua_api::redis_call(lua, &core, args, false))?;
+        redis.raw_set("call", call)?;
+        redis.raw_set("pcall", pcall)?;
+        globals.raw_set("redis", redis)?;
         globals.raw_set("cjson", cjson::module(&lua)?)?;
         globals.raw_set("bit", lua_libs::bit_module(&lua)?)?;
         lua_libs::install_random(&lua, &globals, rand48)?;
@@ -62,7 +67,7 @@ impl LuaEngine {
         let runner: Function = lua.load(RUNNER).set_name("=runner").call((xpcall, handler))?;
         let env = lua_api::protect(&lua, &globals)?;
         lua_api::install_loadstring(&lua, &globals, &env)?;
-        Ok(Self { lua, globals, redis, env, runner, scripts: BTreeMap::new() })
+        Ok(Self { lua, globals, env, runner, scripts: BTreeMap::new() })
     }
 
     pub(crate) fn contains(&self, sha: &str) -> bool {
@@ -99,34 +104,20 @@ impl LuaEngine {
         Ok(sha)
     }
 
-    /// Runs a cached script against `core`; the reply (an error reply if it failed).
-    pub(crate) fn run(&self, core: &mut Core, sha: &str, keys: &[&[u8]], argv: &[&[u8]]) -> Value {
+    /// Runs a cached script against the keyspace; the reply (an error reply if it failed).
+    pub(crate) fn run(&self, sha: &str, keys: &[&[u8]], argv: &[&[u8]]) -> Value {
         let Some(function) = self.scripts.get(sha) else { return CommandError::NoScript.to_value() };
-        match self.call(core, function, sha, keys, argv) {
+        match self.call(function, sha, keys, argv) {
             Ok(reply) => reply,
             Err(error) => error_value(&format!("ERR Error running script {sha}: {error}")),
         }
     }
 
-    fn call(
-        &self,
-        core: &mut Core,
-        function: &Function,
-        sha: &str,
-        keys: &[&[u8]],
-        argv: &[&[u8]],
-    ) -> mlua::Result<Value> {
+    fn call(&self, function: &Function, sha: &str, keys: &[&[u8]], argv: &[&[u8]]) -> mlua::Result<Value> {
         self.globals.raw_set("KEYS", self.strings(keys)?)?;
         self.globals.raw_set("ARGV", self.strings(argv)?)?;
-        let core = RefCell::new(core);
-        self.lua.scope(|scope| {
-            let call = scope.create_function(|lua, args: MultiValue| lua_api::redis_call(lua, &core, args, true))?;
-            let pcall = scope.create_function(|lua, args: MultiValue| lua_api::redis_call(lua, &core, args, false))?;
-            self.redis.raw_set("call", call)?;
-            self.redis.raw_set("pcall", pcall)?;
-            let (ok, result): (bool, LuaValue) = self.runner.call(function)?;
-            Ok(if ok { lua_convert::reply(&result) } else { lua_convert::failure(&result, sha) })
-        })
+        let (ok, result): (bool, LuaValue) = self.runner.call(function)?;
+        Ok(if ok { lua_convert::reply(&result) } else { lua_convert::failure(&result, sha) })
     }
 
     fn strings(&self, items: &[&[u8]]) -> mlua::Result<Table> {

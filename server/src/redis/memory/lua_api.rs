@@ -2,7 +2,7 @@
 //! functions, the error handler that turns an error into Redis 7.0's error reply, the
 //! Redis-style `pcall`, and the protected global environment.
 
-use std::cell::RefCell;
+use std::sync::{Mutex, PoisonError};
 
 use mlua::chunk::ChunkMode;
 use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value as LuaValue};
@@ -55,12 +55,7 @@ pub(crate) fn error_handler(lua: &Lua, error: LuaValue, tostring: &Function) -> 
 
 /// `redis.call` (`raise`) and `redis.pcall`: arguments must be strings or numbers
 /// (numbers sent as `%.17g`), errors raised as tables or returned as tables.
-pub(crate) fn redis_call(
-    lua: &Lua,
-    core: &RefCell<&mut Core>,
-    args: MultiValue,
-    raise: bool,
-) -> mlua::Result<LuaValue> {
+pub(crate) fn redis_call(lua: &Lua, core: &Mutex<Core>, args: MultiValue, raise: bool) -> mlua::Result<LuaValue> {
     let fail = |text: &str, from_command: bool| {
         if raise {
             Err(raise_table(text, from_command))
@@ -81,14 +76,14 @@ pub(crate) fn redis_call(
         return fail("ERR Please specify at least one argument for this redis lib call", false);
     }
     let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
-    let result = core.borrow_mut().execute_from_script(&refs);
+    let result = core.lock().unwrap_or_else(PoisonError::into_inner).execute_from_script(&refs);
     match result {
         Ok(value) => to_lua(lua, value),
         Err(error) => fail(&error.to_string(), true),
     }
 }
 
-/// The `redis` table, without `call` and `pcall` (bound per script run).
+/// The `redis` table, without `call` and `pcall` (bound to the keyspace by the engine).
 pub(crate) fn redis_table(lua: &Lua) -> mlua::Result<Table> {
     let redis = lua.create_table()?;
     redis.raw_set("REDIS_VERSION", REDIS_VERSION)?;

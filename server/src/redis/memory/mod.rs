@@ -138,7 +138,7 @@ impl MemoryRedis {
 
     /// The current run id (it changes on [`restart`](Self::restart)).
     pub fn run_id(&self) -> String {
-        self.server().core.run_id.clone()
+        self.server().core().run_id.clone()
     }
 
     /// Whether two handles reach the same emulated Redis.
@@ -197,9 +197,9 @@ impl MemoryRedis {
     pub async fn subscribe(&self, channel: &[u8]) -> RedisResult<Subscription> {
         let channel = channel.to_vec();
         let receiver = if self.shared.faults.any() {
-            self.faulted(move |server| server.core.subscribe(&channel)).await?
+            self.faulted(move |server| server.core().subscribe(&channel)).await?
         } else {
-            self.server().core.subscribe(&channel)
+            self.server().core().subscribe(&channel)
         };
         Ok(Subscription { receiver })
     }

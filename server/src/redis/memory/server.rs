@@ -2,7 +2,7 @@
 //! commands, EVAL/EVALSHA/SCRIPT, pipelines and MULTI/EXEC transactions; everything it
 //! does happens under the caller's lock, so a script or a transaction is atomic.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use redis::Value;
 
@@ -13,7 +13,10 @@ use super::lua::LuaEngine;
 use crate::clock::Clock;
 
 pub(crate) struct Server {
-    pub(crate) core: Core,
+    /// The keyspace, shared with the interpreter's `redis.call` (made once, not per
+    /// script). Only this server's methods lock it, one command at a time, and they run
+    /// under the caller's lock: it is never contended.
+    core: Arc<Mutex<Core>>,
     /// Made on the first script; dropped by SCRIPT FLUSH and restarts.
     lua: Option<LuaEngine>,
 }
@@ -29,12 +32,17 @@ impl Core {
 
 impl Server {
     pub(crate) fn new(clock: Arc<dyn Clock>, seed: u64) -> Self {
-        Self { core: Core::new(clock, seed), lua: None }
+        Self { core: Arc::new(Mutex::new(Core::new(clock, seed))), lua: None }
+    }
+
+    /// The keyspace, for a command.
+    pub(crate) fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs one command; an error is an error value, as the reply would carry it.
     pub(crate) fn execute(&mut self, args: &[&[u8]]) -> Value {
-        self.core.tick();
+        self.core().tick();
         let result = Command::resolve(args, false).and_then(|command| self.run(command, args));
         result.unwrap_or_else(|error| error.to_value())
     }
@@ -47,7 +55,7 @@ impl Server {
             Command::Multi | Command::Exec | Command::Discard => Err(CommandError::other(
                 "ERR the in-process Redis takes MULTI/EXEC only as an atomic pipeline (redis::pipe().atomic())",
             )),
-            _ => dispatch(&mut self.core, command, args),
+            _ => dispatch(&mut self.core(), command, args),
         }
     }
 
@@ -65,10 +73,10 @@ impl Server {
         let mut replies = Vec::with_capacity(commands.len() + 2);
         replies.push(Value::Okay);
         replies.extend(commands.iter().map(|_| Value::SimpleString("QUEUED".to_owned())));
-        let deferring = self.core.defer_messages();
+        let deferring = self.core().defer_messages();
         let results = commands.iter().map(|args| self.execute(args)).collect();
         if deferring {
-            self.core.release_messages();
+            self.core().release_messages();
         }
         replies.push(Value::Array(results));
         Ok(replies)
@@ -76,7 +84,7 @@ impl Server {
 
     /// A restart without persistence: keys, scripts and subscribers gone, new run id.
     pub(crate) fn restart(&mut self) {
-        self.core.restart();
+        self.core().restart();
         self.lua = None;
     }
 
@@ -87,7 +95,7 @@ impl Server {
 
     fn engine(&mut self) -> Result<&mut LuaEngine, CommandError> {
         if self.lua.is_none() {
-            let engine = LuaEngine::new(self.core.rand48.clone())
+            let engine = LuaEngine::new(self.core.clone())
                 .map_err(|error| CommandError::other(format!("ERR starting Lua failed: {error}")))?;
             self.lua = Some(engine);
         }
@@ -113,10 +121,10 @@ impl Server {
             engine.load(args[1])?
         };
         let Some(engine) = self.lua.as_ref() else { return Err(CommandError::NoScript) };
-        let deferring = self.core.defer_messages();
-        let reply = engine.run(&mut self.core, &sha, keys, argv);
+        let deferring = self.core().defer_messages();
+        let reply = engine.run(&sha, keys, argv);
         if deferring {
-            self.core.release_messages();
+            self.core().release_messages();
         }
         Ok(reply)
     }
