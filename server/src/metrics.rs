@@ -91,6 +91,9 @@ pub struct Metrics {
     /// Tries of a rebuild's MongoDB read that failed because MongoDB did not answer, and
     /// were made again.
     pub rebuild_read_retries: Counter,
+    /// Reservations that waited for a fresh unit (their unit was MongoDB's for another
+    /// order) and were given an answer by the purchase script.
+    pub reissued_reservations: Counter,
     /// Logins and registrations refused at once because the password-check queue was full.
     pub password_checks_shed: Counter,
     /// Group commits of order writes, and the orders they carried (their ratio is the
@@ -133,6 +136,7 @@ impl Metrics {
         let reconciled_orders = Counter::default();
         let sale_rebuilds = Counter::default();
         let rebuild_read_retries = Counter::default();
+        let reissued_reservations = Counter::default();
         let password_checks_shed = Counter::default();
         let order_group_commits = Counter::default();
         let orders_group_committed = Counter::default();
@@ -158,6 +162,11 @@ impl Metrics {
             "rebuild_read_retries",
             "Rebuild reads of MongoDB made again after MongoDB did not answer",
             rebuild_read_retries.clone(),
+        );
+        registry.register(
+            "reissued_reservations",
+            "Reservations whose unit MongoDB held for another order, given a fresh unit or an answer",
+            reissued_reservations.clone(),
         );
         registry.register(
             "password_checks_shed",
@@ -194,6 +203,7 @@ impl Metrics {
             reconciled_orders,
             sale_rebuilds,
             rebuild_read_retries,
+            reissued_reservations,
             password_checks_shed,
             order_group_commits,
             orders_group_committed,

@@ -29,6 +29,10 @@ pub struct SaleKeys {
     pub tombstones: String,
     /// String: lock held while the sale state is rebuilt from MongoDB.
     pub rebuild_lock: String,
+    /// Hash: order id → user id, reservations the reconciler dropped because MongoDB
+    /// holds their unit for another order, each waiting for a fresh unit. Not one of the
+    /// keys a rebuild replaces: it outlives the rebuild it waits for.
+    pub reissue: String,
 }
 
 impl SaleKeys {
@@ -57,6 +61,7 @@ impl Keys {
             pending: format!("{base}:pending"),
             tombstones: format!("{base}:tomb"),
             rebuild_lock: format!("{base}:rebuild_lock"),
+            reissue: format!("{base}:reissue"),
         }
     }
 

@@ -280,6 +280,8 @@ pub struct StockState {
     pub free_count: i64,
     pub paused: bool,
     pub one_per_user: bool,
+    /// Reservations waiting for a fresh unit (`SaleKeys::reissue`).
+    pub reissue_waiting: i64,
 }
 
 impl StockState {
@@ -290,7 +292,8 @@ impl StockState {
 }
 
 pub async fn stock(conn: &mut RedisConn, keys: &SaleKeys) -> anyhow::Result<Option<StockState>> {
-    let reply: Value = STOCK.key(&keys.sale).key(&keys.free).invoke_async(conn).await.context("stock script")?;
+    let reply: Value =
+        STOCK.key(&keys.sale).key(&keys.free).key(&keys.reissue).invoke_async(conn).await.context("stock script")?;
     let items = items(reply)?;
     if items.is_empty() {
         return Ok(None);
@@ -301,6 +304,7 @@ pub async fn stock(conn: &mut RedisConn, keys: &SaleKeys) -> anyhow::Result<Opti
         free_count: int(item(&items, 2)?)?,
         paused: int(item(&items, 3)?)? == 1,
         one_per_user: int(item(&items, 4)?)? == 1,
+        reissue_waiting: int(item(&items, 5)?)?,
     }))
 }
 

@@ -19,7 +19,6 @@ use futures::future::{BoxFuture, Shared};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::orders::Reservation;
 use super::reconciler;
 use crate::db;
 use crate::db::records::Product;
@@ -131,16 +130,15 @@ async fn rebuild_locked(app: &App, product_id: Uuid, keys: &SaleKeys, fence: &st
     // let every such write finish or time out, so that MongoDB, read next, holds every
     // unit they took (otherwise the rebuilt state would hand those units out again).
     tokio::time::sleep(Duration::from_millis(app.config.order_write_timeout_ms) + REBUILD_SETTLE_MARGIN).await;
-    let reissue = Mutex::new(Vec::new());
-    let loaded =
-        retrying(app, product_id, || load_from_mongo(app, product_id, keys, fence, &product, &reissue)).await?;
+    let loaded = retrying(app, product_id, || load_from_mongo(app, product_id, keys, fence, &product)).await?;
     let Some(orders) = loaded else {
         // The product was deleted meanwhile: its tombstone stands.
         return Ok(Rebuilt::NoProduct);
     };
     scripts::resume(&mut conn, keys, fence).await?;
-    let reissue = reissue.into_inner().unwrap_or_else(PoisonError::into_inner);
-    reconciler::reissue(app, product_id, &reissue).await;
+    if let Err(err) = reconciler::reissue(app, product_id).await {
+        tracing::warn!(error = %err, %product_id, "reissuing reservations after the rebuild failed; a later pass will");
+    }
     app.sold_out.forget(product_id);
     app.metrics.sale_rebuilds.inc();
     tracing::info!(%product_id, orders, "sale state rebuilt from MongoDB");
@@ -148,23 +146,20 @@ async fn rebuild_locked(app: &App, product_id: Uuid, keys: &SaleKeys, fence: &st
 }
 
 /// The paused sale's state, read from MongoDB and loaded into Redis (still paused): the
-/// orders loaded, or `None` if the product was deleted meanwhile. The reservations the
-/// reconciler's pass dropped to take a fresh unit after the rebuild are added to
-/// `reissue` as soon as the pass ends. Safe to run again after a failure: the pass and
-/// the load replace what an earlier try did, and `reissue` keeps what its pass dropped
-/// (Redis no longer holds those reservations, so no later pass would find them).
+/// orders loaded, or `None` if the product was deleted meanwhile. Safe to run again after
+/// a failure: the pass and the load replace what an earlier try did, and the
+/// reservations the pass moved to wait for a fresh unit wait in Redis
+/// (`SaleKeys::reissue`, which the load leaves alone).
 async fn load_from_mongo(
     app: &App,
     product_id: Uuid,
     keys: &SaleKeys,
     fence: &str,
     product: &Product,
-    reissue: &Mutex<Vec<Reservation>>,
 ) -> anyhow::Result<Option<usize>> {
     // Reservations Redis still holds are real requests: persist them before MongoDB is
     // read, so the rebuilt state keeps them.
-    let pass = reconciler::reconcile_product(app, product_id, product, 0, usize::MAX).await?;
-    reissue.lock().unwrap_or_else(PoisonError::into_inner).extend(pass.reissue);
+    reconciler::reconcile_product(app, product_id, product, 0, usize::MAX).await?;
     let snapshot = sale::snapshot_from_mongo(app, product_id, product).await?;
     let mut conn = app.redis.clone();
     if !scripts::load_sale(&mut conn, keys, LoadMode::Rebuild { fence }, &snapshot).await? {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::orders::{self, Conflict, OrderDoc, OrderStatus, Persisted, Reservation};
+use super::orders::{self, Conflict, OrderDoc, OrderStatus, Persisted};
 use super::rebuild;
 use crate::db::records::Product;
 use crate::events::{self, EventType, SaleEvent};
@@ -59,6 +59,7 @@ async fn pass_locked(app: &App) -> anyhow::Result<usize> {
     let grace = i64::try_from(app.config.reconcile_grace_ms).unwrap_or(i64::MAX);
     let mut settled = 0;
     for (product_id, recorded_stock) in rebuild::live_products(app).await? {
+        let mut waiting_for_units = false;
         match sale::stock(app, product_id).await? {
             // A live product whose sale state Redis lost while no instance was there to
             // see it (every instance down during a restart without persistence) is
@@ -73,34 +74,38 @@ async fn pass_locked(app: &App) -> anyhow::Result<usize> {
             // a read of the product or a rebuild next sees it: until then buyers are
             // told sold out with the units recorded (found by the deterministic
             // simulator once its plans restocked).
-            Some(state) if !state.paused && state.stock_total < recorded_stock => {
-                sale::restock(app, product_id, recorded_stock).await?;
-                tracing::info!(%product_id, recorded_stock, "reconciler raised a live stock to its recorded total");
+            Some(state) if !state.paused => {
+                if state.stock_total < recorded_stock {
+                    sale::restock(app, product_id, recorded_stock).await?;
+                    tracing::info!(%product_id, recorded_stock, "reconciler raised a live stock to its recorded total");
+                }
+                // Reservations still waiting for a fresh unit, with the sale running: the
+                // rebuild that was to reissue them failed, or its instance died. They
+                // need one (the state they conflicted with still counts their buyers
+                // as served, so a purchase now would be refused as a second one).
+                waiting_for_units = state.reissue_waiting > 0;
             }
             Some(_) => {}
         }
-        // Most live products have nothing to settle: MongoDB is read only for one that has
-        // (a read per live product per pass made the pass grow faster than the products).
-        if !has_due_reservations(app, product_id, grace).await? {
-            continue;
-        }
-        let Some(product) = find_product(app, product_id).await? else { continue };
         // A rebuild for this pass's conflicts must read MongoDB after the pass did.
         let since = app.rebuilds.generation();
-        let pass = reconcile_product(app, product_id, &product, grace, app.config.reconcile_batch).await?;
-        settled += pass.settled;
-        if pass.conflicts > 0 {
+        let mut conflicts = 0;
+        // Most live products have nothing to settle: MongoDB is read only for one that has
+        // (a read per live product per pass made the pass grow faster than the products).
+        if has_due_reservations(app, product_id, grace).await?
+            && let Some(product) = find_product(app, product_id).await?
+        {
+            let pass = reconcile_product(app, product_id, &product, grace, app.config.reconcile_batch).await?;
+            settled += pass.settled;
+            conflicts = pass.conflicts;
+        }
+        if conflicts > 0 || waiting_for_units {
+            // The rebuild reissues the reservations waiting for a fresh unit once it has
+            // resumed the sale; if it does not end (another instance rebuilds, or it
+            // fails), they wait in Redis for it or for a later pass.
             let flight = app.rebuilds.start(app, product_id, since)?;
-            match flight.await.map_err(|err| anyhow::anyhow!("{err}"))? {
-                rebuild::Rebuilt::Done => reissue(app, product_id, &pass.reissue).await,
-                other => {
-                    tracing::warn!(
-                        ?other,
-                        count = pass.reissue.len(),
-                        "no rebuild by this pass; reservations not reissued"
-                    )
-                }
-            }
+            let rebuilt = flight.await.map_err(|err| anyhow::anyhow!("{err}"))?;
+            tracing::info!(%product_id, ?rebuilt, conflicts, waiting_for_units, "rebuild to settle conflicts with MongoDB");
         }
     }
     retire_deleted(app).await?;
@@ -127,10 +132,6 @@ pub struct ProductPass {
     pub settled: usize,
     /// Reservations MongoDB refused over a unit or a buyer slot (the product needs a rebuild).
     pub conflicts: usize,
-    /// Reservations whose unit MongoDB holds for another order (Redis handed it out
-    /// twice after losing data): after the rebuild each takes a fresh unit, so the
-    /// request keeps its place (see [`reissue`]).
-    pub reissue: Vec<Reservation>,
 }
 
 /// Retires the sale of every product deleted within [`DELETED_WATCH`] whose sale state
@@ -194,7 +195,7 @@ pub async fn reconcile_product(
         #[cfg(feature = "broken")]
         if crate::broken::is(app, crate::broken::Broken::DropPending) {
             // Broken: dropped from Redis unpersisted, its unit and buyer slot still taken.
-            drop_reservation(app, product_id, order_id).await?;
+            drop_reservation(app, product_id, order_id, None).await?;
             pass.settled += 1;
             continue;
         }
@@ -242,59 +243,77 @@ pub async fn reconcile_product(
             Persisted::Conflict(conflict) => {
                 // Redis disagrees with MongoDB about units or buyers: a rebuild (which
                 // reads MongoDB) settles it; this reservation is not persisted as it is.
+                // A reservation whose unit MongoDB holds for another order (Redis handed
+                // it out twice after losing data) waits for a fresh unit after the
+                // rebuild, so the request keeps its place (see [`reissue`]).
                 tracing::warn!(%order_id, ?conflict, "reservation conflicts with MongoDB; dropping it from Redis");
-                drop_reservation(app, product_id, order_id).await?;
+                let waits = (conflict == Conflict::UnitTaken).then_some(reservation.user_id);
+                drop_reservation(app, product_id, order_id, waits).await?;
                 pass.conflicts += 1;
-                if conflict == Conflict::UnitTaken {
-                    pass.reissue.push(reservation);
-                }
             }
         }
     }
     Ok(pass)
 }
 
-/// After a rebuild, reserves a fresh unit for each request whose unit turned out to be
-/// taken (the same order id and buyer, through the purchase script, so every rule still
-/// applies). The next pass persists them. One that finds the product sold out cannot be
-/// honoured: Redis sold that unit twice while it was losing data.
-pub async fn reissue(app: &App, product_id: Uuid, reservations: &[Reservation]) {
+/// How long a reservation waits in `SaleKeys::reissue` for a fresh unit at most: a
+/// product deleted meanwhile is no longer visited by the passes that would reissue it.
+pub const REISSUE_KEEP: Duration = Duration::from_secs(24 * 3_600);
+
+/// Once the sale state is rebuilt, reserves a fresh unit for each request waiting in
+/// `SaleKeys::reissue` (the same order id and buyer, through the purchase script, so
+/// every rule still applies; a request reissued twice is answered as a replay the
+/// second time). The next pass persists them. A request stays waiting while the sale is
+/// paused or not loaded, or Redis fails; any other outcome ends its wait. One that finds
+/// the product sold out cannot be honoured: Redis sold that unit twice while it was
+/// losing data.
+pub async fn reissue(app: &App, product_id: Uuid) -> anyhow::Result<()> {
     let keys = app.keys.sale(product_id);
     let channel = app.keys.events_channel();
     let mut conn = app.redis.clone();
-    for reservation in reservations {
-        let args = scripts::PurchaseArgs {
-            order_id: reservation.order_id,
-            user_id: reservation.user_id,
-            product_id,
-            now_ms: app.ids.now_ms(),
-            channel: &channel,
+    // In order id order: the same answer on every run of the deterministic simulator.
+    let waiting: std::collections::BTreeMap<String, String> =
+        redis::cmd("HGETALL").arg(&keys.reissue).query_async(&mut conn).await?;
+    for (order, user) in waiting {
+        let (Ok(order_id), Ok(user_id)) = (Uuid::parse_str(&order), Uuid::parse_str(&user)) else {
+            let _: i64 = redis::cmd("HDEL").arg(&keys.reissue).arg(&order).query_async(&mut conn).await?;
+            continue;
         };
-        match scripts::purchase(&mut conn, &keys, &args).await {
-            Ok(outcome) => tracing::info!(order_id = %reservation.order_id, ?outcome, "reservation reissued"),
-            Err(err) => {
-                tracing::warn!(order_id = %reservation.order_id, error = %err, "reissuing a reservation failed")
-            }
+        let args = scripts::PurchaseArgs { order_id, user_id, product_id, now_ms: app.ids.now_ms(), channel: &channel };
+        let outcome = scripts::purchase(&mut conn, &keys, &args).await?;
+        if matches!(outcome, scripts::PurchaseOutcome::Paused | scripts::PurchaseOutcome::NotLoaded) {
+            tracing::info!(%order_id, ?outcome, "reservation still waiting for a fresh unit");
+            continue;
         }
+        let _: i64 = redis::cmd("HDEL").arg(&keys.reissue).arg(&order).query_async(&mut conn).await?;
+        app.metrics.reissued_reservations.inc();
+        tracing::info!(%order_id, ?outcome, "reservation reissued");
     }
+    Ok(())
 }
 
 /// Removes a reservation that MongoDB refuses, without returning its unit (the unit
 /// may belong to a persisted order Redis forgot); the next rebuild recomputes free units.
-async fn drop_reservation(app: &App, product_id: Uuid, order_id: Uuid) -> anyhow::Result<()> {
+/// With `waits_for_unit` (its buyer), the request waits in `SaleKeys::reissue` for a
+/// fresh unit, in the same transaction: no moment when it is in neither place.
+async fn drop_reservation(
+    app: &App,
+    product_id: Uuid,
+    order_id: Uuid,
+    waits_for_unit: Option<Uuid>,
+) -> anyhow::Result<()> {
     let keys = app.keys.sale(product_id);
     let mut conn = app.redis.clone();
-    let _: () = redis::pipe()
-        .cmd("HDEL")
-        .arg(&keys.orders)
-        .arg(order_id.to_string())
-        .ignore()
-        .cmd("ZREM")
-        .arg(&keys.pending)
-        .arg(order_id.to_string())
-        .ignore()
-        .query_async(&mut conn)
-        .await?;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.cmd("HDEL").arg(&keys.orders).arg(order_id.to_string()).ignore();
+    pipe.cmd("ZREM").arg(&keys.pending).arg(order_id.to_string()).ignore();
+    if let Some(user_id) = waits_for_unit {
+        let keep_ms = u64::try_from(REISSUE_KEEP.as_millis()).unwrap_or(u64::MAX);
+        pipe.cmd("HSET").arg(&keys.reissue).arg(order_id.to_string()).arg(user_id.to_string()).ignore();
+        pipe.cmd("PEXPIRE").arg(&keys.reissue).arg(keep_ms).ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await?;
     Ok(())
 }
 

@@ -491,3 +491,71 @@ async fn an_order_is_stored_with_its_reservation_time_whoever_writes_it() {
     let stored = orders::find_order(app.app(), order_id).await.expect("mongo").expect("order persisted");
     assert_eq!(stored.created_at_ms, reserved_at_ms, "the order document keeps the reservation's time");
 }
+
+/// A reservation whose unit MongoDB holds for another order (Redis handed that unit out
+/// twice after losing data) is dropped from the sale and waits in Redis for a fresh unit,
+/// not in the memory of the pass that found it: when the rebuild that was to reissue it
+/// never ran (its instance died, or it failed), a later pass rebuilds, the reservation is
+/// reissued under the same order id, and the order is persisted with a fresh unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_whose_unit_mongodb_holds_gets_a_fresh_unit_when_the_rebuild_that_owed_it_never_ran() {
+    use flashsale::redis::scripts::{self, PurchaseArgs, PurchaseOutcome};
+    use flashsale::sale::orders::{OrderDoc, OrderStatus, Reservation};
+    use flashsale::sale::{product_store, reconciler};
+
+    let app = TestApp::spawn_with(|config| {
+        config.background_tasks = false;
+        config.reconcile_grace_ms = 0;
+    })
+    .await;
+    let state = app.app();
+    let product = app.create_product(5, true).await;
+    let (_, buyer) = app.verified_buyer(Role::Buyer).await;
+    let (_, other) = app.verified_buyer(Role::Buyer).await;
+    let keys = state.keys.sale(product);
+    let channel = state.keys.events_channel();
+    let mut conn = state.redis.clone();
+    // The buyer's request reserved unit 1 and its order write failed (a 202).
+    let order_id = flashsale::clock::derive_order_id(buyer, "pending");
+    let args =
+        PurchaseArgs { order_id, user_id: buyer, product_id: product, now_ms: state.ids.now_ms(), channel: &channel };
+    let outcome = scripts::purchase(&mut conn, &keys, &args).await.expect("purchase script");
+    assert!(matches!(outcome, PurchaseOutcome::Reserved { unit: 1, .. }), "{outcome:?}");
+    // MongoDB holds unit 1 for another buyer's order.
+    let taken = Reservation {
+        order_id: flashsale::clock::derive_order_id(other, "earlier"),
+        product_id: product,
+        user_id: other,
+        unit: 1,
+        reserved_at_ms: state.ids.now_ms(),
+        one_per_user: Some(true),
+    };
+    state.db.insert_order(&OrderDoc::confirmed(&taken, true)).await.expect("insert");
+
+    // The pass that finds the conflict; the rebuild it would start never runs.
+    let current = product_store::head(state, product).await.expect("mongo").expect("product");
+    let pass = reconciler::reconcile_product(state, product, &current, reconciler::ANY_AGE, usize::MAX)
+        .await
+        .expect("reconciler pass");
+    assert_eq!(pass.conflicts, 1, "{pass:?}");
+    assert!(orders::find_order(state, order_id).await.expect("mongo").is_none(), "not persisted on a taken unit");
+    let live = flashsale::sale::stock(state, product).await.expect("redis").expect("loaded");
+    assert_eq!(live.reissue_waiting, 1, "the request waits in Redis for a fresh unit");
+
+    // A later pass (any instance) rebuilds, which reissues it; a pass after that persists it
+    // if the first did not.
+    reconciler::run_pass(state).await.expect("reconciler pass");
+    reconciler::run_pass(state).await.expect("reconciler pass");
+
+    let stored = orders::find_order(state, order_id).await.expect("mongo").expect("persisted with a fresh unit");
+    assert_eq!(stored.status, OrderStatus::Confirmed);
+    assert_eq!(stored.user_id, buyer.to_string());
+    assert!(
+        stored.unit_number().is_some_and(|unit| unit != 1),
+        "a fresh unit, not the one MongoDB holds for the other order: {stored:?}"
+    );
+    let live = flashsale::sale::stock(state, product).await.expect("redis").expect("loaded");
+    assert_eq!(live.reissue_waiting, 0, "nothing left waiting");
+    assert!(!live.paused);
+    assert_eq!(state.metrics.reissued_reservations.get(), 1);
+}

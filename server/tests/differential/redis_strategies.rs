@@ -18,14 +18,29 @@ pub const ORDERS: &str = "{p:1}:orders";
 pub const PENDING: &str = "{p:1}:pending";
 pub const TOMBSTONES: &str = "{p:1}:tomb";
 pub const LOCK: &str = "{p:1}:rebuild_lock";
+pub const REISSUE: &str = "{p:1}:reissue";
 pub const RATE: &str = "{p:1}:rl";
 pub const IDEMPOTENCY: &str = "{p:1}:idem";
 pub const OUTBOX: &str = "{p:1}:outbox";
 pub const OTP: &str = "{p:1}:otp";
 const ODD_KEY: &str = "{p:1}:é/ü";
 
-const KEYS: &[&str] =
-    &[STRING_KEY, SALE, FREE, BUYERS, ORDERS, PENDING, TOMBSTONES, LOCK, RATE, IDEMPOTENCY, OUTBOX, OTP, ODD_KEY];
+const KEYS: &[&str] = &[
+    STRING_KEY,
+    SALE,
+    FREE,
+    BUYERS,
+    ORDERS,
+    PENDING,
+    TOMBSTONES,
+    LOCK,
+    RATE,
+    IDEMPOTENCY,
+    OUTBOX,
+    OTP,
+    REISSUE,
+    ODD_KEY,
+];
 const SALE_KEYS: [&str; 6] = [SALE, FREE, BUYERS, ORDERS, PENDING, TOMBSTONES];
 
 const VALUES: &[&str] = &[
@@ -301,7 +316,7 @@ fn project_script() -> BoxedStrategy<Step> {
         6 => script("purchase.lua", sale, or_odd(purchase)),
         2 => script("confirm.lua", sale, or_odd(confirm)),
         3 => script("release.lua", sale, or_odd(release)),
-        1 => script("stock.lua", &[SALE, FREE], or_odd(Just(Vec::new()))),
+        1 => script("stock.lua", &[SALE, FREE, REISSUE], or_odd(Just(Vec::new()))),
         3 => load_sale(),
         1 => script("pause.lua", &[SALE, LOCK], or_odd(fenced())),
         1 => script("pause.lua", &[SALE, LOCK], or_odd(resumed())),

@@ -7,7 +7,7 @@ use crate::redis_ops::{Arg, Step, texts};
 use crate::redis_property::run_steps;
 use crate::redis_sides::Pair;
 use crate::redis_strategies::{
-    BUYERS, FREE, IDEMPOTENCY, LOCK, ORDERS, PENDING, RATE, SALE, STRING_KEY, TOMBSTONES, lua_file,
+    BUYERS, FREE, IDEMPOTENCY, LOCK, ORDERS, PENDING, RATE, REISSUE, SALE, STRING_KEY, TOMBSTONES, lua_file,
 };
 
 /// Runs `steps` on a fresh pair.
@@ -119,8 +119,8 @@ fn script_cache() -> Vec<Step> {
         evalsha(cached),
         Step::ScriptFlush,
         evalsha(cached),
-        script("stock.lua", &[SALE, FREE], &[]),
-        script("stock.lua", &[SALE, FREE], &[]),
+        script("stock.lua", &[SALE, FREE, REISSUE], &[]),
+        script("stock.lua", &[SALE, FREE, REISSUE], &[]),
         Step::eval(cached, &[], &[]),
         evalsha(cached),
         Step::eval(broken, &[], &[]),
@@ -282,7 +282,7 @@ fn a_whole_sale() -> Vec<Step> {
         script("purchase.lua", &sale, &["o3", "u3", "7", "ch", "p1"]),
         script("confirm.lua", &sale, &["ch", "o1", "", "o3", "e3", "o9", "e9"]),
         script("release.lua", &sale, &["o2", "ch", "p1"]),
-        script("stock.lua", &[SALE, FREE], &[]),
+        script("stock.lua", &[SALE, FREE, REISSUE], &[]),
         script("restock.lua", &[SALE, FREE], &["3", "ch", "p1"]),
         script("configure.lua", &[SALE], &["0", "0", "1000", "1"]),
         script("lock.lua", &[LOCK], &["t1", "30000"]),
