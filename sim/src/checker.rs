@@ -43,9 +43,11 @@ pub enum Invariant {
     ///    end, and no request of its key after the release answered a fresh order or
     ///    `already-purchased` (a stored answer replayed is the key's old answer).
     ReleasedStaysReleased,
-    /// 10. The administrator's changes hold from their answer on: no order taken while
-    ///     the sale was closed or after the product was deleted, no `sale-ended` while
-    ///     it was open, and a deleted product's sale state gone at the end.
+    /// 10. The sale's window and the administrator's changes hold: no order before the
+    ///     sale opened and no `sale-not-started` after; from a change's answer on, no
+    ///     order taken while the sale was closed or after the product was deleted, no
+    ///     `sale-ended` while it was open, and a deleted product's sale state gone at the
+    ///     end.
     SaleRules,
 }
 
@@ -74,7 +76,7 @@ impl Invariant {
             Self::Conservation => "conservation",
             Self::StockSeen => "stock seen is possible",
             Self::ReleasedStaysReleased => "a released order stays released",
-            Self::SaleRules => "changes hold",
+            Self::SaleRules => "window and changes hold",
         }
     }
 }
@@ -313,7 +315,7 @@ pub fn check(plan: &Plan, ids: &Identities, history: &History, state: &FinalStat
         conservation(plan, history, state),
         stock_seen(plan, history, state),
         released_stays_released(ids, history, state, &cancels),
-        sale_rules(history, state, &reservations),
+        sale_rules(plan, history, state, &reservations),
     ];
     let self_checks = self_checks(plan, history, state);
     Report { verdicts, self_checks }
@@ -639,15 +641,58 @@ fn one_per_user(
     c.finish()
 }
 
-/// Invariant 10. The administrator's changes hold from their answers on: no order (live
-/// or released since) was reserved while the sale surely was closed (a close names the
-/// administrator's clock, so from its answer plus [`CLOCK_SKEW_MS`] until a reopen was
-/// sent) or after a delete answered 204; no `sale-ended` was answered while the sale
-/// surely was open (until [`CLOCK_SKEW_MS`] before a close was sent); and a deleted
-/// product's sale state is gone at the end.
-fn sale_rules(history: &History, state: &FinalState, reservations: &Reservations) -> Verdict {
+/// Invariant 10. The sale's window holds: no order was answered (201 or 202, which
+/// means its unit was reserved by then) before the sale surely opened, and no
+/// `sale-not-started` to a request sent once it surely had (the opening is the
+/// administrator's clock, each instance compares it with its own: [`CLOCK_SKEW_MS`] either
+/// way; no change moves it). The administrator's changes hold from their answers on: no
+/// order (live or released since) was reserved while the sale surely was closed (a close
+/// names the administrator's clock, so from its answer plus [`CLOCK_SKEW_MS`] until a
+/// reopen was sent) or after a delete answered 204; no `sale-ended` was answered while
+/// the sale surely was open (until [`CLOCK_SKEW_MS`] before a close was sent); and a
+/// deleted product's sale state is gone at the end.
+fn sale_rules(plan: &Plan, history: &History, state: &FinalState, reservations: &Reservations) -> Verdict {
     let mut c = Collector::new(Invariant::SaleRules);
     for (index, product) in state.products.iter().enumerate() {
+        let opens_ms = plan.products.get(index).map_or(0, |p| p.opens_at_ms);
+        for op in &history.ops {
+            let OpKind::Buy { product, .. } = &op.kind else { continue };
+            if *product != index {
+                continue;
+            }
+            match &op.outcome {
+                Outcome::Ok { order_id, .. } => {
+                    c.check();
+                    if op.complete_ms.saturating_add(CLOCK_SKEW_MS) < opens_ms {
+                        c.violate(
+                            format!(
+                                "order {order_id} was answered at {} ms, before the sale opened at {opens_ms} ms",
+                                op.complete_ms
+                            ),
+                            Some(index),
+                            vec![op.buyer],
+                            Some(op.complete_ms),
+                        );
+                    }
+                }
+                Outcome::Fail { problem, .. } if problem == "sale-not-started" => {
+                    c.check();
+                    if op.invoke_ms > opens_ms.saturating_add(CLOCK_SKEW_MS) {
+                        c.violate(
+                            format!(
+                                "answered sale-not-started to a request sent at {} ms, after the sale opened at \
+                                 {opens_ms} ms",
+                                op.invoke_ms
+                            ),
+                            Some(index),
+                            vec![op.buyer],
+                            Some(op.complete_ms),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
         let changes = sent_changes(history, index);
         let closed = Toggle::of(
             false,
@@ -1834,6 +1879,31 @@ mod tests {
         assert_eq!(violated(&report), vec![Invariant::SaleRules]);
         let report = run(vec![buy(10, 2, "d", 40, ended.clone()), close(40 + 5 + CLOCK_SKEW_MS, 1_000)]);
         assert!(violated(&report).is_empty(), "{:#?}", report.verdicts);
+    }
+
+    #[test]
+    fn no_order_is_answered_before_the_sale_opens_and_no_sale_not_started_after() {
+        let stored_state = || state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3);
+        let opening_at = |opens_ms| {
+            let mut plan = plan();
+            plan.products[0].opens_at_ms = opens_ms;
+            plan
+        };
+        // The first order of the good history was answered at 5 ms: within the clocks'
+        // skew of an opening at 5 + CLOCK_SKEW_MS, surely before one a millisecond later.
+        let report = check(&opening_at(5 + CLOCK_SKEW_MS), &ids(), &good_history(), &stored_state());
+        assert!(violated(&report).is_empty(), "{:#?}", report.verdicts);
+        let report = check(&opening_at(5 + CLOCK_SKEW_MS + 1), &ids(), &good_history(), &stored_state());
+        assert_eq!(violated(&report), vec![Invariant::SaleRules]);
+        // sale-not-started to a request sent more than the skew after the opening: broken.
+        let not_started = Outcome::Fail { status: 409, problem: "sale-not-started".into() };
+        let mut history = good_history();
+        history.ops.push(buy(4, 2, "d", 40 + CLOCK_SKEW_MS, not_started.clone()));
+        let report = check(&opening_at(40), &ids(), &history, &stored_state());
+        assert!(violated(&report).is_empty(), "{:#?}", report.verdicts);
+        history.ops.push(buy(5, 2, "d", 41 + CLOCK_SKEW_MS, not_started));
+        let report = check(&opening_at(40), &ids(), &history, &stored_state());
+        assert_eq!(violated(&report), vec![Invariant::SaleRules]);
     }
 
     #[test]

@@ -250,7 +250,9 @@ async fn play(
     tokio::time::sleep_until(opening.into()).await;
 
     // The sale.
-    let recorder = Arc::new(Recorder::new(tokio::time::Instant::now()));
+    // The history's clock starts at the planned opening, the moment the plan's times
+    // (and the products' openings) count from, even when the sleep above woke late.
+    let recorder = Arc::new(Recorder::new(opening.into()));
     let targets = Targets { backends: backends.clone(), instances: instances.clone() };
     let fault_task = tokio::spawn(faults::run_schedule(targets.clone(), plan.faults.clone(), recorder.clone()));
     let shared = Arc::new(Shared {

@@ -241,7 +241,7 @@ async fn sale(
     let setup_ms = elapsed_ms(setup_started);
     tokio::time::sleep_until(opening).await;
 
-    let recorder = Arc::new(Recorder::new(tokio::time::Instant::now()));
+    let recorder = Arc::new(Recorder::new(opening));
     let fault_task = tokio::spawn(faults::run_schedule(targets.clone(), plan.faults.clone(), recorder.clone()));
     let shared = Arc::new(Shared {
         transport,
