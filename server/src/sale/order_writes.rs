@@ -565,6 +565,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_own_insert_failed_leaves_its_reservation_unconfirmed() {
+        let f = fixture(64, 1).await;
+        f.insert(&order("taken", 5)).await.expect("stored");
+        f.model.make_slow(Duration::from_millis(50));
+        // The leader takes unit 5, already sold; its member's order is new.
+        let (doomed, fine) = (order("o5", 5), order("o1", 1));
+        f.reserve(&doomed).await;
+        f.reserve(&fine).await;
+        let leader = f.spawn(doomed.clone());
+        tokio::task::yield_now().await;
+        let member = f.spawn(fine.clone());
+        let led = leader.await.expect("task");
+        assert!(matches!(led, Err(DbError::DuplicateKey { .. })), "{led:?}");
+        assert_eq!(member.await.expect("task").expect("stored"), Stored { confirmed: true });
+        assert_eq!(f.reservation(&doomed).await, (Some("R".to_owned()), true), "its insert failed: untouched");
+        assert_eq!(f.reservation(&fine).await, (Some("C".to_owned()), false), "confirmed, no longer pending");
+        assert!(f.idle());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_batch_max_of_one_writes_each_order_on_its_own() {
         let f = fixture(1, 1).await;
         f.model.make_slow(Duration::from_millis(50));

@@ -140,6 +140,32 @@ async fn a_key_reused_after_its_idempotency_record_is_lost_is_still_refused_by_m
     assert_eq!(stock.remaining(), 5, "the unit taken for the refused order is given back");
 }
 
+/// Redis's one-per-user check comes first; MongoDB's `(product_id, buyer_slot)` index is
+/// the last word. When Redis lets a second order through for a buyer MongoDB already
+/// holds an order of (here Redis forgot the buyer; in a sale, a reservation in flight
+/// while a rebuild read MongoDB), the answer is `already-purchased`, never a 201, and
+/// no second document is stored.
+#[tokio::test]
+async fn a_second_order_redis_lets_through_is_refused_by_mongodb_and_answered_already_purchased() {
+    let app = TestApp::spawn().await;
+    let product = app.create_product(3, true).await;
+    let (buyer, user_id) = app.verified_buyer(Role::Buyer).await;
+    let (status, _, body) = app.buy(&buyer, product, "first").await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+
+    let keys = app.app().keys.sale(product);
+    let mut conn = app.app().redis.clone();
+    let forgot: i64 =
+        redis::cmd("HDEL").arg(&keys.buyers).arg(user_id.to_string()).query_async(&mut conn).await.expect("redis");
+    assert_eq!(forgot, 1, "Redis held the buyer");
+    let (status, _, body) = app.buy(&buyer, product, "second").await;
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json_body(&body)["type"], "/problems/already-purchased");
+    let stored = orders::orders_of_product(app.app(), product).await.expect("mongo");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].id, flashsale::clock::derive_order_id(user_id, "first").to_string());
+}
+
 #[tokio::test]
 async fn the_last_unit_goes_to_one_buyer_and_the_next_is_told_sold_out() {
     let app = TestApp::spawn().await;
@@ -558,4 +584,64 @@ async fn a_reservation_whose_unit_mongodb_holds_gets_a_fresh_unit_when_the_rebui
     assert_eq!(live.reissue_waiting, 0, "nothing left waiting");
     assert!(!live.paused);
     assert_eq!(state.metrics.reissued_reservations.get(), 1);
+}
+
+/// The reconciler is the backstop of a cancellation whose Redis step never ran (Redis
+/// failed after MongoDB's tombstone, and the administrator gave up): a reservation still
+/// pending whose order MongoDB holds as released is released in Redis (its unit and
+/// buyer slot given back, its id a tombstone there too), never left pending nor confirmed.
+#[tokio::test]
+async fn the_reconciler_releases_a_pending_reservation_whose_order_mongodb_holds_as_released() {
+    use flashsale::redis::scripts::{self, PurchaseArgs, PurchaseOutcome};
+    use flashsale::sale::orders::{OrderDoc, OrderStatus, Reservation};
+    use flashsale::sale::{product_store, reconciler};
+
+    let app = TestApp::spawn_with(|config| {
+        config.background_tasks = false;
+        config.reconcile_grace_ms = 0;
+    })
+    .await;
+    let state = app.app();
+    let product = app.create_product(2, true).await;
+    let (buyer, user_id) = app.verified_buyer(Role::Buyer).await;
+    let keys = state.keys.sale(product);
+    let channel = state.keys.events_channel();
+    let mut conn = state.redis.clone();
+    // The order was reserved and written to MongoDB; its confirmation in Redis never ran.
+    let order_id = flashsale::clock::derive_order_id(user_id, "cancelled");
+    let now_ms = state.ids.now_ms();
+    let args = PurchaseArgs { order_id, user_id, product_id: product, now_ms, channel: &channel };
+    let outcome = scripts::purchase(&mut conn, &keys, &args).await.expect("purchase script");
+    assert!(matches!(outcome, PurchaseOutcome::Reserved { unit: 1, .. }), "{outcome:?}");
+    let reservation = Reservation {
+        order_id,
+        product_id: product,
+        user_id,
+        unit: 1,
+        reserved_at_ms: now_ms,
+        one_per_user: Some(true),
+    };
+    state.db.insert_order(&OrderDoc::confirmed(&reservation, true)).await.expect("insert");
+    // An administrator cancelled it: MongoDB's step ran, Redis's did not.
+    assert!(state.db.release_order(&order_id.to_string()).await.expect("mongo"));
+
+    let current = product_store::head(state, product).await.expect("mongo").expect("product");
+    let pass = reconciler::reconcile_product(state, product, &current, reconciler::ANY_AGE, usize::MAX)
+        .await
+        .expect("reconciler pass");
+    assert_eq!((pass.settled, pass.conflicts), (1, 0), "{pass:?}");
+
+    let live = flashsale::sale::stock(state, product).await.expect("redis").expect("loaded");
+    assert_eq!(live.remaining(), 2, "the unit is back");
+    let held: Option<String> =
+        redis::cmd("HGET").arg(&keys.orders).arg(order_id.to_string()).query_async(&mut conn).await.expect("redis");
+    assert_eq!(held, None, "no reservation left, pending or confirmed");
+    let stored = orders::find_order(state, order_id).await.expect("mongo").expect("the tombstone");
+    assert_eq!(stored.status, OrderStatus::Released);
+    // The buyer slot is free again and the cancelled key stays burnt.
+    let (status, _, body) = app.buy(&buyer, product, "cancelled").await;
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json_body(&body)["type"], "/problems/order-released");
+    let (status, _, body) = app.buy(&buyer, product, "again").await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
 }

@@ -402,4 +402,10 @@ async fn a_deleted_sale_is_stopped_then_unloaded_only_once_nothing_is_pending() 
     assert!(!scripts::stop(&mut conn, &sale, &channel, product_id).await.unwrap(), "a tombstone is no sale");
     let tombstone = scripts::load_sale(&mut conn, &sale, LoadMode::Init, &sale_snapshot(5)).await.unwrap();
     assert!(!tombstone, "no load writes over the tombstone");
+    // Nor a rebuild's (one that read the product before its deletion), lock held or not.
+    let fence = scripts::lock(&mut conn, &sale.rebuild_lock, "rebuilder", 5_000).await.unwrap().unwrap();
+    let rebuilt =
+        scripts::load_sale(&mut conn, &sale, LoadMode::Rebuild { fence: &fence }, &sale_snapshot(5)).await.unwrap();
+    assert!(!rebuilt, "no rebuild writes over the tombstone");
+    assert_eq!(scripts::purchase(&mut conn, &sale, &buy(4)).await.unwrap(), PurchaseOutcome::NotLoaded);
 }
