@@ -645,3 +645,46 @@ async fn the_reconciler_releases_a_pending_reservation_whose_order_mongodb_holds
     let (status, _, body) = app.buy(&buyer, product, "again").await;
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
 }
+
+/// A rebuild whose instance died leaves the sale paused with its lock to run out. With
+/// no purchase coming to start another rebuild, the reconciler's pass is what resumes
+/// it; while the lock stands, the pass leaves the rebuild to its holder.
+#[tokio::test]
+async fn the_reconciler_rebuilds_a_sale_an_abandoned_rebuild_left_paused() {
+    use flashsale::redis::scripts;
+    use flashsale::sale::reconciler;
+
+    let app = TestApp::spawn_with(|config| {
+        config.background_tasks = false;
+    })
+    .await;
+    let state = app.app();
+    let product = app.create_product(2, true).await;
+    let (first, _) = app.verified_buyer(Role::Buyer).await;
+    let (status, _, body) = app.buy(&first, product, "first").await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+
+    let keys = state.keys.sale(product);
+    let mut conn = state.redis.clone();
+    let fence = scripts::lock(&mut conn, &keys.rebuild_lock, "a-dying-instance", 60_000)
+        .await
+        .expect("redis")
+        .expect("the lock is free");
+    assert!(scripts::pause(&mut conn, &keys, &fence).await.expect("redis"));
+
+    reconciler::run_pass(state).await.expect("reconciler pass");
+    let live = flashsale::sale::stock(state, product).await.expect("redis").expect("loaded");
+    assert!(live.paused, "the holder's lock stands: its rebuild is left to it");
+
+    // The holder dies; its lease runs out (released here rather than waited for).
+    assert!(scripts::unlock(&mut conn, &keys.rebuild_lock, &fence).await.expect("redis"));
+    reconciler::run_pass(state).await.expect("reconciler pass");
+    let live = flashsale::sale::stock(state, product).await.expect("redis").expect("loaded");
+    assert!(!live.paused, "the pass rebuilt the abandoned sale");
+    assert_eq!(live.remaining(), 1, "rebuilt from MongoDB: one order, one unit left");
+
+    let (second, _) = app.verified_buyer(Role::Buyer).await;
+    let (status, _, body) = app.buy(&second, product, "second").await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json_body(&body)["unit"], 2);
+}
