@@ -403,6 +403,17 @@ fn non_negative(history: &History, state: &FinalState) -> Verdict {
             }
         }
     }
+    for event in &history.stock_events {
+        c.check();
+        if event.remaining < 0 {
+            c.violate(
+                format!("a stock event reported remaining {}", event.remaining),
+                Some(event.product),
+                vec![],
+                Some(event.at_ms),
+            );
+        }
+    }
     for (index, product) in state.products.iter().enumerate() {
         if let Some(sale) = product.redis {
             c.check();
@@ -1137,8 +1148,12 @@ fn stock_seen(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
             let at = confirmed[*product].entry(*order_id).or_insert(op.complete_ms);
             *at = (*at).min(op.complete_ms);
         }
-        let released = op.outcome.problem() == Some("order-released");
-        if released || matches!(op.outcome, Outcome::Ok { .. } | Outcome::Info { .. }) {
+        // A request answered one of these may have held a unit for a while: it reserved
+        // before MongoDB refused its order (the order id taken, or the buyer's slot), and
+        // the unit comes back with the release or the rebuild that follows.
+        let held_for_a_while =
+            matches!(op.outcome.problem(), Some("order-released" | "idempotency-key-reused" | "already-purchased"));
+        if held_for_a_while || matches!(op.outcome, Outcome::Ok { .. } | Outcome::Info { .. }) {
             let at = reserving[*product].entry((op.buyer, key.as_str())).or_insert(op.invoke_ms);
             *at = (*at).min(op.invoke_ms);
         }
@@ -1179,6 +1194,34 @@ fn stock_seen(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
                 Some(*product),
                 vec![op.buyer],
                 Some(op.complete_ms),
+            );
+        }
+    }
+    // A stock event was published when it was received or earlier, perhaps long before
+    // (a subscriber may lag): the same bounds as a read that began at the opening and
+    // ended when the event was received.
+    for event in &history.stock_events {
+        let Some(planned) = plan.products.get(event.product).map(|p| p.stock) else { continue };
+        let stock = bounds[event.product].most_by(event.at_ms);
+        let may_hold = reserving[event.product].partition_point(|at| *at <= event.at_ms) as i64;
+        c.check();
+        if event.remaining > stock {
+            c.violate(
+                format!("a stock event reported {} left of a stock of at most {stock}", event.remaining),
+                Some(event.product),
+                vec![],
+                Some(event.at_ms),
+            );
+        } else if event.remaining < planned - may_hold {
+            c.violate(
+                format!(
+                    "a stock event reported {} left, but at most {may_hold} of {planned} units could be reserved by \
+                     its receipt",
+                    event.remaining
+                ),
+                Some(event.product),
+                vec![],
+                Some(event.at_ms),
             );
         }
     }
@@ -1498,8 +1541,7 @@ mod tests {
                 buy(2, 1, "b", 20, ok(1, "b", 2, true)),
                 buy(3, 2, "c", 30, sold_out()),
             ],
-            faults: vec![],
-            server: Default::default(),
+            ..Default::default()
         }
     }
 
@@ -1779,8 +1821,7 @@ mod tests {
 
     #[test]
     fn a_run_that_never_sold_out_or_replayed_is_vacuous() {
-        let history =
-            History { ops: vec![buy(0, 0, "a", 0, ok(0, "a", 1, false))], faults: vec![], server: Default::default() };
+        let history = History { ops: vec![buy(0, 0, "a", 0, ok(0, "a", 1, false))], ..Default::default() };
         let mut final_state = state(vec![stored(0, "a", 1)], 2);
         if let Some(sale) = final_state.products[0].redis.as_mut() {
             sale.next_unit = 2;
@@ -1879,6 +1920,24 @@ mod tests {
         assert_eq!(violated(&report), vec![Invariant::SaleRules]);
         let report = run(vec![buy(10, 2, "d", 40, ended.clone()), close(40 + 5 + CLOCK_SKEW_MS, 1_000)]);
         assert!(violated(&report).is_empty(), "{:#?}", report.verdicts);
+    }
+
+    #[test]
+    fn every_stock_event_lies_between_the_stock_and_the_keys_that_may_hold_a_unit() {
+        let with_events = |events: &[(u64, i64)]| {
+            let mut history = good_history();
+            history.stock_events = events
+                .iter()
+                .map(|&(at_ms, remaining)| crate::history::StockEvent { product: 0, at_ms, remaining })
+                .collect();
+            violated(&check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3)))
+        };
+        assert!(with_events(&[(3, 1), (25, 0), (40, 0)]).is_empty());
+        // At 0 ms only key "a" had been sent: one unit at most was taken.
+        assert_eq!(with_events(&[(0, 0)]), vec![Invariant::StockSeen]);
+        // More than the stock.
+        assert_eq!(with_events(&[(40, 3)]), vec![Invariant::StockSeen]);
+        assert_eq!(with_events(&[(40, -1)]), vec![Invariant::NonNegativeStock, Invariant::StockSeen]);
     }
 
     #[test]

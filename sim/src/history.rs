@@ -134,12 +134,24 @@ pub enum FaultPhase {
     Error,
 }
 
+/// A stock event the servers published on the sale's channel (`stock_updated` or
+/// `sold_out`, with the units left), as the simulator's own subscriber received it: it
+/// was published at `at_ms` or earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StockEvent {
+    /// Index of the product in the plan.
+    pub product: usize,
+    pub at_ms: u64,
+    pub remaining: i64,
+}
+
 /// The recorder shared by every buyer task.
 #[derive(Debug)]
 pub struct Recorder {
     origin: Instant,
     ops: Mutex<Vec<Op>>,
     faults: Mutex<Vec<FaultEvent>>,
+    stock_events: Mutex<Vec<StockEvent>>,
 }
 
 /// Everything a run recorded.
@@ -147,6 +159,9 @@ pub struct Recorder {
 pub struct History {
     pub ops: Vec<Op>,
     pub faults: Vec<FaultEvent>,
+    /// Every stock event received, in the order received.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stock_events: Vec<StockEvent>,
     /// What the instances did out of the buyers' sight (deterministic mode, which runs
     /// them in process, reads their counters; empty in real mode).
     #[serde(skip_serializing_if = "ServerTally::is_empty")]
@@ -174,7 +189,12 @@ impl ServerTally {
 
 impl Recorder {
     pub fn new(origin: Instant) -> Self {
-        Self { origin, ops: Mutex::new(Vec::new()), faults: Mutex::new(Vec::new()) }
+        Self {
+            origin,
+            ops: Mutex::new(Vec::new()),
+            faults: Mutex::new(Vec::new()),
+            stock_events: Mutex::new(Vec::new()),
+        }
     }
 
     /// Milliseconds since the opening of the sale.
@@ -197,6 +217,11 @@ impl Recorder {
     pub fn fault(&self, index: usize, fault: Fault, phase: FaultPhase, detail: impl Into<String>) {
         let event = FaultEvent { index, at_ms: self.now_ms(), fault, phase, detail: detail.into() };
         self.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(event);
+    }
+
+    pub fn stock_event(&self, product: usize, remaining: i64) {
+        let event = StockEvent { product, at_ms: self.now_ms(), remaining };
+        self.stock_events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(event);
     }
 
     /// Operations recorded so far (for live progress).
@@ -223,6 +248,7 @@ impl Recorder {
         History {
             ops: self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             faults: self.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            stock_events: self.stock_events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             server: ServerTally::default(),
         }
     }

@@ -533,7 +533,8 @@ fn json_file<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// `{"ops": [...], "faults": [...]}`, one op or fault event a line (greppable, and far
+/// `{"ops": [...], "faults": [...], "stock_events": [...]}`, one op, fault event or stock
+/// event a line (greppable, and far
 /// smaller than pretty-printed JSON).
 fn history_json(history: &History) -> anyhow::Result<Vec<u8>> {
     fn list<T: Serialize>(out: &mut Vec<u8>, items: &[T]) -> anyhow::Result<()> {
@@ -550,6 +551,8 @@ fn history_json(history: &History) -> anyhow::Result<Vec<u8>> {
     list(&mut out, &history.ops)?;
     out.extend_from_slice(b",\n\"faults\": ");
     list(&mut out, &history.faults)?;
+    out.extend_from_slice(b",\n\"stock_events\": ");
+    list(&mut out, &history.stock_events)?;
     out.extend_from_slice(b"\n}\n");
     Ok(out)
 }
@@ -1382,7 +1385,7 @@ mod tests {
                     ]
                 })
                 .collect(),
-            server: Default::default(),
+            ..Default::default()
         };
         let ids = Identities {
             product_ids: (0..2).map(|i| Uuid::from_u128(1_000 + i)).collect(),

@@ -253,6 +253,9 @@ async fn play(
     // The history's clock starts at the planned opening, the moment the plan's times
     // (and the products' openings) count from, even when the sleep above woke late.
     let recorder = Arc::new(Recorder::new(opening.into()));
+    let watch_stop = tokio_util::sync::CancellationToken::new();
+    let watcher =
+        tokio::spawn(watch_stock_events(admin.clone(), product_ids.clone(), recorder.clone(), watch_stop.clone()));
     let targets = Targets { backends: backends.clone(), instances: instances.clone() };
     let fault_task = tokio::spawn(faults::run_schedule(targets.clone(), plan.faults.clone(), recorder.clone()));
     let shared = Arc::new(Shared {
@@ -303,6 +306,8 @@ async fn play(
     let drain_started = Instant::now();
     let drained = drain(admin, &product_ids).await;
     let drain_ms = elapsed_ms(drain_started);
+    watch_stop.cancel();
+    let _ = watcher.await;
     let final_state = read_final_state(admin, &product_ids, drained, drain_ms).await?;
     progress(settings, format!("drained: {drained} in {drain_ms} ms"));
     let timings = Timings { setup_ms, sale_ms, drain_ms, total_ms: 0 };
@@ -459,6 +464,53 @@ async fn create_product(
     anyhow::ensure!(response.status().as_u16() == 201, "creating a product answered {}", response.status());
     let body: serde_json::Value = response.json().await?;
     body["id"].as_str().and_then(|id| Uuid::parse_str(id).ok()).context("product id")
+}
+
+/// Pause before the stock-event watcher subscribes again after losing Redis.
+const WATCH_RESUBSCRIBE: Duration = Duration::from_millis(50);
+
+/// Records every stock event (`stock_updated`, `sold_out`) published on the sale's
+/// channel, as a client of the event stream would see it, until `stop`; subscribes
+/// again whenever Redis drops the subscription (events published meanwhile are missed,
+/// as a real subscriber misses them).
+pub(crate) async fn watch_stock_events(
+    admin: AppState,
+    product_ids: Vec<Uuid>,
+    recorder: Arc<Recorder>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use flashsale::events::{EventType, SaleEvent};
+    let channel = admin.keys.events_channel();
+    while !stop.is_cancelled() {
+        let subscription = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            subscription = admin.redis.subscribe(&channel) => subscription,
+        };
+        if let Ok(mut payloads) = subscription {
+            loop {
+                let payload = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return,
+                    payload = payloads.next() => payload,
+                };
+                let Some(payload) = payload else { break };
+                let Ok(event) = serde_json::from_slice::<SaleEvent>(&payload) else { continue };
+                if !matches!(event.event_type, EventType::StockUpdated | EventType::SoldOut) {
+                    continue;
+                }
+                let product = product_ids.iter().position(|id| *id == event.product_id);
+                if let (Some(product), Some(remaining)) = (product, event.remaining) {
+                    recorder.stock_event(product, remaining);
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(WATCH_RESUBSCRIBE) => {}
+        }
+    }
 }
 
 /// Waits until every product's sale state is loaded, its pending set is empty and its

@@ -191,9 +191,9 @@ async fn undo(targets: &DetTargets, fault: &Fault, still: &[Fault]) -> anyhow::R
             Ok("Redis restarted empty (new run_id)".to_owned())
         }
         Fault::KillRestart { target: Backend::Redis, persistent: true } => {
-            targets.redis.flush_scripts();
+            targets.redis.restart_from_data();
             targets.redis.heal();
-            Ok("Redis restarted from its data (script cache empty)".to_owned())
+            Ok("Redis restarted from its data (new run_id, script cache empty)".to_owned())
         }
         Fault::KillInstance { instance } => {
             if still.contains(&Fault::KillInstance { instance }) {

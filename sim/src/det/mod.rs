@@ -117,6 +117,13 @@ pub fn first_divergence(a: &History, b: &History) -> Option<String> {
     if a.faults.len() != b.faults.len() {
         return Some(format!("fault events: {} against {}", a.faults.len(), b.faults.len()));
     }
+    let events = a.stock_events.iter().zip(&b.stock_events).position(|(x, y)| x != y);
+    if let Some(index) = events {
+        return Some(format!("stock event {index}: {:?} against {:?}", a.stock_events[index], b.stock_events[index]));
+    }
+    if a.stock_events.len() != b.stock_events.len() {
+        return Some(format!("stock events: {} against {}", a.stock_events.len(), b.stock_events.len()));
+    }
     (history_hash(a) != history_hash(b)).then(|| "the serialised histories differ".to_owned())
 }
 
@@ -242,6 +249,13 @@ async fn sale(
     tokio::time::sleep_until(opening).await;
 
     let recorder = Arc::new(Recorder::new(opening));
+    let watch_stop = tokio_util::sync::CancellationToken::new();
+    let watcher = tokio::spawn(runner::watch_stock_events(
+        admin.clone(),
+        product_ids.clone(),
+        recorder.clone(),
+        watch_stop.clone(),
+    ));
     let fault_task = tokio::spawn(faults::run_schedule(targets.clone(), plan.faults.clone(), recorder.clone()));
     let shared = Arc::new(Shared {
         transport,
@@ -275,6 +289,8 @@ async fn sale(
     let drain_started = tokio::time::Instant::now();
     let drained = runner::drain(admin, &product_ids).await;
     let drain_ms = elapsed_ms(drain_started);
+    watch_stop.cancel();
+    let _ = watcher.await;
     let final_state = runner::read_final_state(admin, &product_ids, drained, drain_ms).await?;
     let timings = Timings { setup_ms, sale_ms, drain_ms, total_ms: 0 };
     Ok((ids, recorder.snapshot(), final_state, timings))

@@ -66,6 +66,15 @@ impl Core {
         self.started_ms = self.now_ms;
     }
 
+    /// A restart that loads the keyspace back from disk (RDB or AOF): the keys stay, and
+    /// everything else is a new process's (a new run id, defaults again, every
+    /// subscriber disconnected).
+    pub(crate) fn restart_from_data(&mut self) {
+        let db = std::mem::take(&mut self.db);
+        self.restart();
+        self.db = db;
+    }
+
     pub(crate) fn subscribe(&mut self, channel: &[u8]) -> mpsc::UnboundedReceiver<Vec<u8>> {
         let (sender, receiver) = mpsc::unbounded_channel();
         self.subscribers.entry(channel.to_vec()).or_default().push(sender);

@@ -104,6 +104,12 @@ impl MemoryRedis {
         self.server().restart();
     }
 
+    /// A restart with persistence: the keys come back from disk; the run id is new, every
+    /// subscriber is disconnected and the script cache is empty.
+    pub fn restart_from_data(&self) {
+        self.server().restart_from_data();
+    }
+
     /// The script cache is flushed (as SCRIPT FLUSH): the next EVALSHA is NOSCRIPT.
     pub fn flush_scripts(&self) {
         self.server().flush_scripts();

@@ -88,6 +88,13 @@ impl Server {
         self.lua = None;
     }
 
+    /// A restart that loads the keyspace back from disk: see [`Core::restart_from_data`];
+    /// the script cache is empty, as in a new process.
+    pub(crate) fn restart_from_data(&mut self) {
+        self.core().restart_from_data();
+        self.lua = None;
+    }
+
     /// SCRIPT FLUSH: a new interpreter with an empty script cache.
     pub(crate) fn flush_scripts(&mut self) {
         self.lua = None;

@@ -325,6 +325,26 @@ async fn a_restart_loses_every_key_and_disconnects_subscribers() {
     assert!(conn.subscribe("events").await.is_err());
 }
 
+/// A restart with persistence is still a new process: a new run id (locks of the earlier
+/// run are stale), subscribers disconnected, the script cache empty; only the keys stay.
+#[tokio::test]
+async fn a_restart_from_data_keeps_the_keys_and_nothing_else() {
+    let (redis, _) = memory();
+    let conn = RedisConn::Memory(redis.clone());
+    let mut payloads = conn.subscribe("events").await.unwrap();
+    q(&redis, &["SET", "k", "v"]).await;
+    let sha = match q(&redis, &["SCRIPT", "LOAD", "return 1"]).await {
+        Value::BulkString(sha) => String::from_utf8(sha).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let before = redis.run_id();
+    redis.restart_from_data();
+    assert_eq!(payloads.next().await, None, "the subscription ends");
+    assert_ne!(redis.run_id(), before);
+    assert_eq!(q(&redis, &["GET", "k"]).await, bulk("v"), "the keys came back");
+    assert_eq!(q(&redis, &["SCRIPT", "EXISTS", &sha]).await, Value::Array(vec![Value::Int(0)]));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_links_commands_arrive_late_in_order_even_when_their_caller_gave_up() {
     let (redis, _) = memory();
