@@ -90,6 +90,14 @@ pub enum Broken {
     /// Breaks: stock seen is possible (a read shows a unit free that a confirmed order
     /// holds). The sale itself is untouched.
     StockOffByOne,
+    /// The purchase script (`lua/broken/purchase_stock_event_off_by_one.lua`) publishes a
+    /// `stock_updated` event one unit short (the last unit's event says -1); the sale, the
+    /// script's answer and every read are right. Instances act on the event only as far
+    /// as `sold_out` goes, which is still published at 0.
+    ///
+    /// Breaks: stock events within bounds (an event showing fewer units left than the
+    /// keys that may hold one allow; a negative one at the last unit).
+    StockEventOffByOne,
     /// A winning purchase is confirmed in Redis and answered 201 at once; its MongoDB
     /// write runs afterwards in a task of its own, its failure only logged. Fast, and
     /// right whenever MongoDB is up and the instance lives on.
@@ -242,6 +250,7 @@ mod tests {
             (include_str!("../../lua/broken/purchase_oversell.lua"), 2),
             (include_str!("../../lua/broken/purchase_double_buy.lua"), 3),
             (include_str!("../../lua/broken/purchase_premature_sold_out.lua"), 1),
+            (include_str!("../../lua/broken/purchase_stock_event_off_by_one.lua"), 1),
         ];
         for (copy, changed) in copies {
             let lines = code_lines(copy);

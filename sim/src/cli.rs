@@ -155,6 +155,10 @@ pub struct ShrinkArgs {
     /// `target/flashsale-sim/shrunk-seed-<seed>-<plan hash>.json`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The invariant to keep violated (default: the first one the plan violates), when
+    /// a plan violates several and the one wanted is not the first.
+    #[arg(long)]
+    pub invariant: Option<crate::checker::Invariant>,
     /// Then run the minimal plan this many times in real mode and say how often the
     /// violation reproduced there.
     #[arg(long, default_value_t = 0)]

@@ -223,7 +223,7 @@ fn shrink(args: &ShrinkArgs) -> ExitCode {
     options.mode = Mode::Det;
     let settings = options.settings(plan);
     let started = std::time::Instant::now();
-    let shrunk = match det::shrink::shrink(&settings, |line| eprintln!("[shrink] {line}")) {
+    let shrunk = match det::shrink::shrink(&settings, args.invariant, |line| eprintln!("[shrink] {line}")) {
         Ok(shrunk) => shrunk,
         Err(err) => {
             eprintln!("flashsale-sim shrink: {err:#}");

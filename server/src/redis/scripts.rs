@@ -37,6 +37,8 @@ script!(PURCHASE_OVERSELL, "broken/purchase_oversell.lua");
 script!(PURCHASE_DOUBLE_BUY, "broken/purchase_double_buy.lua");
 #[cfg(feature = "broken")]
 script!(PURCHASE_PREMATURE_SOLD_OUT, "broken/purchase_premature_sold_out.lua");
+#[cfg(feature = "broken")]
+script!(PURCHASE_STOCK_EVENT_OFF_BY_ONE, "broken/purchase_stock_event_off_by_one.lua");
 
 /// The source of the purchase script (for benchmarks that run it raw).
 pub const PURCHASE_SOURCE: &str = include_str!("../../../lua/purchase.lua");
@@ -112,12 +114,13 @@ pub async fn purchase(
 }
 
 /// [`purchase`] as a broken variant runs it: its own copy of the script for
-/// [`Broken::Oversell`], [`Broken::DoubleBuy`] and [`Broken::PrematureSoldOut`], the
-/// normal script for every other variant.
+/// [`Broken::Oversell`], [`Broken::DoubleBuy`], [`Broken::PrematureSoldOut`] and
+/// [`Broken::StockEventOffByOne`], the normal script for every other variant.
 ///
 /// [`Broken::Oversell`]: crate::broken::Broken::Oversell
 /// [`Broken::DoubleBuy`]: crate::broken::Broken::DoubleBuy
 /// [`Broken::PrematureSoldOut`]: crate::broken::Broken::PrematureSoldOut
+/// [`Broken::StockEventOffByOne`]: crate::broken::Broken::StockEventOffByOne
 #[cfg(feature = "broken")]
 pub async fn purchase_broken(
     conn: &mut RedisConn,
@@ -130,6 +133,7 @@ pub async fn purchase_broken(
         Broken::Oversell => &PURCHASE_OVERSELL,
         Broken::DoubleBuy => &PURCHASE_DOUBLE_BUY,
         Broken::PrematureSoldOut => &PURCHASE_PREMATURE_SOLD_OUT,
+        Broken::StockEventOffByOne => &PURCHASE_STOCK_EVENT_OFF_BY_ONE,
         Broken::NewOrderOnReplay
         | Broken::DropPending
         | Broken::Phantom

@@ -144,6 +144,33 @@ async fn premature_sold_out_answers_sold_out_with_a_unit_left() {
     }
 }
 
+#[tokio::test]
+async fn stock_event_off_by_one_publishes_one_unit_fewer_than_are_left() {
+    use futures::StreamExt;
+    for (broken, expected) in [(Some(Broken::StockEventOffByOne), [1, 0, -1]), (None, [2, 1, 0])] {
+        let app = spawn(broken).await;
+        let product = app.create_product(3, true).await;
+        let mut messages = app.redis().subscribe(&app.app().keys.events_channel()).await.expect("subscribe");
+        for index in 0..3 {
+            let (status, body) = buy_as_new_buyer(&app, product, &format!("k{index}")).await;
+            assert_eq!(status, 201, "{broken:?}: {body}");
+        }
+        let mut published = Vec::new();
+        while published.len() < expected.len() {
+            let payload = tokio::time::timeout(SETTLE_TIMEOUT, messages.next())
+                .await
+                .expect("the purchase's events arrive")
+                .expect("subscribed");
+            let event: Value = serde_json::from_slice(&payload).expect("json");
+            if event["type"] == "stock_updated" && event["product_id"] == product.to_string() {
+                published.push(event["remaining"].as_i64().expect("remaining"));
+            }
+        }
+        assert_eq!(published, expected, "{broken:?}");
+        assert_eq!(remaining(&app, product).await, 0, "{broken:?}: the sale itself is right");
+    }
+}
+
 /// A server with backends of its own and no background tasks (the test runs the
 /// reconciler by hand), a product of stock 3 and a purchase answered 202 while FerretDB
 /// was down; FerretDB is back when this returns. Returns the app, the product, the

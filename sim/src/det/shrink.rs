@@ -41,10 +41,24 @@ pub fn violated(settings: &RunSettings) -> anyhow::Result<Option<Invariant>> {
     Ok(outcome.report.verdicts.iter().find(|verdict| !verdict.held).map(|verdict| verdict.invariant))
 }
 
-/// Shrinks `settings.plan`, which must violate an invariant. `progress` hears each step.
-pub fn shrink(settings: &RunSettings, mut progress: impl FnMut(&str)) -> anyhow::Result<Shrunk> {
-    let Some(invariant) = violated(settings)? else {
-        anyhow::bail!("the plan violates no invariant in deterministic mode: nothing to shrink")
+/// Shrinks `settings.plan`, which must violate `target` (default: the first invariant
+/// it violates), keeping that one violated. `progress` hears each step.
+pub fn shrink(
+    settings: &RunSettings,
+    target: Option<Invariant>,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<Shrunk> {
+    let invariant = match target {
+        None => violated(settings)?.ok_or_else(|| {
+            anyhow::anyhow!("the plan violates no invariant in deterministic mode: nothing to shrink")
+        })?,
+        Some(target) => {
+            let outcome = super::run(settings)?;
+            if outcome.report.verdict(target).is_none_or(|verdict| verdict.held) {
+                anyhow::bail!("the plan does not violate {} in deterministic mode: nothing to shrink", target.name());
+            }
+            target
+        }
     };
     let mut judge = Judge { settings: settings.clone(), invariant, runs: 1 };
     let mut plan = settings.plan.clone();

@@ -106,6 +106,7 @@ mod broken_plans {
         (Broken::GroupCommitAcksFailures, "broken-group_commit_acks_failures.json", Invariant::NoLostOrder),
         (Broken::ReplayAcrossUsers, "broken-replay_across_users.json", Invariant::Idempotency),
         (Broken::StockOffByOne, "broken-stock_off_by_one.json", Invariant::StockSeen),
+        (Broken::StockEventOffByOne, "broken-stock_event_off_by_one.json", Invariant::StockSeen),
         (Broken::AckBeforeWrite, "broken-ack_before_write.json", Invariant::NoLostOrder),
         (Broken::RebuildForgetsReleased, "broken-rebuild_forgets_released.json", Invariant::ReleasedStaysReleased),
         (Broken::PendingAfterVanished, "broken-pending_after_vanished.json", Invariant::NoLostOrder),
