@@ -24,7 +24,8 @@ pub enum Invariant {
     NoOversell,
     /// 2. Stock never negative, in Redis or wherever it is reported.
     NonNegativeStock,
-    /// 3. No user holds two live orders of a one-per-user product.
+    /// 3. No user holds two live orders of a one-per-user product, and `already-purchased`
+    ///    refuses only a buyer who may hold an order of it.
     OnePerUser,
     /// 4. Every success for one (user, key) names the same, derived order; a key reused
     ///    on another product never buys; a retry of a key that bought gets its order back.
@@ -308,7 +309,7 @@ pub fn check(plan: &Plan, ids: &Identities, history: &History, state: &FinalStat
     let verdicts = vec![
         no_oversell(plan, history, state),
         non_negative(history, state),
-        one_per_user(plan, history, state, &user_buyer, &reservations),
+        one_per_user(plan, ids, history, state, &user_buyer, &reservations, &cancels),
         idempotency(ids, history, &cancels),
         no_lost_order(ids, history, state, &cancels),
         no_phantom(state, &requested, &maybe_bought, &user_buyer),
@@ -553,15 +554,19 @@ impl Toggle {
 /// live order while the rule surely was on (of two orders, whichever may have been
 /// reserved later was reserved while it was on; not across a Redis data loss, which
 /// may forget a pending reservation), and no `already-purchased` was answered while it
-/// surely was off.
+/// surely was off. Whatever the rule, `already-purchased` refuses only a buyer who may
+/// hold an order of the product ([`refusals_have_an_order`]).
 fn one_per_user(
     plan: &Plan,
+    ids: &Identities,
     history: &History,
     state: &FinalState,
     user_buyer: &HashMap<String, usize>,
     reservations: &Reservations,
+    cancels: &Cancels,
 ) -> Verdict {
     let mut c = Collector::new(Invariant::OnePerUser);
+    refusals_have_an_order(&mut c, ids, history, cancels);
     let loss_starts = redis_data_loss_starts(history);
     for (index, product) in state.products.iter().enumerate() {
         let planned = plan.products.get(index).is_some_and(|p| p.one_per_user);
@@ -650,6 +655,55 @@ fn one_per_user(
         }
     }
     c.finish()
+}
+
+/// Every `already-purchased` went to a buyer who may have held an order of that product
+/// while the request ran: another request of theirs on it (or an earlier one of the same
+/// key), sent by the time this one was answered, may have reserved a unit (an order or
+/// an unknown outcome, or an answer that may follow a reservation MongoDB refused), and
+/// its order was not surely released (a cancellation answered 200) before this request
+/// was sent. A buyer whose order was cancelled is free to buy again.
+fn refusals_have_an_order(c: &mut Collector, ids: &Identities, history: &History, cancels: &Cancels) {
+    /// A request that may have reserved: when it was sent, its place in the history, its order.
+    struct MayHold {
+        sent: u64,
+        index: usize,
+        order_id: Uuid,
+    }
+    // Per (buyer, product).
+    let mut holding: HashMap<(usize, usize), Vec<MayHold>> = HashMap::new();
+    for (index, op) in history.ops.iter().enumerate() {
+        let OpKind::Buy { product, key } = &op.kind else { continue };
+        let Some(user) = ids.user_ids.get(op.buyer) else { continue };
+        let may_hold = matches!(op.outcome, Outcome::Ok { .. } | Outcome::Info { .. })
+            || matches!(op.outcome.problem(), Some("order-released" | "idempotency-key-reused" | "already-purchased"));
+        if may_hold {
+            let order_id = flashsale::clock::derive_order_id(*user, key);
+            holding.entry((op.buyer, *product)).or_default().push(MayHold { sent: op.invoke_ms, index, order_id });
+        }
+    }
+    for (index, op) in history.ops.iter().enumerate() {
+        let OpKind::Buy { product, key } = &op.kind else { continue };
+        if op.outcome.problem() != Some("already-purchased") {
+            continue;
+        }
+        c.check();
+        let held = holding.get(&(op.buyer, *product)).is_some_and(|requests| {
+            requests.iter().any(|other| {
+                other.index != index
+                    && other.sent <= op.complete_ms
+                    && cancels.released.get(&other.order_id).is_none_or(|released| *released >= op.invoke_ms)
+            })
+        });
+        if !held {
+            c.violate(
+                format!("key {key:?} was answered already-purchased, but its buyer could hold no order of the product"),
+                Some(*product),
+                vec![op.buyer],
+                Some(op.complete_ms),
+            );
+        }
+    }
 }
 
 /// Invariant 10. The sale's window holds: no order was answered (201 or 202, which
@@ -1702,7 +1756,9 @@ mod tests {
             let broken = violated(&report);
             assert_eq!(broken.is_empty(), allowed, "{after:?}: {broken:?}");
             if !allowed {
-                assert_eq!(broken, vec![Invariant::ReleasedStaysReleased], "{after:?}");
+                // An already-purchased after the release is also a refusal with no order
+                // behind it (invariant 3).
+                assert!(broken.contains(&Invariant::ReleasedStaysReleased), "{after:?}: {broken:?}");
             }
         }
     }
@@ -1817,6 +1873,44 @@ mod tests {
         history.ops[2] = buy(2, 1, "b", 20, sold_out());
         let report = check(&plan(), &ids(), &history, &state(vec![stored(0, "a", 1)], 2));
         assert_eq!(violated(&report), vec![Invariant::Conservation]);
+    }
+
+    #[test]
+    fn already_purchased_refuses_only_a_buyer_who_may_hold_an_order_of_the_product() {
+        let already = || Outcome::Fail { status: 409, problem: "already-purchased".into() };
+        let run = |extra: Vec<Op>| {
+            let mut history = good_history();
+            history.ops.extend(extra);
+            let tombstone = StoredOrder { unit: None, live: false, ..stored(0, "a", 1) };
+            let mut state = state(vec![tombstone, stored(1, "b", 2)], 3);
+            if let Some(redis) = state.products[0].redis.as_mut() {
+                redis.free_count = 1;
+                redis.orders_held = 1;
+            }
+            violated(&check(&plan(), &ids(), &history, &state))
+        };
+        // Buyer 0's order "a" cancelled at 100..105; a new key sent at 200 is refused.
+        assert_eq!(
+            run(vec![cancel(4, 0, "a", 100, Outcome::Cancelled), buy(5, 0, "a2", 200, already())]),
+            vec![Invariant::OnePerUser]
+        );
+        // Sent before the cancellation was answered: "a" may still have held its unit.
+        assert_eq!(run(vec![cancel(4, 0, "a", 100, Outcome::Cancelled), buy(5, 0, "a2", 102, already())]), vec![]);
+        // A buyer who never had a request that may have reserved: refused for nothing.
+        assert_eq!(
+            run(vec![cancel(4, 0, "a", 100, Outcome::Cancelled), buy(5, 2, "c", 200, already())]),
+            vec![Invariant::OnePerUser]
+        );
+        // Another key of buyer 2 sent meanwhile, its answer unknown, justifies the refusal.
+        let unknown = Outcome::Info { status: 0, reason: "timeout".into() };
+        assert_eq!(
+            run(vec![
+                cancel(4, 0, "a", 100, Outcome::Cancelled),
+                buy(5, 2, "c1", 150, unknown),
+                buy(6, 2, "c", 200, already())
+            ]),
+            vec![]
+        );
     }
 
     #[test]
