@@ -314,7 +314,7 @@ pub fn check(plan: &Plan, ids: &Identities, history: &History, state: &FinalStat
         no_lost_order(ids, history, state, &cancels),
         no_phantom(state, &requested, &maybe_bought, &user_buyer),
         conservation(plan, history, state),
-        stock_seen(plan, history, state),
+        stock_seen(plan, ids, history, state),
         released_stays_released(ids, history, state, &cancels),
         sale_rules(plan, history, state, &reservations),
     ];
@@ -1182,11 +1182,15 @@ fn last_redis_data_loss_ms(history: &History) -> Option<u64> {
 /// less every key of that product that may have reserved one by the time it ended (an
 /// order, an unknown outcome, or `order-released`: the key's order existed and was
 /// cancelled while the request was still on its way; a key reserves at most one unit).
+/// A key whose order a cancellation answered 200 before the read began holds no unit
+/// (its unit went back to the free set, and invariant 9 keeps it from reserving again),
+/// unless Redis restarted between the cancellation's request and the read's end (a
+/// restart may come back with data from before the release, until a rebuild).
 /// The stock is the
 /// most the restocks sent by the read's end allow for the first check, and the planned
 /// stock for the second (a read may show a restock late: the live stock catches up
 /// with MongoDB when a product read or a rebuild sees the difference).
-fn stock_seen(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
+fn stock_seen(plan: &Plan, ids: &Identities, history: &History, state: &FinalState) -> Verdict {
     let mut c = Collector::new(Invariant::StockSeen);
     let products = plan.products.len();
     // Per product: when each still-live order was first confirmed, and when each key
@@ -1212,6 +1216,38 @@ fn stock_seen(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
             *at = (*at).min(op.invoke_ms);
         }
     }
+    // Per product: each order a cancellation released for sure, with when that
+    // cancellation was sent and answered, if its key is one that may have reserved.
+    let mut given_back: Vec<HashMap<Uuid, (u64, u64)>> = vec![HashMap::new(); products];
+    for op in &history.ops {
+        if let (OpKind::Cancel { product, order_id }, Outcome::Cancelled) = (&op.kind, &op.outcome)
+            && *product < products
+        {
+            let span = given_back[*product].entry(*order_id).or_insert((op.invoke_ms, op.complete_ms));
+            if op.complete_ms < span.1 {
+                *span = (op.invoke_ms, op.complete_ms);
+            }
+        }
+    }
+    let given_back: Vec<Vec<(u64, u64)>> = given_back
+        .into_iter()
+        .zip(&reserving)
+        .map(|(released, keys)| {
+            keys.keys()
+                .filter_map(|(buyer, key)| {
+                    let user = ids.user_ids.get(*buyer)?;
+                    released.get(&flashsale::clock::derive_order_id(*user, key)).copied()
+                })
+                .collect()
+        })
+        .collect();
+    let restarts: Vec<u64> = history
+        .faults
+        .iter()
+        .filter(|f| matches!(f.fault, Fault::KillRestart { target: Backend::Redis, .. }))
+        .filter(|f| f.phase == FaultPhase::Start)
+        .map(|f| f.at_ms)
+        .collect();
     let live: HashSet<Uuid> =
         state.products.iter().flat_map(live_orders).filter_map(|order| order.order_id.parse().ok()).collect();
     let sorted = |times: Vec<u64>| {
@@ -1232,7 +1268,13 @@ fn stock_seen(plan: &Plan, history: &History, state: &FinalState) -> Verdict {
         c.check();
         // Orders confirmed strictly before the read began; keys reserving no later than it ended.
         let taken = confirmed[*product].partition_point(|at| *at < op.invoke_ms) as i64;
-        let may_hold = reserving[*product].partition_point(|at| *at <= op.complete_ms) as i64;
+        let released = given_back[*product]
+            .iter()
+            .filter(|(sent, answered)| {
+                *answered < op.invoke_ms && !restarts.iter().any(|at| (*sent..=op.complete_ms).contains(at))
+            })
+            .count() as i64;
+        let may_hold = reserving[*product].partition_point(|at| *at <= op.complete_ms) as i64 - released;
         if *remaining > stock - taken {
             c.violate(
                 format!("a read showed {remaining} left, but {taken} of {stock} units were confirmed before it began"),
@@ -1662,6 +1704,36 @@ mod tests {
         };
         assert!(stock_seen_held(vec![early.clone(), released("order-released")]));
         assert!(!stock_seen_held(vec![early, released("sold-out")]), "a refused key held nothing");
+    }
+
+    #[test]
+    fn a_unit_a_cancellation_gave_back_is_seen_free_by_a_read_begun_after_its_answer() {
+        // Order "a" released at 100..105; "b" holds the other unit.
+        let run = |read_at: u64, remaining: i64, restart_at: Option<u64>| {
+            let mut history = good_history();
+            history.ops.push(cancel(4, 0, "a", 100, Outcome::Cancelled));
+            history.ops.push(read(5, 2, read_at, remaining));
+            if let Some(at) = restart_at {
+                history.faults.push(crate::history::FaultEvent {
+                    index: 0,
+                    at_ms: at,
+                    fault: Fault::KillRestart { target: Backend::Redis, persistent: true },
+                    phase: FaultPhase::Start,
+                    detail: String::new(),
+                });
+            }
+            let tombstone = StoredOrder { unit: None, live: false, ..stored(0, "a", 1) };
+            let mut state = state(vec![tombstone, stored(1, "b", 2)], 3);
+            if let Some(redis) = state.products[0].redis.as_mut() {
+                redis.free_count = 1;
+                redis.orders_held = 1;
+            }
+            !violated(&check(&plan(), &ids(), &history, &state)).contains(&Invariant::StockSeen)
+        };
+        assert!(run(200, 1, None));
+        assert!(!run(200, 0, None), "the released unit shown taken");
+        assert!(run(102, 0, None), "a read sent before the cancellation's answer may miss it");
+        assert!(run(200, 0, Some(150)), "a Redis restart since may have brought back the state before the release");
     }
 
     fn cancel(seq: u64, buyer: usize, key: &str, at: u64, outcome: Outcome) -> Op {
