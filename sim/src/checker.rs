@@ -1722,18 +1722,25 @@ mod tests {
                     detail: String::new(),
                 });
             }
-            let tombstone = StoredOrder { unit: None, live: false, ..stored(0, "a", 1) };
-            let mut state = state(vec![tombstone, stored(1, "b", 2)], 3);
-            if let Some(redis) = state.products[0].redis.as_mut() {
-                redis.free_count = 1;
-                redis.orders_held = 1;
-            }
+            let state = state_after_a_is_released();
             !violated(&check(&plan(), &ids(), &history, &state)).contains(&Invariant::StockSeen)
         };
         assert!(run(200, 1, None));
         assert!(!run(200, 0, None), "the released unit shown taken");
         assert!(run(102, 0, None), "a read sent before the cancellation's answer may miss it");
         assert!(run(200, 0, Some(150)), "a Redis restart since may have brought back the state before the release");
+    }
+
+    /// The final state once buyer 0's order "a" is released: its tombstone in MongoDB,
+    /// its unit free in Redis, "b" holding the other.
+    fn state_after_a_is_released() -> FinalState {
+        let tombstone = StoredOrder { unit: None, live: false, ..stored(0, "a", 1) };
+        let mut state = state(vec![tombstone, stored(1, "b", 2)], 3);
+        if let Some(redis) = state.products[0].redis.as_mut() {
+            redis.free_count = 1;
+            redis.orders_held = 1;
+        }
+        state
     }
 
     fn cancel(seq: u64, buyer: usize, key: &str, at: u64, outcome: Outcome) -> Op {
@@ -1755,12 +1762,7 @@ mod tests {
         let mut history = good_history();
         history.ops.push(cancel(4, 0, "a", 100, Outcome::Cancelled));
         history.ops.push(buy(5, 0, "a", 200, after));
-        let tombstone = StoredOrder { unit: None, live: false, ..stored(0, "a", 1) };
-        let mut state = state(vec![tombstone, stored(1, "b", 2)], 3);
-        if let Some(redis) = state.products[0].redis.as_mut() {
-            redis.free_count = 1;
-            redis.orders_held = 1;
-        }
+        let state = state_after_a_is_released();
         check(&plan(), &ids(), &history, &state)
     }
 
@@ -1802,12 +1804,7 @@ mod tests {
             let mut history = good_history();
             history.ops.push(cancel(4, 0, "a", 100, Outcome::Cancelled));
             history.ops.push(Op { buyer: 2, ..buy(5, 2, "c2", at, sold_out()) });
-            let tombstone = StoredOrder { unit: None, live: false, ..stored(0, "a", 1) };
-            let mut state = state(vec![tombstone, stored(1, "b", 2)], 3);
-            if let Some(redis) = state.products[0].redis.as_mut() {
-                redis.free_count = 1;
-                redis.orders_held = 1;
-            }
+            let state = state_after_a_is_released();
             violated(&check(&plan(), &ids(), &history, &state))
         };
         assert_eq!(sold_out_at(105 + RELEASE_EVENT_SLACK_MS - 1), vec![]);
@@ -1953,12 +1950,7 @@ mod tests {
         let run = |extra: Vec<Op>| {
             let mut history = good_history();
             history.ops.extend(extra);
-            let tombstone = StoredOrder { unit: None, live: false, ..stored(0, "a", 1) };
-            let mut state = state(vec![tombstone, stored(1, "b", 2)], 3);
-            if let Some(redis) = state.products[0].redis.as_mut() {
-                redis.free_count = 1;
-                redis.orders_held = 1;
-            }
+            let state = state_after_a_is_released();
             violated(&check(&plan(), &ids(), &history, &state))
         };
         // Buyer 0's order "a" cancelled at 100..105; a new key sent at 200 is refused.
