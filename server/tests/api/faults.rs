@@ -135,6 +135,11 @@ async fn purchases_while_ferretdb_is_down_are_pending_and_reconciled_exactly_onc
         assert_eq!(body["status"], "pending");
         pending.push(body["order_id"].as_str().expect("order id").to_owned());
     }
+    // A retry while MongoDB is still down finds its reservation pending: still 202, the
+    // same order, never a 201 that MongoDB has not acknowledged.
+    let (status, body) = buy_with_cookie(&app, &client, &buyers[0].1, product, "p0").await;
+    assert_eq!(status, 202, "a pending order retried without MongoDB: {body}");
+    assert_eq!(body["order_id"], pending[0].as_str());
 
     tokio::task::block_in_place(|| app.own.as_mut().expect("own").mongo.restart()).expect("ferretdb restarts");
     let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
