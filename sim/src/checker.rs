@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::history::{FaultPhase, History, OpKind, Outcome};
+use crate::history::{FaultPhase, History, Op, OpKind, Outcome};
 use crate::plan::{Backend, Fault, FaultMix, Plan, ProductChange};
 
 /// The invariants of `architecture.md`.
@@ -856,6 +856,7 @@ fn idempotency(ids: &Identities, history: &History, cancels: &Cancels) -> Verdic
     for ((buyer, key), mut indices) in keys {
         c.check();
         indices.sort_by_key(|i| (history.ops[*i].invoke_ms, history.ops[*i].seq));
+        in_flight_refusals(&mut c, history, buyer, key, &indices);
         let derived = ids.user_ids.get(buyer).map(|user| flashsale::clock::derive_order_id(*user, key));
         let mut named: Option<Uuid> = None;
         // The product the key first bought, and when that answer came.
@@ -929,6 +930,56 @@ fn idempotency(ids: &Identities, history: &History, cancels: &Cancels) -> Verdic
         }
     }
     c.finish()
+}
+
+/// How long an idempotency claim holds its key: the server's `idempotency_lease_ms`,
+/// which neither mode changes (a unit test holds the two together).
+pub const IDEMPOTENCY_LEASE_MS: u64 = 5_000;
+
+/// How long after its client gave up a request may still claim its key: in real mode
+/// the server may run a request on after the client's timeout closed the connection
+/// (det mode drops it there), its claim delayed by the steps before it.
+pub const CLAIM_AFTER_CLIENT_MS: u64 = 3_000;
+
+fn is_in_flight_refusal(op: &Op) -> bool {
+    matches!(&op.outcome, Outcome::Fail { problem, .. } if problem == "idempotency-in-flight")
+}
+
+/// Every `idempotency-in-flight` refusal of a key is explained by another attempt of the
+/// same key that may still have held it: begun before the refusal's answer, and
+/// answered (or given up) no longer before the refusal was sent than a claim's lease,
+/// the instances' clock skew and a claim made after its client gave up. A key refused
+/// as in flight after every attempt of it is long over is stuck: a lease never running
+/// out, or one measured in the wrong unit, leaves a buyer who lost an answer unable to
+/// learn it (a retry evaluates again once the lease has run out).
+fn in_flight_refusals(c: &mut Collector, history: &History, buyer: usize, key: &str, indices: &[usize]) {
+    let window_ms = IDEMPOTENCY_LEASE_MS + 2 * CLOCK_SKEW_MS + CLAIM_AFTER_CLIENT_MS;
+    for &i in indices {
+        let refusal = &history.ops[i];
+        if !is_in_flight_refusal(refusal) {
+            continue;
+        }
+        let held = indices.iter().any(|&j| {
+            let holder = &history.ops[j];
+            j != i
+                && !is_in_flight_refusal(holder)
+                && holder.invoke_ms <= refusal.complete_ms
+                && refusal.invoke_ms <= holder.complete_ms + window_ms
+        });
+        if !held {
+            let OpKind::Buy { product, .. } = &refusal.kind else { continue };
+            c.violate(
+                format!(
+                    "key {key:?} was refused as in flight at {} ms, though no attempt of it could still hold it \
+                     (each was answered more than {window_ms} ms before)",
+                    refusal.invoke_ms
+                ),
+                Some(*product),
+                vec![buyer],
+                Some(refusal.complete_ms),
+            );
+        }
+    }
 }
 
 fn no_lost_order(ids: &Identities, history: &History, state: &FinalState, cancels: &Cancels) -> Verdict {
@@ -1657,6 +1708,39 @@ mod tests {
         let violated = violated(&report);
         assert!(violated.contains(&Invariant::NoOversell));
         assert!(violated.contains(&Invariant::NonNegativeStock));
+    }
+
+    fn in_flight() -> Outcome {
+        Outcome::Fail { status: 409, problem: "idempotency-in-flight".into() }
+    }
+
+    #[test]
+    fn an_in_flight_refusal_needs_an_attempt_of_the_key_that_may_still_hold_it() {
+        let state = state(vec![stored(0, "a", 1), stored(1, "b", 2)], 3);
+        // Refused while the first attempt ran, and once more within its lease after the
+        // client gave up on it: both explained.
+        let mut history = good_history();
+        history.ops[1] = buy(1, 1, "b", 1, Outcome::Info { status: 0, reason: "timeout".into() });
+        history.ops.insert(2, buy(4, 1, "b", 3, in_flight()));
+        history.ops.insert(3, buy(5, 1, "b", 4_000, in_flight()));
+        let report = check(&plan(), &ids(), &history, &state);
+        assert!(violated(&report).is_empty(), "{:#?}", report.verdicts);
+
+        // Refused long after every attempt of the key was over: the key is stuck.
+        history.ops.insert(4, buy(6, 1, "b", 10_000, in_flight()));
+        let report = check(&plan(), &ids(), &history, &state);
+        assert_eq!(violated(&report), vec![Invariant::Idempotency], "{:#?}", report.verdicts);
+        // Another in-flight refusal explains nothing: it claimed nothing.
+        history.ops[1] = buy(1, 1, "b", 1, in_flight());
+        history.ops[4] = buy(6, 1, "b", 25, in_flight());
+        let report = check(&plan(), &ids(), &history, &state);
+        assert_eq!(violated(&report), vec![Invariant::Idempotency], "{:#?}", report.verdicts);
+    }
+
+    #[test]
+    fn the_checkers_lease_is_the_servers() {
+        let config = flashsale::config::Config::for_local("redis://x", "mongodb://x", "db", "fs");
+        assert_eq!(config.idempotency_lease_ms, IDEMPOTENCY_LEASE_MS);
     }
 
     fn read(seq: u64, buyer: usize, at: u64, remaining: i64) -> Op {
