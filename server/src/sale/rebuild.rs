@@ -139,6 +139,16 @@ async fn rebuild_locked(app: &App, product_id: Uuid, keys: &SaleKeys, fence: &st
     if let Err(err) = reconciler::reissue(app, product_id).await {
         tracing::warn!(error = %err, %product_id, "reissuing reservations after the rebuild failed; a later pass will");
     }
+    // Units the rebuild found free (a cancellation whose release it loaded, a reservation
+    // lost with Redis's data) reach every instance: the restock script, at the total the
+    // rebuild loaded (it never lowers one), publishes the live stock as a stock event,
+    // and an instance that remembered the product sold out forgets it, as on a release.
+    // Before, only this instance forgot: another kept answering sold out with a unit
+    // free (found by the deterministic simulator once buyers asked again after healing:
+    // default seed 837).
+    if let Err(err) = sale::restock(app, product_id, product.stock_total).await {
+        tracing::warn!(error = %err, %product_id, "publishing the rebuilt stock failed");
+    }
     app.sold_out.forget(product_id);
     app.metrics.sale_rebuilds.inc();
     tracing::info!(%product_id, orders, "sale state rebuilt from MongoDB");

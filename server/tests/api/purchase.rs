@@ -416,6 +416,51 @@ async fn a_restock_after_sell_out_reopens_the_sale_on_every_instance() {
     second.stop().await.expect("stop");
 }
 
+/// A rebuild that frees a unit (here a cancellation whose MongoDB step ran and whose
+/// Redis step never did) tells every instance: one that remembered the product sold
+/// out sells the unit again. Before, only the rebuilding instance forgot the sell-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_a_rebuild_frees_reopens_the_sale_on_every_instance() {
+    let app = TestApp::spawn().await;
+    let mut second_config = app.config.clone();
+    second_config.listen_addr = "127.0.0.1:0".parse().expect("addr");
+    let second = flashsale::startup::RunningServer::start(second_config, flashsale::clock::Ids::system())
+        .await
+        .expect("second instance");
+    tokio::time::timeout(std::time::Duration::from_secs(10), second.app.events.wait_subscribed())
+        .await
+        .expect("the second instance subscribes");
+    let product = app.create_product(1, true).await;
+    let (winner, _) = app.verified_buyer(Role::Buyer).await;
+    let (other, _) = app.verified_buyer(Role::Buyer).await;
+    let (_, _, body) = app.buy(&winner, product, "w").await;
+    let order_id = json_body(&body)["order_id"].as_str().expect("order id").to_owned();
+    let second_buy = |client: reqwest::Client, key: &'static str| {
+        let url = format!("{}/api/v1/user/buy/{product}", second.base_url());
+        async move { client.post(url).header("idempotency-key", key).send().await.expect("buy").status().as_u16() }
+    };
+    assert_eq!(second_buy(other.clone(), "o").await, 409);
+    assert!(second.app.sold_out.check(product, Uuid::new_v4()) == flashsale::sale::sold_out::Shortcut::SoldOut);
+
+    let mut second_events = second.app.events.subscribe();
+    assert!(app.app().db.release_order(&order_id).await.expect("mongo"), "the order becomes a tombstone");
+    let rebuilt = flashsale::sale::rebuild::rebuild_and_wait(app.app(), product).await.expect("rebuild");
+    assert_eq!(rebuilt, flashsale::sale::rebuild::Rebuilt::Done);
+    let reopened = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match second_events.recv().await {
+                Ok(event) if event.product_id == product && event.remaining.is_some_and(|left| left > 0) => break,
+                Ok(_) => continue,
+                Err(err) => panic!("event stream ended: {err}"),
+            }
+        }
+    })
+    .await;
+    assert!(reopened.is_ok(), "the second instance never heard of the unit the rebuild freed");
+    assert_eq!(second_buy(other, "o2").await, 201, "the freed unit is sold on the other instance");
+    second.stop().await.expect("stop");
+}
+
 #[tokio::test]
 async fn a_request_whose_key_is_still_in_flight_gets_409_naming_its_order() {
     let app = TestApp::spawn().await;
