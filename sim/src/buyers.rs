@@ -428,6 +428,95 @@ pub async fn finish_cancellations(shared: &Shared) -> usize {
     left
 }
 
+/// How long after a key's last answer its buyer comes back to ask again
+/// ([`ask_again`]): past the server's idempotency lease, so that a correct server
+/// evaluates the key again instead of refusing it as in flight.
+const ASK_AGAIN_AFTER_MS: u64 = crate::checker::IDEMPOTENCY_LEASE_MS + 1_000;
+
+/// Attempts of one key asked again, stopping at a settled answer.
+const ASK_AGAIN_ATTEMPTS: u32 = 8;
+
+/// A key its buyer never learned the end of: no attempt settled it (a 201 or a
+/// definite refusal), and one may have been acted on (an unknown outcome, a 202
+/// pending, an in-flight refusal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsettledKey {
+    pub buyer: usize,
+    /// The product of the key's last attempt.
+    pub product: usize,
+    pub key: String,
+    /// When its last attempt was answered (or given up), ms from the opening.
+    pub last_answer_ms: u64,
+}
+
+/// The keys of `history` whose buyers never learned how they ended, by buyer and key.
+pub fn unsettled_keys(history: &crate::history::History) -> Vec<UnsettledKey> {
+    let mut keys: std::collections::BTreeMap<(usize, &str), (bool, bool, usize, u64)> = Default::default();
+    for op in &history.ops {
+        let OpKind::Buy { product, key } = &op.kind else { continue };
+        let entry = keys.entry((op.buyer, key.as_str())).or_insert((false, false, *product, 0));
+        entry.0 |= op.outcome.settles();
+        entry.1 |= match &op.outcome {
+            Outcome::Info { .. } => true,
+            Outcome::Ok { status, .. } => *status == 202,
+            Outcome::Fail { problem, .. } => problem == "idempotency-in-flight",
+            _ => false,
+        };
+        if op.complete_ms >= entry.3 {
+            (entry.2, entry.3) = (*product, op.complete_ms);
+        }
+    }
+    keys.into_iter()
+        .filter(|(_, (settled, maybe_acted, _, _))| !settled && *maybe_acted)
+        .map(|((buyer, key), (_, _, product, last_answer_ms))| UnsettledKey {
+            buyer,
+            product,
+            key: key.to_owned(),
+            last_answer_ms,
+        })
+        .collect()
+}
+
+/// Once every fault healed and the reconciler drained, each buyer left without a
+/// settled answer comes back and asks again with the same key, as a client that
+/// lost the answer does later: a pending order must be there by now, and a key must
+/// not stay refused as in flight once the request that claimed it is long over.
+/// Every attempt goes into the history like any other.
+pub async fn ask_again(shared: &Shared, buyers: &[BuyerPlan], user_ids: &[Uuid], keys: Vec<UnsettledKey>) {
+    let asks = keys.into_iter().filter_map(|unsettled| {
+        let plan = buyers.get(unsettled.buyer)?.clone();
+        let user_id = *user_ids.get(unsettled.buyer)?;
+        Some(async move {
+            let now = shared.recorder.now_ms();
+            let at = unsettled.last_answer_ms + ASK_AGAIN_AFTER_MS;
+            if at > now {
+                tokio::time::sleep(Duration::from_millis(at - now)).await;
+            }
+            let Ok(session) = flashsale::auth::session::create_verified_session(&shared.admin, user_id).await else {
+                return;
+            };
+            let index = plan.index;
+            let mut ctx = Ctx {
+                shared,
+                instance: plan.instance,
+                rng: ChaCha8Rng::seed_from_u64(shared.seed ^ !(index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                keys_made: 0,
+                ip: buyer_ip(index),
+                key_letter: 'k',
+                buyer: Buyer { plan, user_id, session },
+            };
+            for attempt in 0..ASK_AGAIN_ATTEMPTS {
+                let outcome = ctx.attempt(unsettled.product, &unsettled.key).await;
+                if outcome.settles() {
+                    break;
+                }
+                ctx.backoff(attempt, &outcome).await;
+            }
+        })
+    });
+    futures::future::join_all(asks).await;
+}
+
 impl Ctx<'_> {
     /// Plays the buyer's planned behaviour.
     async fn behave(&mut self) {

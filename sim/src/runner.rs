@@ -305,6 +305,8 @@ async fn play(
     anyhow::ensure!(unanswered == 0, "{unanswered} cancellations got no answer after every fault healed");
     let drain_started = Instant::now();
     let drained = drain(admin, &product_ids).await;
+    buyers::ask_again(&shared, &plan.buyers, &ids.user_ids, buyers::unsettled_keys(&recorder.snapshot())).await;
+    let drained = drained && drain(admin, &product_ids).await;
     let drain_ms = elapsed_ms(drain_started);
     watch_stop.cancel();
     let _ = watcher.await;

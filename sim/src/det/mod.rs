@@ -288,6 +288,8 @@ async fn sale(
     anyhow::ensure!(unanswered == 0, "{unanswered} cancellations got no answer after every fault healed");
     let drain_started = tokio::time::Instant::now();
     let drained = runner::drain(admin, &product_ids).await;
+    buyers::ask_again(&shared, &plan.buyers, &ids.user_ids, buyers::unsettled_keys(&recorder.snapshot())).await;
+    let drained = drained && runner::drain(admin, &product_ids).await;
     let drain_ms = elapsed_ms(drain_started);
     watch_stop.cancel();
     let _ = watcher.await;

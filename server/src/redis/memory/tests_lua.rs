@@ -409,3 +409,38 @@ async fn a_deleted_sale_is_stopped_then_unloaded_only_once_nothing_is_pending() 
     assert!(!rebuilt, "no rebuild writes over the tombstone");
     assert_eq!(scripts::purchase(&mut conn, &sale, &buy(4)).await.unwrap(), PurchaseOutcome::NotLoaded);
 }
+
+#[tokio::test]
+async fn a_late_restock_never_lowers_the_stock() {
+    let mut conn = RedisConn::connect("memory://tests-lua-restock", Duration::from_secs(1)).await.unwrap();
+    let keys = Keys::new("fs-test");
+    let product_id = Uuid::from_u128(4);
+    let sale = keys.sale(product_id);
+    let channel = keys.events_channel();
+    assert!(scripts::load_sale(&mut conn, &sale, LoadMode::Init, &sale_snapshot(5)).await.unwrap());
+    assert_eq!(scripts::restock(&mut conn, &sale, 8, &channel, product_id).await.unwrap(), Some(8));
+    // The live step of an earlier restock, run late (or a rebuild announcing the total it
+    // loaded before a restock): it reports the stock, and changes nothing.
+    assert_eq!(scripts::restock(&mut conn, &sale, 6, &channel, product_id).await.unwrap(), Some(8));
+    let stock = scripts::stock(&mut conn, &sale).await.unwrap().unwrap();
+    assert_eq!((stock.stock_total, stock.remaining()), (8, 8));
+}
+
+#[tokio::test]
+async fn an_idempotency_record_is_finished_only_by_the_request_that_holds_it() {
+    let mut conn = RedisConn::connect("memory://tests-lua-idempotency", Duration::from_secs(1)).await.unwrap();
+    let record = "fs-test:idempotency:user:key";
+    let begin = |conn: &mut RedisConn, fingerprint: &'static str| {
+        let mut conn = conn.clone();
+        async move { scripts::idempotency_begin(&mut conn, record, fingerprint, 1_000, 5_000, 60_000).await.unwrap() }
+    };
+    assert_eq!(begin(&mut conn, "fp-a").await, scripts::IdempotencyBegin::Started);
+    // The record is lost (Redis lost its data) and a request for another product claims
+    // the key: the first request's late answer must not become the key's.
+    let _: i64 = redis::cmd("DEL").arg(record).query_async(&mut conn).await.unwrap();
+    assert_eq!(begin(&mut conn, "fp-b").await, scripts::IdempotencyBegin::Started);
+    let done = scripts::IdempotencyEnd::Done { status: 201, body: b"a" };
+    assert!(!scripts::idempotency_finish(&mut conn, record, "fp-a", done, 60_000).await.unwrap());
+    assert_eq!(begin(&mut conn, "fp-b").await, scripts::IdempotencyBegin::InFlight);
+    assert_eq!(begin(&mut conn, "fp-a").await, scripts::IdempotencyBegin::Mismatch);
+}
