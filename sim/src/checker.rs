@@ -220,6 +220,22 @@ impl Report {
         self.verdicts.iter().find(|v| v.invariant == invariant)
     }
 
+    /// This report with `earlier`'s verdicts folded in (a check of the same run at an
+    /// earlier point): an invariant holds only if it held in both, and keeps the
+    /// violations of both.
+    pub fn with_earlier(mut self, earlier: Report) -> Report {
+        for verdict in &mut self.verdicts {
+            let Some(before) = earlier.verdicts.iter().find(|v| v.invariant == verdict.invariant) else { continue };
+            verdict.held &= before.held;
+            for violation in &before.violations {
+                if !verdict.violations.contains(violation) {
+                    verdict.violations.push(violation.clone());
+                }
+            }
+        }
+        self
+    }
+
     /// Buyers named by any violation, in order.
     pub fn offending_buyers(&self) -> BTreeSet<usize> {
         self.verdicts.iter().flat_map(|v| v.violations.iter()).flat_map(|v| v.buyers.iter().copied()).collect()

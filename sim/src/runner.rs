@@ -194,9 +194,9 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<RunOutcome> {
     let result = play(&settings, &plan, &admin, &instances, &backends, started).await;
     instances.stop_all().await;
     drop(backends);
-    let (ids, history, final_state, mut timings) = result?;
+    let (ids, history, final_state, mut timings, before_asks) = result?;
     timings.total_ms = elapsed_ms(started);
-    let report = checker::check(&plan, &ids, &history, &final_state);
+    let report = checker::check(&plan, &ids, &history, &final_state).with_earlier(before_asks);
     Ok(RunOutcome {
         plan_hash: plan.hash(),
         replay_command: with_plan_file(replay_command(&plan, settings.backend, broken_name.as_deref()), &settings),
@@ -221,7 +221,7 @@ async fn play(
     instances: &Arc<Instances>,
     backends: &Arc<Mutex<Backends>>,
     started: Instant,
-) -> anyhow::Result<(Identities, History, FinalState, Timings)> {
+) -> anyhow::Result<(Identities, History, FinalState, Timings, checker::Report)> {
     let http = reqwest::Client::builder()
         .timeout(buyers::REQUEST_TIMEOUT)
         .pool_idle_timeout(Duration::from_secs(30))
@@ -305,6 +305,10 @@ async fn play(
     anyhow::ensure!(unanswered == 0, "{unanswered} cancellations got no answer after every fault healed");
     let drain_started = Instant::now();
     let drained = drain(admin, &product_ids).await;
+    // The sale as it ended, checked before the buyers ask again: an ask that buys a
+    // fresh unit must not hide what the sale left (a 202 lost, a unit never sold).
+    let left = read_final_state(admin, &product_ids, drained, elapsed_ms(drain_started)).await?;
+    let before_asks = checker::check(plan, &ids, &recorder.snapshot(), &left);
     buyers::ask_again(&shared, &plan.buyers, &ids.user_ids, buyers::unsettled_keys(&recorder.snapshot())).await;
     let drained = drained && drain(admin, &product_ids).await;
     let drain_ms = elapsed_ms(drain_started);
@@ -313,7 +317,7 @@ async fn play(
     let final_state = read_final_state(admin, &product_ids, drained, drain_ms).await?;
     progress(settings, format!("drained: {drained} in {drain_ms} ms"));
     let timings = Timings { setup_ms, sale_ms, drain_ms, total_ms: 0 };
-    Ok((ids, recorder.snapshot(), final_state, timings))
+    Ok((ids, recorder.snapshot(), final_state, timings, before_asks))
 }
 
 /// Users and sessions for every buyer, in plan order.

@@ -65,10 +65,10 @@ pub fn run(settings: &RunSettings) -> anyhow::Result<RunOutcome> {
     let started = std::time::Instant::now();
     let outcome = runtime.block_on(play(settings));
     drop(runtime);
-    let (ids, history, final_state, mut timings) = outcome?;
+    let (ids, history, final_state, mut timings, before_asks) = outcome?;
     timings.total_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let plan = settings.plan.clone();
-    let report = checker::check(&plan, &ids, &history, &final_state);
+    let report = checker::check(&plan, &ids, &history, &final_state).with_earlier(before_asks);
     Ok(RunOutcome {
         plan_hash: plan.hash(),
         replay_command: format!(
@@ -134,7 +134,9 @@ fn store_name(seed: u64) -> String {
     format!("det-{seed}-{run}")
 }
 
-async fn play(settings: &RunSettings) -> anyhow::Result<(Identities, History, checker::FinalState, Timings)> {
+async fn play(
+    settings: &RunSettings,
+) -> anyhow::Result<(Identities, History, checker::FinalState, Timings, checker::Report)> {
     let plan = &settings.plan;
     let seed = plan.options.seed;
     let origin = tokio::time::Instant::now();
@@ -186,7 +188,7 @@ async fn play_on(
     redis: &MemoryRedis,
     links: &[MemoryRedis],
     origin: tokio::time::Instant,
-) -> anyhow::Result<(Identities, History, checker::FinalState, Timings)> {
+) -> anyhow::Result<(Identities, History, checker::FinalState, Timings, checker::Report)> {
     let seed = plan.options.seed;
     let instance_config = config(name, settings);
     let mut admin_config = instance_config.clone();
@@ -210,9 +212,9 @@ async fn play_on(
     let targets = DetTargets { redis: redis.clone(), links: links.to_vec(), mongo, instances: instances.clone() };
     let result = sale(plan, &admin, &instances, targets).await;
     instances.stop_all();
-    result.map(|(ids, mut history, final_state, timings)| {
+    result.map(|(ids, mut history, final_state, timings, before_asks)| {
         history.server = instances.tally();
-        (ids, history, final_state, timings)
+        (ids, history, final_state, timings, before_asks)
     })
 }
 
@@ -221,7 +223,7 @@ async fn sale(
     admin: &flashsale::state::AppState,
     instances: &Arc<DetInstances>,
     targets: DetTargets,
-) -> anyhow::Result<(Identities, History, checker::FinalState, Timings)> {
+) -> anyhow::Result<(Identities, History, checker::FinalState, Timings, checker::Report)> {
     let setup_started = tokio::time::Instant::now();
     let transport = Transport::InProcess(instances.clone());
     let seed = plan.options.seed;
@@ -288,6 +290,10 @@ async fn sale(
     anyhow::ensure!(unanswered == 0, "{unanswered} cancellations got no answer after every fault healed");
     let drain_started = tokio::time::Instant::now();
     let drained = runner::drain(admin, &product_ids).await;
+    // The sale as it ended, checked before the buyers ask again: an ask that buys a
+    // fresh unit must not hide what the sale left (a 202 lost, a unit never sold).
+    let left = runner::read_final_state(admin, &product_ids, drained, elapsed_ms(drain_started)).await?;
+    let before_asks = checker::check(plan, &ids, &recorder.snapshot(), &left);
     buyers::ask_again(&shared, &plan.buyers, &ids.user_ids, buyers::unsettled_keys(&recorder.snapshot())).await;
     let drained = drained && runner::drain(admin, &product_ids).await;
     let drain_ms = elapsed_ms(drain_started);
@@ -295,7 +301,7 @@ async fn sale(
     let _ = watcher.await;
     let final_state = runner::read_final_state(admin, &product_ids, drained, drain_ms).await?;
     let timings = Timings { setup_ms, sale_ms, drain_ms, total_ms: 0 };
-    Ok((ids, recorder.snapshot(), final_state, timings))
+    Ok((ids, recorder.snapshot(), final_state, timings, before_asks))
 }
 
 /// Virtual milliseconds since `since`.
