@@ -29,9 +29,7 @@ struct TwoInstances {
 impl TwoInstances {
     async fn start() -> Self {
         let app = TestApp::spawn().await;
-        let mut config = app.config.clone();
-        config.listen_addr = "127.0.0.1:0".parse().expect("address");
-        let second = RunningServer::start(config, flashsale::clock::Ids::system()).await.expect("second instance");
+        let second = app.second_instance().await;
         // One session, valid on both instances (they share Redis).
         let (admin, _) = app.verified_buyer(Role::Admin).await;
         Self { app, second, admin }

@@ -195,6 +195,18 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// Another instance on this test's Redis, MongoDB, key prefix and database, started
+    /// once it is subscribed to the sale's events (so it hears every event sent after).
+    pub async fn second_instance(&self) -> RunningServer {
+        let mut config = self.config.clone();
+        config.listen_addr = "127.0.0.1:0".parse().expect("address");
+        let second = RunningServer::start(config, Ids::system()).await.expect("second instance");
+        tokio::time::timeout(std::time::Duration::from_secs(10), second.app.events.wait_subscribed())
+            .await
+            .expect("the second instance subscribes");
+        second
+    }
+
     pub fn app(&self) -> &flashsale::state::App {
         &self.server.app
     }

@@ -365,15 +365,7 @@ async fn a_cancel_during_a_rebuild_answers_only_once_the_release_is_final() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restock_after_sell_out_reopens_the_sale_on_every_instance() {
     let app = TestApp::spawn().await;
-    // A second instance on the same Redis, MongoDB, key prefix and database.
-    let mut second_config = app.config.clone();
-    second_config.listen_addr = "127.0.0.1:0".parse().expect("addr");
-    let second = flashsale::startup::RunningServer::start(second_config, flashsale::clock::Ids::system())
-        .await
-        .expect("second instance");
-    tokio::time::timeout(std::time::Duration::from_secs(10), second.app.events.wait_subscribed())
-        .await
-        .expect("the second instance subscribes");
+    let second = app.second_instance().await;
     let product = app.create_product(1, true).await;
     let (winner, _) = app.verified_buyer(Role::Buyer).await;
     let (late, _) = app.verified_buyer(Role::Buyer).await;
@@ -401,16 +393,7 @@ async fn a_restock_after_sell_out_reopens_the_sale_on_every_instance() {
     assert_eq!(app.buy(&late, product, "l2").await.0, 201);
     // The other instance forgets it when the stock event reaches it: the subscriber
     // applies an event to the shortcut before handing it on, so seeing it is enough.
-    let reopened = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            match second_events.recv().await {
-                Ok(event) if event.product_id == product && event.remaining.is_some_and(|left| left > 0) => break,
-                Ok(_) => continue,
-                Err(err) => panic!("event stream ended: {err}"),
-            }
-        }
-    })
-    .await;
+    let reopened = units_back(&mut second_events, product).await;
     assert!(reopened.is_ok(), "the second instance never saw the restock");
     assert_eq!(second_buy(other, "o2").await, 201);
     second.stop().await.expect("stop");
@@ -422,14 +405,7 @@ async fn a_restock_after_sell_out_reopens_the_sale_on_every_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unit_a_rebuild_frees_reopens_the_sale_on_every_instance() {
     let app = TestApp::spawn().await;
-    let mut second_config = app.config.clone();
-    second_config.listen_addr = "127.0.0.1:0".parse().expect("addr");
-    let second = flashsale::startup::RunningServer::start(second_config, flashsale::clock::Ids::system())
-        .await
-        .expect("second instance");
-    tokio::time::timeout(std::time::Duration::from_secs(10), second.app.events.wait_subscribed())
-        .await
-        .expect("the second instance subscribes");
+    let second = app.second_instance().await;
     let product = app.create_product(1, true).await;
     let (winner, _) = app.verified_buyer(Role::Buyer).await;
     let (other, _) = app.verified_buyer(Role::Buyer).await;
@@ -446,16 +422,7 @@ async fn a_unit_a_rebuild_frees_reopens_the_sale_on_every_instance() {
     assert!(app.app().db.release_order(&order_id).await.expect("mongo"), "the order becomes a tombstone");
     let rebuilt = flashsale::sale::rebuild::rebuild_and_wait(app.app(), product).await.expect("rebuild");
     assert_eq!(rebuilt, flashsale::sale::rebuild::Rebuilt::Done);
-    let reopened = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            match second_events.recv().await {
-                Ok(event) if event.product_id == product && event.remaining.is_some_and(|left| left > 0) => break,
-                Ok(_) => continue,
-                Err(err) => panic!("event stream ended: {err}"),
-            }
-        }
-    })
-    .await;
+    let reopened = units_back(&mut second_events, product).await;
     assert!(reopened.is_ok(), "the second instance never heard of the unit the rebuild freed");
     assert_eq!(second_buy(other, "o2").await, 201, "the freed unit is sold on the other instance");
     second.stop().await.expect("stop");
@@ -732,4 +699,23 @@ async fn the_reconciler_rebuilds_a_sale_an_abandoned_rebuild_left_paused() {
     let (status, _, body) = app.buy(&second, product, "second").await;
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json_body(&body)["unit"], 2);
+}
+
+/// Waits (at most 10 s) for a stock event of `product` with units left: the subscriber
+/// applies an event to the sold-out shortcut before handing it on, so once one is seen
+/// the instance has forgotten the sell-out.
+async fn units_back(
+    events: &mut tokio::sync::broadcast::Receiver<flashsale::events::SaleEvent>,
+    product: Uuid,
+) -> Result<(), tokio::time::error::Elapsed> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.product_id == product && event.remaining.is_some_and(|left| left > 0) => break,
+                Ok(_) => continue,
+                Err(err) => panic!("event stream ended: {err}"),
+            }
+        }
+    })
+    .await
 }
