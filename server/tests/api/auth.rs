@@ -366,6 +366,48 @@ async fn a_busy_session_lives_past_its_idle_ttl_but_not_past_its_absolute_lifeti
     assert!(lived > Duration::from_millis(2_500), "expired after {lived:?}, before its absolute lifetime");
 }
 
+/// An instance whose clock runs behind computes a session's TTL from its own time, so
+/// the key can outlive the absolute lifetime as an instance with the right clock counts
+/// it. The session's `created_at_ms` still ends it there: refused with 401 and deleted,
+/// whatever TTL the key has left.
+#[tokio::test]
+async fn a_session_past_its_absolute_lifetime_is_refused_and_deleted_whatever_its_ttl() {
+    use std::sync::Arc;
+
+    use flashsale::clock::{Clock, Ids, OsEntropy, SystemClock};
+
+    struct Behind(i64);
+    impl Clock for Behind {
+        fn now_ms(&self) -> i64 {
+            SystemClock.now_ms() - self.0
+        }
+    }
+    let app = TestApp::spawn_with(|config| {
+        config.session_idle_ttl_s = 60;
+        config.session_absolute_ttl_s = 60;
+    })
+    .await;
+    let mut config = app.config.clone();
+    config.listen_addr = "127.0.0.1:0".parse().expect("address");
+    config.background_tasks = false;
+    let ids = Ids::new(Arc::new(Behind(120_000)), Arc::new(OsEntropy));
+    let behind = flashsale::startup::RunningServer::start(config, ids).await.expect("the lagging instance");
+    let user_id =
+        flashsale::auth::users::create_user_with_hash(app.app(), &fresh_email(), PRECOMPUTED_HASH, Role::Buyer)
+            .await
+            .expect("user");
+    let session = flashsale::auth::session::create_verified_session(&behind.app, user_id).await.expect("session");
+    let key = app.app().keys.session(&session);
+    let mut conn = redis(&app).await;
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.expect("pttl");
+    assert!(ttl_ms > 50_000, "the lagging instance gave the key its whole lifetime ({ttl_ms} ms)");
+
+    assert_eq!(profile_status(&app, &session).await, 401, "two minutes old, past its 60 s lifetime");
+    let exists: i64 = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.expect("exists");
+    assert_eq!(exists, 0, "the dead session is deleted");
+    behind.stop().await.expect("stop");
+}
+
 #[tokio::test]
 async fn the_code_is_stored_hashed_and_appears_in_redis_only_in_the_outbox() {
     let app = TestApp::spawn().await;
