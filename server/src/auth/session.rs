@@ -328,6 +328,20 @@ mod tests {
     }
 
     #[test]
+    fn the_known_sessions_start_over_when_full() {
+        let known = KnownSessions::default();
+        for n in 0..MAX_KNOWN_SESSIONS {
+            known.remember(&format!("{n:032x}"), Uuid::from_u128(n as u128));
+        }
+        assert_eq!(known.len(), MAX_KNOWN_SESSIONS);
+        let last = Uuid::from_u128(u128::MAX);
+        known.remember(&"f".repeat(32), last);
+        assert_eq!(known.len(), 1, "full: it starts over with the new one");
+        assert_eq!(known.user(&"f".repeat(32)), Some(last));
+        assert_eq!(known.user(&format!("{:032x}", 0)), None);
+    }
+
+    #[test]
     fn a_partial_hash_is_not_a_session() {
         let mut values = vec![redis::Value::Nil; FIELDS.len()];
         values[5] = redis::Value::BulkString(b"1".to_vec());

@@ -595,6 +595,22 @@ async fn configured_admin_emails_become_admins() {
     assert_eq!(get(&app, "/api/v1/user/profile", Some(&session)).await.body["role"], "admin");
 }
 
+/// The role that admin routes go by is MongoDB's, read per request, not the one the
+/// session was created with: an administrator demoted mid-session is refused at once.
+#[tokio::test]
+async fn a_demoted_administrator_is_refused_admin_routes_at_once() {
+    let app = TestApp::spawn().await;
+    let (admin, user_id) = app.verified_buyer(Role::Admin).await;
+    let create = |name: &str| {
+        admin.post(app.url("/api/v1/products")).json(&json!({ "name": name, "price_cents": 100, "stock": 1 })).send()
+    };
+    assert_eq!(create("before").await.expect("create").status(), 201);
+    let record = flashsale::auth::users::find_by_id(app.app(), user_id).await.expect("mongo").expect("the user");
+    flashsale::auth::users::set_role(app.app(), &record.email, Role::Buyer).await.expect("demote");
+    let refused = create("after").await.expect("create");
+    assert_eq!(refused.status(), 403, "the session still says admin; MongoDB no longer does");
+}
+
 #[tokio::test]
 async fn the_precomputed_test_hash_verifies_its_password() {
     let app = TestApp::spawn().await;

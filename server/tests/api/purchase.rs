@@ -296,6 +296,12 @@ async fn a_cancelled_order_gives_its_unit_and_buyer_slot_back_and_stays_burnt() 
     assert_eq!(stock.remaining(), 1, "the unit is back");
     let stored = orders::find_order(app.app(), Uuid::parse_str(&order_id).expect("uuid")).await.expect("mongo");
     assert_eq!(stored.map(|o| o.status), Some(orders::OrderStatus::Released));
+    // The buyer's own views show confirmed orders only: the cancelled one is gone from both.
+    let own = buyer.get(app.url(&format!("/api/v1/user/orders/{order_id}"))).send().await.expect("get");
+    assert_eq!(own.status(), 404, "a cancelled order is not one of the buyer's orders");
+    let listed: Vec<serde_json::Value> =
+        buyer.get(app.url("/api/v1/user/orders")).send().await.expect("list").json().await.expect("json");
+    assert!(listed.is_empty(), "a cancelled order is not listed: {listed:?}");
     // The burnt order id can never take a unit again; the buyer may buy anew.
     let late_insert = orders::OrderDoc::confirmed(
         &orders::Reservation {
