@@ -368,6 +368,40 @@ async fn a_cancel_during_a_rebuild_answers_only_once_the_release_is_final() {
     assert_eq!(stock.remaining(), 1, "the unit is back");
 }
 
+/// Another instance's sold-out shortcut answers from the sessions it has seen, before
+/// any Redis round trip, so a session logged out elsewhere still gets the sold-out
+/// answer there (it authorises nothing). Once that instance reads the session and finds
+/// it gone, it forgets it: from then on the session gets 401 there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_an_instance_finds_gone_is_no_longer_answered_by_its_sold_out_shortcut() {
+    let app = TestApp::spawn().await;
+    let second = app.second_instance().await;
+    let product = app.create_product(1, true).await;
+    let (winner, _) = app.verified_buyer(Role::Buyer).await;
+    assert_eq!(app.buy(&winner, product, "w").await.0, 201);
+    // A plain client and the cookie as a header: logout's clearing cookie must not take it away.
+    let (_, cookie) = app.buyer_cookie().await;
+    let client = reqwest::Client::new();
+    let on_second = |method: reqwest::Method, path: String, key: &'static str| {
+        client
+            .request(method, format!("{}{path}", second.base_url()))
+            .header(reqwest::header::COOKIE, &cookie)
+            .header("idempotency-key", key)
+            .send()
+    };
+    let buy = format!("/api/v1/user/buy/{product}");
+    assert_eq!(on_second(reqwest::Method::POST, buy.clone(), "a").await.expect("buy").status(), 409);
+    assert_eq!(second.app.known_sessions.len(), 1, "the second instance has seen the session");
+
+    let logout = client.post(app.url("/api/v1/auth/logout")).header(reqwest::header::COOKIE, &cookie).send();
+    assert_eq!(logout.await.expect("logout").status(), 204);
+    assert_eq!(on_second(reqwest::Method::POST, buy.clone(), "b").await.expect("buy").status(), 409, "the shortcut");
+    let profile = on_second(reqwest::Method::GET, "/api/v1/user/profile".into(), "c").await.expect("profile");
+    assert_eq!(profile.status(), 401, "the second instance reads the session and finds it gone");
+    assert_eq!(on_second(reqwest::Method::POST, buy, "d").await.expect("buy").status(), 401, "and forgets it");
+    second.stop().await.expect("stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restock_after_sell_out_reopens_the_sale_on_every_instance() {
     let app = TestApp::spawn().await;
