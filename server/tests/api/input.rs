@@ -61,16 +61,16 @@ async fn an_oversized_body_is_a_413_problem() {
 #[tokio::test]
 async fn deeply_nested_json_is_refused() {
     let app = TestApp::spawn().await;
-    let nested = format!("{}1{}", "[".repeat(64), "]".repeat(64));
-    let response = app
-        .client()
-        .post(app.url("/api/v1/auth/register"))
-        .header("content-type", "application/json")
-        .body(nested)
-        .send()
-        .await
-        .expect("request");
-    assert_problem(response, 400).await;
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    let send = |body: String| {
+        app.client().post(app.url("/api/v1/auth/register")).header("content-type", "application/json").body(body).send()
+    };
+    assert_problem(send(nested(64)).await.expect("request"), 400).await;
+    // The bound is exact: MAX_JSON_DEPTH levels are parsed (and then refused for their
+    // shape, 422), one more is refused as malformed before any parse into a type.
+    let deepest = flashsale::http::extract::MAX_JSON_DEPTH;
+    assert_problem(send(nested(deepest)).await.expect("request"), 422).await;
+    assert_problem(send(nested(deepest + 1)).await.expect("request"), 400).await;
 }
 
 #[tokio::test]
@@ -120,6 +120,16 @@ async fn an_over_long_or_malformed_idempotency_key_is_a_400_problem() {
         let body = assert_problem(response, 400).await;
         assert_eq!(body["type"], "/problems/idempotency-key-invalid");
     }
+    // Two keys on one request: which one names the attempt is ambiguous, so neither does.
+    let response = buyer
+        .post(app.url(&format!("/api/v1/user/buy/{product}")))
+        .header("idempotency-key", "first")
+        .header("idempotency-key", "second")
+        .send()
+        .await
+        .expect("request");
+    let body = assert_problem(response, 400).await;
+    assert_eq!(body["type"], "/problems/idempotency-key-invalid");
     let stock = flashsale::sale::stock(app.app(), product).await.expect("redis").expect("loaded");
     assert_eq!(stock.remaining(), 1, "refused requests take nothing");
 }

@@ -257,6 +257,7 @@ async fn buying_an_unknown_product_is_a_not_found_problem() {
 async fn a_purchase_publishes_stock_events_to_server_sent_event_clients() {
     let app = TestApp::spawn().await;
     let product = app.create_product(1, true).await;
+    let other = app.create_product(1, true).await;
     let (buyer, _) = app.verified_buyer(Role::Buyer).await;
     let mut events =
         reqwest::Client::new().get(app.url(&format!("/api/v1/events?product_id={product}"))).send().await.expect("sse");
@@ -264,6 +265,8 @@ async fn a_purchase_publishes_stock_events_to_server_sent_event_clients() {
     tokio::time::timeout(std::time::Duration::from_secs(10), app.app().events.wait_subscribed())
         .await
         .expect("the event subscriber connects");
+    // The other product's events come first on the instance's stream; the filter drops them.
+    assert_eq!(app.buy(&buyer, other, "o").await.0, 201);
     assert_eq!(app.buy(&buyer, product, "k").await.0, 201);
 
     let mut seen = String::new();
@@ -276,6 +279,7 @@ async fn a_purchase_publishes_stock_events_to_server_sent_event_clients() {
     }
     assert!(seen.contains("event: stock_updated"), "{seen}");
     assert!(seen.contains("event: sold_out"), "{seen}");
+    assert!(!seen.contains(&other.to_string()), "only the product asked for: {seen}");
 }
 
 #[tokio::test]
