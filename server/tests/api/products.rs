@@ -265,7 +265,12 @@ async fn a_deleted_product_is_not_found_and_cannot_be_bought() {
     assert_eq!(problem["type"], "/problems/not-found");
     let (status, _, body) = app.buy(&buyer, product, "key-1").await;
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
-    assert!(find_product(app.app(), product).await.expect("mongo").expect("kept").deleted, "soft delete");
+    let deleted = find_product(app.app(), product).await.expect("mongo").expect("kept");
+    assert!(deleted.deleted, "soft delete");
+    let (status, _, _) = send(admin.delete(app.url(&product_path(product)))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "deleting again is harmless");
+    let again = find_product(app.app(), product).await.expect("mongo").expect("kept");
+    assert_eq!(again.revision, deleted.revision, "and writes nothing: the delete was the last revision");
     let (status, _, _) = send(admin.delete(app.url(&format!("/api/v1/product/delete-product/{other}")))).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(get_json(&app, &product_path(other)).await.0, StatusCode::NOT_FOUND);
@@ -362,6 +367,9 @@ async fn invalid_product_bodies_get_a_4xx_problem_and_never_a_500() {
         (&update, "{}".to_owned(), 422),
         (&update, json!({ "stock": 9 }).to_string(), 422),
         (&update, json!({ "name": null }).to_string(), 422),
+        (&update, json!({ "name": "n".repeat(201) }).to_string(), 422),
+        (&update, json!({ "description": "d".repeat(5001) }).to_string(), 422),
+        (&update, json!({ "price_cents": -1 }).to_string(), 422),
         (&update, json!({ "sale_ends_at_ms": "soon" }).to_string(), 422),
         (&update, "not json".to_owned(), 400),
         (&update, json!({ "sale_starts_at_ms": 20, "sale_ends_at_ms": 10 }).to_string(), 422),
