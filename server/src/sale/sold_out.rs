@@ -117,4 +117,48 @@ mod tests {
         });
         assert_eq!(cache.check(product, Uuid::from_u128(3)), Shortcut::TakeFullPath);
     }
+
+    fn event(event_type: EventType, product_id: Uuid, remaining: Option<i64>) -> SaleEvent {
+        SaleEvent { event_type, product_id, remaining, order_id: None }
+    }
+
+    /// A sold-out answer read before units came back must not be remembered after the
+    /// event that brought them: the shortcut would then refuse with units free.
+    #[test]
+    fn a_sell_out_read_before_units_came_back_is_not_remembered() {
+        let cache = SoldOutCache::default();
+        let (product, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let before = cache.epoch();
+        cache.observe(&event(EventType::StockUpdated, other, Some(1)));
+        cache.remember_if_unchanged(product, HashSet::new(), before);
+        assert_eq!(cache.check(product, Uuid::from_u128(3)), Shortcut::TakeFullPath, "stale: not remembered");
+        cache.remember_if_unchanged(product, HashSet::new(), cache.epoch());
+        assert_eq!(cache.check(product, Uuid::from_u128(3)), Shortcut::SoldOut, "fresh: remembered");
+    }
+
+    #[test]
+    fn a_deletion_forgets_the_product_and_a_sell_out_event_does_not() {
+        let cache = SoldOutCache::default();
+        let product = Uuid::from_u128(1);
+        cache.remember(product, HashSet::new());
+        cache.observe(&event(EventType::SoldOut, product, Some(0)));
+        cache.observe(&event(EventType::StockUpdated, product, Some(0)));
+        assert_eq!(cache.check(product, Uuid::from_u128(3)), Shortcut::SoldOut);
+        cache.observe(&event(EventType::ProductDeleted, product, None));
+        assert_eq!(cache.check(product, Uuid::from_u128(3)), Shortcut::TakeFullPath, "deleted: 404 is the answer");
+    }
+
+    #[test]
+    fn at_most_max_sold_out_products_are_remembered() {
+        let cache = SoldOutCache::default();
+        for n in 0..MAX_SOLD_OUT_PRODUCTS {
+            cache.remember(Uuid::from_u128(n as u128), HashSet::new());
+        }
+        let one_more = Uuid::from_u128(u128::MAX);
+        cache.remember(one_more, HashSet::new());
+        assert_eq!(cache.check(one_more, Uuid::from_u128(3)), Shortcut::TakeFullPath, "full: not remembered");
+        let first = Uuid::from_u128(0);
+        cache.remember(first, HashSet::from([Uuid::from_u128(3)]));
+        assert_eq!(cache.check(first, Uuid::from_u128(3)), Shortcut::TakeFullPath, "a remembered one is updated");
+    }
 }
