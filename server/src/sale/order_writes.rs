@@ -520,14 +520,43 @@ mod tests {
         f.model.make_slow(Duration::from_millis(100));
         let leader = f.spawn(order("o0", 0));
         tokio::task::yield_now().await;
-        let gave_up = f.spawn(order("o1", 1));
+        // Queued behind the leader: o1, which leads the next group commit, and o2, whose
+        // request gives up while it waits.
+        let next = f.spawn(order("o1", 1));
+        tokio::task::yield_now().await;
+        let gave_up = f.spawn(order("o2", 2));
         tokio::task::yield_now().await;
         gave_up.abort();
         assert!(gave_up.await.is_err(), "aborted");
         assert!(leader.await.expect("task").is_ok());
+        assert!(next.await.expect("task").is_ok());
         assert!(f.idle(), "nobody waits, nothing is in flight");
-        f.insert(&order("o2", 2)).await.expect("stored");
-        assert_eq!(f.stored().await, ids(&["o0", "o2"]), "the abandoned order is the reconciler's");
+        f.insert(&order("o3", 3)).await.expect("stored");
+        assert_eq!(f.stored().await, ids(&["o0", "o1", "o3"]), "the abandoned order is the reconciler's");
+        assert_eq!(f.commits(), (3, 3), "o1's group commit left o2 out");
+    }
+
+    /// The turn to lead can reach a queued order just as its request stops (sent, not
+    /// yet read): the request's wait then passes it on, or no group commit would ever
+    /// start again on this instance.
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_sent_to_a_request_that_stops_before_reading_it_is_passed_on() {
+        let f = fixture(64, 1).await;
+        let writes = &f.app.order_writes;
+        let (reply, receiver) = oneshot::channel();
+        {
+            let mut queue = writes.lock();
+            queue.in_flight = 1;
+            queue.waiting.push_back(Queued { order: order("o1", 1), reply });
+        }
+        let waiting = Waiting { receiver, writes };
+        // The group commit in flight ends and hands its turn to o1...
+        writes.pass_turn();
+        assert!(!f.idle(), "o1 holds the turn");
+        // ...whose request stops before reading it.
+        drop(waiting);
+        assert!(f.idle(), "the turn was given back");
+        f.insert(&order("o2", 2)).await.expect("the next order is written");
     }
 
     #[tokio::test(start_paused = true)]
@@ -581,6 +610,22 @@ mod tests {
         assert_eq!(member.await.expect("task").expect("stored"), Stored { confirmed: true });
         assert_eq!(f.reservation(&doomed).await, (Some("R".to_owned()), true), "its insert failed: untouched");
         assert_eq!(f.reservation(&fine).await, (Some("C".to_owned()), false), "confirmed, no longer pending");
+        assert!(f.idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_commit_carries_at_most_batch_max_orders() {
+        let f = fixture(3, 1).await;
+        f.model.make_slow(Duration::from_millis(50));
+        let leader = f.spawn(order("o0", 0));
+        tokio::task::yield_now().await;
+        // Seven queue behind the first: they go three, three and one.
+        let rest: Vec<_> = (1..8).map(|i| f.spawn(order(&format!("o{i}"), i))).collect();
+        leader.await.expect("task").expect("stored");
+        for task in rest {
+            task.await.expect("task").expect("stored");
+        }
+        assert_eq!(f.commits(), (4, 8), "1, then 3, 3 and 1: never more than batch_max");
         assert!(f.idle());
     }
 
