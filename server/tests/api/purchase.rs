@@ -574,6 +574,37 @@ async fn an_order_is_stored_with_its_reservation_time_whoever_writes_it() {
     assert_eq!(stored.created_at_ms, reserved_at_ms, "the order document keeps the reservation's time");
 }
 
+/// The reconciler leaves a pending reservation to its request while it is younger than
+/// the grace: the request is still writing its order, and a second writer would only
+/// race it. Past the grace the reservation is the reconciler's.
+#[tokio::test]
+async fn the_reconciler_leaves_a_reservation_younger_than_its_grace_to_its_request() {
+    use flashsale::redis::scripts::{self, PurchaseArgs, PurchaseOutcome};
+    use flashsale::sale::{product_store, reconciler};
+
+    let app = TestApp::spawn_with(|config| config.background_tasks = false).await;
+    let state = app.app();
+    let product = app.create_product(5, true).await;
+    let (_, buyer) = app.verified_buyer(Role::Buyer).await;
+    let channel = state.keys.events_channel();
+    let mut conn = state.redis.clone();
+    let order_id = flashsale::clock::derive_order_id(buyer, "young");
+    let args =
+        PurchaseArgs { order_id, user_id: buyer, product_id: product, now_ms: state.ids.now_ms(), channel: &channel };
+    let outcome = scripts::purchase(&mut conn, &state.keys.sale(product), &args).await.expect("purchase script");
+    assert!(matches!(outcome, PurchaseOutcome::Reserved { .. }), "{outcome:?}");
+    let current = product_store::head(state, product).await.expect("mongo").expect("product");
+
+    let pass = reconciler::reconcile_product(state, product, &current, 60_000, usize::MAX).await.expect("pass");
+    assert_eq!(pass.settled, 0, "{pass:?}");
+    assert!(orders::find_order(state, order_id).await.expect("mongo").is_none(), "younger than the grace");
+
+    let pass =
+        reconciler::reconcile_product(state, product, &current, reconciler::ANY_AGE, usize::MAX).await.expect("pass");
+    assert_eq!(pass.settled, 1, "{pass:?}");
+    assert!(orders::find_order(state, order_id).await.expect("mongo").is_some(), "past it: persisted");
+}
+
 /// A reservation whose unit MongoDB holds for another order (Redis handed that unit out
 /// twice after losing data) is dropped from the sale and waits in Redis for a fresh unit,
 /// not in the memory of the pass that found it: when the rebuild that was to reissue it
