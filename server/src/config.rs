@@ -355,6 +355,16 @@ pub struct HttpLimits {
         default_value_t = 10_000
     )]
     pub shutdown_drain_timeout_ms: u64,
+
+    /// Largest request head (request line and header fields) a connection may send, in
+    /// bytes. Past it the answer is hyper's 431 and the connection closes. It is also the
+    /// most a connection buffers while it reads, so a held connection costs at most about
+    /// this much besides its fixed part (hyper's own default is 408 KiB, which at the
+    /// connection cap would let idle heads hold gigabytes). The default is Node.js's.
+    /// At least 8,192 (hyper's smallest read buffer), at most 1 MiB. A request target
+    /// longer than this gets 431 too, before hyper's own 414 bound of 65,534 bytes.
+    #[arg(long = "http-max-head-bytes", env = "FLASHSALE_HTTP_MAX_HEAD_BYTES", default_value_t = 16 * 1024)]
+    pub max_head_bytes: usize,
 }
 
 /// A configuration value out of its range, named by its flag.
@@ -394,6 +404,9 @@ impl HttpLimits {
         if self.shutdown_drain_timeout_ms == 0 {
             return invalid("http-shutdown-drain-timeout-ms", "must be at least 1");
         }
+        if !HTTP_MAX_HEAD_BYTES.contains(&self.max_head_bytes) {
+            return invalid("http-max-head-bytes", "must be between 8192 (hyper's smallest read buffer) and 1048576");
+        }
         Ok(())
     }
 }
@@ -413,6 +426,8 @@ pub const ORDER_BATCH_MAX: std::ops::RangeInclusive<u32> = 1..=1_000;
 pub const ORDER_BATCHES_IN_FLIGHT: std::ops::RangeInclusive<u32> = 1..=256;
 /// Most wrong codes allowed per issued code.
 pub const MAX_OTP_ATTEMPTS: u32 = 100;
+/// `http-max-head-bytes`: hyper refuses (panics on) a read buffer under 8 KiB.
+pub const HTTP_MAX_HEAD_BYTES: std::ops::RangeInclusive<usize> = 8 * 1024..=1024 * 1024;
 
 impl Config {
     /// Checks every setting a wrong value of which would misbehave rather than fail
@@ -540,6 +555,8 @@ mod tests {
             "http-max-connections-per-client"
         );
         assert_eq!(refused(|l| l.shutdown_drain_timeout_ms = 0), "http-shutdown-drain-timeout-ms");
+        assert_eq!(refused(|l| l.max_head_bytes = 8 * 1024 - 1), "http-max-head-bytes");
+        assert_eq!(refused(|l| l.max_head_bytes = 1024 * 1024 + 1), "http-max-head-bytes");
     }
 
     #[test]

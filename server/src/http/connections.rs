@@ -54,6 +54,7 @@ pub struct ServeSettings {
     idle_timeout: Duration,
     drain_timeout: Duration,
     max_connections: usize,
+    max_head_bytes: usize,
     /// `None` when the peer is a trusted proxy, so that the client is not known here.
     max_connections_per_client: Option<usize>,
 }
@@ -69,6 +70,7 @@ impl ServeSettings {
             idle_timeout: Duration::from_millis(limits.keep_alive_idle_timeout_ms),
             drain_timeout: Duration::from_millis(limits.shutdown_drain_timeout_ms),
             max_connections,
+            max_head_bytes: limits.max_head_bytes,
             max_connections_per_client: (!config.trust_forwarded_for).then_some(per_client),
         }
     }
@@ -113,7 +115,12 @@ pub async fn serve(
     on_shutdown: impl FnOnce(),
 ) {
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout);
+    // The read buffer's bound is what bounds a head that never completes; the header
+    // size bound alone is only checked once a head has parsed.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_head_bytes)
+        .max_header_size(settings.max_head_bytes);
     let slots = Arc::new(Slots::new(settings.max_connections, settings.max_connections_per_client));
     let mut refusals = Refusals::new(settings.max_connections, settings.max_connections_per_client);
     // Each connection task holds a receiver; the drain is over when all are dropped.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -15,9 +16,10 @@ use crate::state::AppState;
 /// Deepest JSON nesting accepted in a request body.
 pub const MAX_JSON_DEPTH: usize = 16;
 
-/// A JSON body: malformed → 400, wrong shape → 422, too deep → 400, too large → 413,
-/// wrong media type → 415, ended early or badly chunked → 400, not all there within
-/// `http_body_read_timeout_ms` → 408.
+/// A JSON body: malformed → 400, wrong shape → 422, too deep → 400, too large → 413 (at
+/// once, none of it read, when its `Content-Length` says so), wrong media type → 415,
+/// ended early or badly chunked → 400, not all there within `http_body_read_timeout_ms`
+/// → 408.
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);
 
@@ -27,6 +29,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.config.max_body_bytes;
         let read_timeout_ms = state.config.http.body_read_timeout_ms;
+        // hyper has already refused a Content-Length that is not one non-negative number.
+        // A body declared too large is refused before any of it is read: the client is
+        // not kept sending (or, with `Expect: 100-continue`, is never asked to send) bytes
+        // that would be refused anyway, and it is not left to the body read timeout when
+        // it sends them slowly.
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
+        }
         // Reading the body is all the waiting this extraction does: the media type check
         // before it and the parse after it take no time.
         let read = axum::Json::<serde_json::Value>::from_request(req, state);

@@ -323,13 +323,85 @@ async fn a_badly_chunked_body_is_a_400_problem_saying_so() {
     assert!(problem["detail"].as_str().is_some_and(|d| d.contains("chunk size")), "{problem}");
 }
 
+// --- Bounds on what one request may make the server hold ----------------------------
+
+#[tokio::test]
+async fn a_request_head_past_the_head_bound_is_431_whether_or_not_it_ever_ends() {
+    let app = TestApp::spawn().await;
+    let bound = app.config.http.max_head_bytes;
+    let request_line = "GET /healthz HTTP/1.1\r\nHost: t\r\n";
+    let head_of = |total: usize| {
+        let filler = total - request_line.len() - "x-filler: \r\n\r\n".len();
+        format!("{request_line}x-filler: {}\r\n\r\n", "a".repeat(filler))
+    };
+
+    // A head of exactly the bound is served.
+    let mut stream = connect(&app).await;
+    stream.write_all(head_of(bound).as_bytes()).await.expect("write");
+    assert_eq!(read_one_response(&mut stream).await.status, 200, "a head of {bound} bytes");
+
+    // One byte more is refused.
+    let mut stream = connect(&app).await;
+    stream.write_all(head_of(bound + 1).as_bytes()).await.expect("write");
+    let response = RawResponse::parse(&read_until_closed(&mut stream).await);
+    assert_eq!(response.status, 431, "a head of {} bytes: {response:?}", bound + 1);
+
+    // A head that never ends is refused as soon as it passes the bound, not held until
+    // the head read timeout: the bound is on what the connection buffers.
+    let mut stream = connect(&app).await;
+    let unending = format!("{request_line}x-filler: {}", "a".repeat(bound));
+    stream.write_all(unending.as_bytes()).await.expect("write");
+    let started = Instant::now();
+    let response = RawResponse::parse(&read_until_closed(&mut stream).await);
+    assert_eq!(response.status, 431, "a head that never ends: {response:?}");
+    let head_read_timeout = Duration::from_millis(app.config.http.header_read_timeout_ms);
+    assert!(started.elapsed() < head_read_timeout, "answered only after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_body_declared_larger_than_the_limit_is_413_before_any_of_it_is_read() {
+    let app = TestApp::spawn().await;
+    let declared = app.config.max_body_bytes + 1;
+    // The head alone, no body byte: the answer cannot come from reading the body (that
+    // would wait for the body read timeout and answer 408). With `Expect: 100-continue`
+    // the client is not asked to send the body at all.
+    for expect in ["", "Expect: 100-continue\r\n"] {
+        let mut stream = connect(&app).await;
+        let head = format!(
+            "POST /api/v1/auth/register HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+             Content-Length: {declared}\r\n{expect}\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let response = read_one_response(&mut stream).await;
+        let problem = response.assert_problem(413, "/problems/payload-too-large");
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| d.contains(&app.config.max_body_bytes.to_string())),
+            "{problem}"
+        );
+    }
+
+    // A body of exactly the limit is still read (and judged on its content).
+    let mut stream = connect(&app).await;
+    let body_of = |email: &str| format!("{{\"email\":\"{email}\",\"password\":\"x\"}}");
+    let body = body_of(&"a".repeat(app.config.max_body_bytes - body_of("").len()));
+    assert_eq!(body.len(), app.config.max_body_bytes);
+    let request = format!(
+        "POST /api/v1/auth/register HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let response = read_one_response(&mut stream).await;
+    assert_eq!(response.status, 422, "a body of exactly the limit: {response:?}");
+}
+
 // --- Finding 5: what hyper answers itself, pinned to the list in README.md -------------
 
 #[tokio::test]
 async fn hyper_answers_exactly_the_framing_errors_the_readme_lists_with_an_empty_body_and_closes() {
     let app = TestApp::spawn().await;
     let many_headers: String = (0..101).map(|i| format!("x-h-{i}: 1\r\n")).collect();
-    let long_target = "a".repeat(65_535);
+    let long_target = "a".repeat(app.config.http.max_head_bytes);
     let cases: Vec<(&str, String, u16)> = vec![
         ("a garbage request line", "GARBAGE\r\n\r\n".to_owned(), 400),
         ("HTTP/9.9", "GET /healthz HTTP/9.9\r\nHost: t\r\n\r\n".to_owned(), 400),
@@ -355,7 +427,7 @@ async fn hyper_answers_exactly_the_framing_errors_the_readme_lists_with_an_empty
             400,
         ),
         ("101 header fields", format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{many_headers}\r\n"), 431),
-        ("a 65,536-byte request target", format!("GET /{long_target} HTTP/1.1\r\nHost: t\r\n\r\n"), 414),
+        ("a request target longer than the head bound", format!("GET /{long_target} HTTP/1.1\r\nHost: t\r\n\r\n"), 431),
     ];
     for (what, request, status) in cases {
         let mut stream = connect(&app).await;

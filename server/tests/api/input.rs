@@ -51,7 +51,20 @@ async fn an_oversized_body_is_a_413_problem() {
         .client()
         .post(app.url("/api/v1/auth/register"))
         .header("content-type", "application/json")
-        .body(huge)
+        .body(huge.clone())
+        .send()
+        .await
+        .expect("request");
+    assert_problem(response, 413).await;
+
+    // The same body chunked, with no Content-Length to refuse it by: read up to the limit.
+    let chunks: Vec<Result<String, std::io::Error>> =
+        huge.as_bytes().chunks(1024).map(|c| Ok(String::from_utf8_lossy(c).into_owned())).collect();
+    let response = app
+        .client()
+        .post(app.url("/api/v1/auth/register"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
         .await
         .expect("request");
