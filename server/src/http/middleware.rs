@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, Method, Response, StatusCode, header};
+use axum::http::{HeaderName, Method, Response, StatusCode, Version, header};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -22,7 +22,8 @@ use crate::state::{App, AppState};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The innermost layer of every route: answers that axum or tower-http produce as plain
+/// The innermost layer of every route: an HTTP/1.1 request without exactly one `Host`
+/// is refused 400; answers that axum or tower-http produce as plain
 /// text (413, 405, 404, 415, 400) become problems; every answer is counted and timed per
 /// method, route template and status; and the request runs in a `request` span (method,
 /// path, request id) whose end is logged, at error for a 5xx. One hand-written service
@@ -79,11 +80,23 @@ where
             uri = %request.uri().path(),
             request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default(),
         );
-        let future = span.in_scope(|| self.inner.call(request));
+        // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is answered 400
+        // (hyper does not check it). HTTP/1.0 requests need none.
+        let host_ok =
+            request.version() != Version::HTTP_11 || request.headers().get_all(header::HOST).iter().count() == 1;
+        let future = host_ok.then(|| span.in_scope(|| self.inner.call(request)));
         let app = self.app.clone();
         Box::pin(
             async move {
-                let Ok(response) = future.await;
+                let response = match future {
+                    Some(future) => {
+                        let Ok(response) = future.await;
+                        response
+                    }
+                    None => {
+                        ApiError::BadRequest("an HTTP/1.1 request needs exactly one Host header".into()).into_response()
+                    }
+                };
                 let mut response = as_problem(&app, response);
                 protect(response.headers_mut());
                 let status = response.status();

@@ -395,6 +395,28 @@ async fn a_body_declared_larger_than_the_limit_is_413_before_any_of_it_is_read()
     assert_eq!(response.status, 422, "a body of exactly the limit: {response:?}");
 }
 
+#[tokio::test]
+async fn an_http_1_1_request_without_exactly_one_host_is_a_400_problem() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        ("no Host", "GET /api/v1/products HTTP/1.1\r\n\r\n", 400),
+        ("two Hosts", "GET /api/v1/products HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        ("one Host", "GET /api/v1/products HTTP/1.1\r\nHost: a\r\n\r\n", 200),
+        ("HTTP/1.0 without Host", "GET /api/v1/products HTTP/1.0\r\n\r\n", 200),
+    ];
+    for (what, request, status) in cases {
+        let mut stream = connect(&app).await;
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let response = read_one_response(&mut stream).await;
+        if status == 200 {
+            assert_eq!(response.status, 200, "{what}: {response:?}");
+        } else {
+            let problem = response.assert_problem(status, "/problems/bad-request");
+            assert!(problem["detail"].as_str().is_some_and(|d| d.contains("Host")), "{what}: {problem}");
+        }
+    }
+}
+
 // --- Finding 5: what hyper answers itself, pinned to the list in README.md -------------
 
 #[tokio::test]

@@ -188,7 +188,8 @@ async fn call(router: Router, request: SimRequest) -> Result<Answer, Lost> {
         Method::Put => axum::http::Method::PUT,
         Method::Delete => axum::http::Method::DELETE,
     };
-    let mut builder = axum::http::Request::builder().method(method).uri(&request.path);
+    // HTTP/1.1, so a Host header as every real client sends.
+    let mut builder = axum::http::Request::builder().method(method).uri(&request.path).header("host", "flashsale.sim");
     for (name, value) in &request.headers {
         builder = builder.header(*name, value.as_str());
     }
