@@ -19,6 +19,34 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest accepted password: long passphrases are welcome, unbounded hashing input is not.
 pub const MAX_PASSWORD_CHARS: usize = 128;
 
+/// Unicode's default-ignorable code points (`Default_Ignorable_Code_Point`, Unicode 15):
+/// characters that render as nothing (zero-width spaces and joiners, bidi controls,
+/// variation selectors, fillers, tags). In an address they only make a second account
+/// that looks like an existing one (`admin@example.com` followed by U+200B).
+pub const INVISIBLE_CHARS: [std::ops::RangeInclusive<char>; 17] = [
+    '\u{00AD}'..='\u{00AD}',
+    '\u{034F}'..='\u{034F}',
+    '\u{061C}'..='\u{061C}',
+    '\u{115F}'..='\u{1160}',
+    '\u{17B4}'..='\u{17B5}',
+    '\u{180B}'..='\u{180F}',
+    '\u{200B}'..='\u{200F}',
+    '\u{202A}'..='\u{202E}',
+    '\u{2060}'..='\u{206F}',
+    '\u{3164}'..='\u{3164}',
+    '\u{FE00}'..='\u{FE0F}',
+    '\u{FEFF}'..='\u{FEFF}',
+    '\u{FFA0}'..='\u{FFA0}',
+    '\u{FFF0}'..='\u{FFF8}',
+    '\u{1BCA0}'..='\u{1BCA3}',
+    '\u{1D173}'..='\u{1D17A}',
+    '\u{E0000}'..='\u{E0FFF}',
+];
+
+fn is_invisible(c: char) -> bool {
+    INVISIBLE_CHARS.iter().any(|range| range.contains(&c))
+}
+
 /// The form every email is stored and compared in: trimmed and lowercased.
 pub fn normalise_email(email: &str) -> String {
     email.trim().to_lowercase()
@@ -39,6 +67,9 @@ pub fn validate_email(email: &str) -> Result<(), ApiError> {
     }
     if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return invalid("must not contain spaces or control characters");
+    }
+    if email.chars().any(is_invisible) {
+        return invalid("must not contain invisible characters (zero-width, bidi controls, variation selectors)");
     }
     let Some((local, domain)) = email.split_once('@') else {
         return invalid("must contain one '@'");
@@ -170,6 +201,21 @@ mod tests {
         }
         assert!(validate_email(&long_local).is_err());
         assert!(validate_email(&long_total).is_err());
+    }
+
+    #[test]
+    fn an_address_with_a_character_that_renders_as_nothing_is_refused() {
+        for invisible in
+            ['\u{200B}', '\u{200D}', '\u{202E}', '\u{2066}', '\u{FEFF}', '\u{00AD}', '\u{FE0F}', '\u{E0041}']
+        {
+            for email in [format!("admin@example.com{invisible}"), format!("ad{invisible}min@example.com")] {
+                assert!(validate_email(&email).is_err(), "{email:?}");
+            }
+        }
+        // Visible non-ASCII stays accepted (internationalised addresses).
+        for email in ["jürgen@example.de", "用户@例子.广告", "ａdmin@example.com"] {
+            assert!(validate_email(email).is_ok(), "{email}");
+        }
     }
 
     #[test]

@@ -230,6 +230,17 @@ async fn malformed_emails_and_passwords_of_the_wrong_length_are_refused_with_422
 }
 
 #[tokio::test]
+async fn a_look_alike_of_an_address_made_with_an_invisible_character_is_refused() {
+    let app = TestApp::spawn().await;
+    let existing = fresh_email();
+    assert_eq!(register(&app, &existing, PASSWORD).await.status, 202);
+    for invisible in ['\u{200B}', '\u{202E}'] {
+        register(&app, &format!("{existing}{invisible}"), PASSWORD).await.assert_problem(422, "invalid-body");
+        assert_eq!(login(&app, &format!("{existing}{invisible}"), PASSWORD).await.status, 401);
+    }
+}
+
+#[tokio::test]
 async fn login_is_throttled_per_account_across_different_ips() {
     let app = TestApp::spawn_with(|config| {
         config.trust_forwarded_for = true;
