@@ -375,14 +375,25 @@ mod tests {
         Fixture { app, model }
     }
 
+    /// Far longer, in the paused clock's time, than any write here takes: a write still
+    /// waiting then waits for a turn nobody will pass (lost), and its test fails instead of
+    /// hanging (with no timer left, a paused clock never advances).
+    const STUCK: Duration = Duration::from_secs(600);
+
+    async fn write(app: &App, order: &OrderDoc) -> DbResult<Stored> {
+        tokio::time::timeout(STUCK, app.order_writes.insert(app, order))
+            .await
+            .unwrap_or_else(|_| panic!("the write of {} never ended: a group-commit turn was lost", order.id))
+    }
+
     impl Fixture {
         fn spawn(&self, order: OrderDoc) -> tokio::task::JoinHandle<DbResult<Stored>> {
             let app = self.app.clone();
-            tokio::spawn(async move { app.order_writes.insert(&app, &order).await })
+            tokio::spawn(async move { write(&app, &order).await })
         }
 
         async fn insert(&self, order: &OrderDoc) -> DbResult<Stored> {
-            self.app.order_writes.insert(&self.app, order).await
+            write(&self.app, order).await
         }
 
         async fn stored(&self) -> Vec<String> {
