@@ -332,6 +332,20 @@ pub struct HttpLimits {
     )]
     pub keep_alive_idle_timeout_ms: u64,
 
+    /// An answer the client has stopped reading: when the server has bytes to send that
+    /// the connection has not taken for this long (its socket buffers are full, so the
+    /// client read none of them), the connection is dropped. Without it a client that
+    /// pipelines requests and never reads holds its connection, and the answers queued
+    /// for it, for ever: the idle close waits for the answer in progress. A quiet event
+    /// stream is not stalled (nothing waits to be sent). Checked with the idle bound, every
+    /// half of it; at least the idle bound (nginx's `send_timeout` is 60 s).
+    #[arg(
+        long = "http-write-stall-timeout-ms",
+        env = "FLASHSALE_HTTP_WRITE_STALL_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub write_stall_timeout_ms: u64,
+
     /// Connections open at once. Past it a new connection is answered 503
     /// `too-many-connections` and closed. Lowered at startup to fit the process's
     /// open-files limit, less what the backends and the refusals need.
@@ -393,6 +407,12 @@ impl HttpLimits {
                 "http-keep-alive-idle-timeout-ms",
                 "must not exceed --http-header-read-timeout-ms, whose timer also runs while a kept-alive \
                  connection waits for its next request (a longer idle bound would never take effect)",
+            );
+        }
+        if self.write_stall_timeout_ms < self.keep_alive_idle_timeout_ms {
+            return invalid(
+                "http-write-stall-timeout-ms",
+                "must be at least --http-keep-alive-idle-timeout-ms, whose checks it shares",
             );
         }
         if self.max_connections == 0 {
@@ -548,6 +568,10 @@ mod tests {
         assert_eq!(
             refused(|l| l.keep_alive_idle_timeout_ms = l.header_read_timeout_ms + 1),
             "http-keep-alive-idle-timeout-ms"
+        );
+        assert_eq!(
+            refused(|l| l.write_stall_timeout_ms = l.keep_alive_idle_timeout_ms - 1),
+            "http-write-stall-timeout-ms"
         );
         assert_eq!(refused(|l| l.max_connections = 0), "http-max-connections");
         assert_eq!(

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -52,6 +52,7 @@ const REFUSALS_PER_LOG_LINE: u64 = 1_000;
 pub struct ServeSettings {
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    write_stall_timeout: Duration,
     drain_timeout: Duration,
     max_connections: usize,
     max_head_bytes: usize,
@@ -68,6 +69,7 @@ impl ServeSettings {
         Self {
             header_read_timeout: Duration::from_millis(limits.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(limits.keep_alive_idle_timeout_ms),
+            write_stall_timeout: Duration::from_millis(limits.write_stall_timeout_ms),
             drain_timeout: Duration::from_millis(limits.shutdown_drain_timeout_ms),
             max_connections,
             max_head_bytes: limits.max_head_bytes,
@@ -146,11 +148,14 @@ pub async fn serve(
             }
         };
         let activity = Arc::new(AtomicU64::new(0));
-        let io = TokioIo::new(Metered { stream, activity: activity.clone() });
+        let stalled = Arc::new(AtomicBool::new(false));
+        let io = TokioIo::new(Metered { stream, activity: activity.clone(), stalled: stalled.clone() });
         let connection = http.serve_connection(io, PeerService { router: router.clone(), peer: ConnectInfo(peer) });
         let watch = ConnectionWatch {
             activity,
+            stalled,
             idle_timeout: settings.idle_timeout,
+            write_stall_timeout: settings.write_stall_timeout,
             shutdown: shutdown.clone(),
             abort: abort.clone(),
             _slot: slot,
@@ -209,7 +214,10 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
 struct ConnectionWatch {
     /// Reads and writes that moved bytes, counted by [`Metered`].
     activity: Arc<AtomicU64>,
+    /// Whether the last write found the socket full (set by [`Metered`]).
+    stalled: Arc<AtomicBool>,
     idle_timeout: Duration,
+    write_stall_timeout: Duration,
     shutdown: CancellationToken,
     abort: CancellationToken,
     _slot: Slot,
@@ -219,14 +227,17 @@ struct ConnectionWatch {
 impl ConnectionWatch {
     /// Runs the connection to its end. It is shut down gracefully (hyper closes it at once
     /// between requests, else after the answer in progress) when no byte has moved for
-    /// the idle bound or the server shuts down, and dropped if the drain runs out.
+    /// the idle bound or the server shuts down; it is dropped when an answer has waited
+    /// on a full socket, no byte moving, for the write-stall bound (a client that reads
+    /// nothing would otherwise hold it through the graceful close), or when the drain
+    /// runs out.
     async fn drive(self, connection: http1::Connection<TokioIo<Metered>, PeerService>) {
         let mut connection = pin!(connection);
         let check_every = self.idle_timeout / 2;
         let mut check = pin!(tokio::time::sleep(check_every));
         let mut shutdown = pin!(self.shutdown.cancelled());
         let mut abort = pin!(self.abort.cancelled());
-        let (mut seen, mut quiet_checks, mut closing) = (0_u64, 0_u8, false);
+        let (mut seen, mut quiet_checks, mut closing) = (0_u64, 0_u32, false);
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -239,20 +250,29 @@ impl ConnectionWatch {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                () = &mut check, if !closing => {
+                () = &mut check => {
                     let now_seen = self.activity.load(Ordering::Relaxed);
                     if now_seen == seen {
-                        quiet_checks += 1;
+                        quiet_checks = quiet_checks.saturating_add(1);
                     } else {
                         (seen, quiet_checks) = (now_seen, 0);
                     }
+                    // No byte moved since a check before the last `quiet_checks` ones: quiet
+                    // for at least that many halves of the idle bound.
+                    let quiet_for = check_every * quiet_checks;
+                    if quiet_for >= self.write_stall_timeout && self.stalled.load(Ordering::Relaxed) {
+                        tracing::debug!(
+                            write_stall_timeout_ms = self.write_stall_timeout.as_millis(),
+                            "dropping a connection whose client reads none of its answer"
+                        );
+                        return;
+                    }
                     // Two quiet checks in a row: quiet for at least the whole bound.
-                    if quiet_checks >= 2 {
+                    if quiet_checks >= 2 && !closing {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
-                    } else {
-                        check.as_mut().reset(tokio::time::Instant::now() + check_every);
                     }
+                    check.as_mut().reset(tokio::time::Instant::now() + check_every);
                 }
                 () = &mut abort => return,
             }
@@ -265,12 +285,23 @@ impl ConnectionWatch {
 struct Metered {
     stream: TcpStream,
     activity: Arc<AtomicU64>,
+    /// Set when a write finds the socket full, cleared when one moves bytes.
+    stalled: Arc<AtomicBool>,
 }
 
 impl Metered {
     fn moved<T>(&self, polled: &Poll<io::Result<T>>, moved: impl Fn(&T) -> bool) {
         if matches!(polled, Poll::Ready(Ok(value)) if moved(value)) {
             self.activity.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        self.moved(polled, |written| *written > 0);
+        match polled {
+            Poll::Pending => self.stalled.store(true, Ordering::Relaxed),
+            Poll::Ready(Ok(1..)) => self.stalled.store(false, Ordering::Relaxed),
+            Poll::Ready(_) => {}
         }
     }
 }
@@ -288,7 +319,7 @@ impl AsyncRead for Metered {
 impl AsyncWrite for Metered {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
-        self.moved(&polled, |written| *written > 0);
+        self.wrote(&polled);
         polled
     }
 
@@ -298,7 +329,7 @@ impl AsyncWrite for Metered {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        self.moved(&polled, |written| *written > 0);
+        self.wrote(&polled);
         polled
     }
 

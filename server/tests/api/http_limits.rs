@@ -269,6 +269,47 @@ async fn a_shutdown_drops_a_request_still_in_flight_once_the_drain_bound_has_pas
     assert!(read_until_closed(&mut stream).await.is_empty(), "dropped without an answer");
 }
 
+#[tokio::test]
+async fn a_client_that_reads_none_of_its_answers_loses_its_connection_at_the_write_stall_bound() {
+    let stall = Duration::from_millis(600);
+    let app = TestApp::spawn_with(|config| {
+        config.http.keep_alive_idle_timeout_ms = 200;
+        config.http.header_read_timeout_ms = 200;
+        config.http.write_stall_timeout_ms = 600;
+        config.http.max_connections_per_client = 1;
+    })
+    .await;
+    // A client with a small receive buffer pipelines requests for a large answer and
+    // never reads: once the answers fill both sockets' buffers the server's write waits,
+    // the server stops reading requests, and so the client's writes stop completing.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+    socket.bind(SocketAddr::from((OTHER_CLIENT, 0))).expect("bind the client address");
+    let mut reader_of_nothing = socket.connect(app.server.addr).await.expect("connect");
+    let requests = "GET /openapi.json HTTP/1.1\r\nHost: t\r\n\r\n".repeat(16);
+    let mut stalled = false;
+    for _ in 0..10_000 {
+        let write = tokio::time::timeout(Duration::from_millis(300), reader_of_nothing.write_all(requests.as_bytes()));
+        if write.await.is_err() {
+            stalled = true;
+            break;
+        }
+    }
+    assert!(stalled, "the server kept reading requests whose answers nobody read");
+    let stalled_at = Instant::now();
+
+    // The stalled connection holds the client's one slot...
+    let mut refused = connect_from(OTHER_CLIENT, &app).await;
+    refused.write_all(HEALTHZ).await.expect("write");
+    let response = RawResponse::parse(&read_until_closed(&mut refused).await);
+    response.assert_problem(503, "/problems/too-many-connections");
+    // ...until the server drops it: no byte moved for the stall bound while it had an
+    // answer to send (the idle close alone would wait for that answer for ever).
+    assert_eventually_served_from(OTHER_CLIENT, &app).await;
+    let held_for = stalled_at.elapsed();
+    assert!(held_for <= stall + stall / 2 + MARGIN, "the stalled connection was held for {held_for:?}");
+}
+
 /// `/healthz` from `client` answers 200 within [`OUTER`]: the server notices closed
 /// connections on its own time, so a refusal may come first.
 async fn assert_eventually_served_from(client: [u8; 4], app: &TestApp) {
