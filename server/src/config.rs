@@ -115,6 +115,13 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_MAX_EVENT_STREAMS", default_value_t = 1_000)]
     pub max_event_streams: usize,
 
+    /// Server-Sent Event streams one client address (an IPv6 client: its /64; behind a
+    /// trusted proxy, the forwarded client) may hold open on this instance; past it its
+    /// new one is refused the same way. Without it one client could take every stream
+    /// `max_event_streams` allows and leave none for anyone else.
+    #[arg(long, env = "FLASHSALE_MAX_EVENT_STREAMS_PER_CLIENT", default_value_t = 100)]
+    pub max_event_streams_per_client: usize,
+
     /// Completed idempotency records are kept this long.
     #[arg(long, env = "FLASHSALE_IDEMPOTENCY_TTL_S", default_value_t = 86_400)]
     pub idempotency_ttl_s: u64,
@@ -474,7 +481,7 @@ impl Config {
         within("mongo-pool-size", self.mongo_pool_size, &(1..=u32::MAX))?;
         within("order-batch-max", self.order_batch_max, &ORDER_BATCH_MAX)?;
         within("order-batches-in-flight", self.order_batches_in_flight, &ORDER_BATCHES_IN_FLIGHT)?;
-        let positive: [(&'static str, u64); 16] = [
+        let positive: [(&'static str, u64); 17] = [
             ("session-idle-ttl-s", self.session_idle_ttl_s),
             ("session-absolute-ttl-s", self.session_absolute_ttl_s),
             ("otp-ttl-s", self.otp_ttl_s),
@@ -482,6 +489,7 @@ impl Config {
             ("otp-outbox-max-len", self.otp_outbox_max_len),
             ("max-concurrent-hashes", self.max_concurrent_hashes as u64),
             ("max-event-streams", self.max_event_streams as u64),
+            ("max-event-streams-per-client", self.max_event_streams_per_client as u64),
             ("idempotency-ttl-s", self.idempotency_ttl_s),
             ("idempotency-lease-ms", self.idempotency_lease_ms),
             ("order-write-timeout-ms", self.order_write_timeout_ms),

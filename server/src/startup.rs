@@ -63,7 +63,10 @@ pub async fn build_state(config: Config, ids: Ids) -> anyhow::Result<AppState> {
     let hashing = tokio::sync::Semaphore::new(config.max_concurrent_hashes.max(1));
     let password_admission =
         Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_hashes.max(1) + config.max_queued_hashes));
-    let event_streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams.max(1)));
+    let event_streams = Arc::new(crate::http::slots::Slots::new(
+        config.max_event_streams.max(1),
+        Some(config.max_event_streams_per_client.max(1)),
+    ));
     let order_writes = crate::sale::order_writes::OrderWrites::new(&config);
     Ok(Arc::new_cyclic(|this| App {
         keys: Keys::new(config.key_prefix.clone()),

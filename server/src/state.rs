@@ -41,8 +41,9 @@ pub struct App {
     pub hashing: Semaphore,
     /// Admission of password checks: running plus waiting hashes (see `password::admit`).
     pub password_admission: Arc<Semaphore>,
-    /// Bounds the Server-Sent Event streams open at once (`max_event_streams`).
-    pub event_streams: Arc<Semaphore>,
+    /// The Server-Sent Event streams open at once, in all (`max_event_streams`) and per
+    /// client address (`max_event_streams_per_client`).
+    pub event_streams: Arc<crate::http::slots::Slots>,
     /// A hash verified for unknown users, so that their login takes as long as a real one.
     pub dummy_password_hash: String,
     /// Delivers one-time codes; built once at startup (for SMTP it holds the connection pool).

@@ -14,6 +14,8 @@ use uuid::Uuid;
 
 use super::SaleEvent;
 use crate::error::{ApiError, ApiResult};
+use crate::http::extract::ClientIp;
+use crate::http::slots::Refusal;
 use crate::state::AppState;
 
 /// Interval of SSE keep-alive comments (keeps proxies from closing idle streams).
@@ -27,16 +29,27 @@ pub struct EventFilter {
 
 /// The stream of sale events, for anyone: stock changes, sell-outs, deletions and
 /// completed purchases, without the order ids (a buyer's order is theirs alone; the
-/// stream is anonymous). At most `max_event_streams` at once on an instance.
+/// stream is anonymous). At most `max_event_streams` at once on an instance, and
+/// `max_event_streams_per_client` of them from one client address.
 pub async fn events_stream(
     State(app): State<AppState>,
+    ClientIp(client): ClientIp,
     Query(filter): Query<EventFilter>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let Ok(permit) = app.event_streams.clone().try_acquire_owned() else {
-        return Err(ApiError::TooManyConnections(format!(
-            "too many event streams open on this instance (at most {})",
-            app.config.max_event_streams
-        )));
+    let permit = match app.event_streams.take(client) {
+        Ok(permit) => permit,
+        Err(Refusal::ServerFull) => {
+            return Err(ApiError::TooManyConnections(format!(
+                "too many event streams open on this instance (at most {})",
+                app.config.max_event_streams
+            )));
+        }
+        Err(Refusal::ClientFull) => {
+            return Err(ApiError::TooManyConnections(format!(
+                "too many event streams open from this client address (at most {})",
+                app.config.max_event_streams_per_client
+            )));
+        }
     };
     let stream = BroadcastStream::new(app.events.subscribe()).filter_map(move |received| match received {
         Ok(event) if filter.product_id.is_none_or(|id| id == event.product_id) => Some(Ok(public_event(event))),

@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by every domain: extractors whose rejections are problem+json,
 //! the operational endpoints, the middleware stack, and the accept loop with its
-//! connection bounds; and the client side of the operational endpoints, the probe of
+//! connection bounds, the per-client places both connections and event streams are
+//! counted in; and the client side of the operational endpoints, the probe of
 //! `flashsale healthcheck`.
 
 pub mod connections;
@@ -8,6 +9,7 @@ pub mod extract;
 pub mod healthcheck;
 pub mod middleware;
 pub mod ops;
+pub mod slots;
 
 use axum::Router;
 use axum::routing::MethodRouter;

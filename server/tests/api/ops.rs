@@ -65,6 +65,47 @@ async fn event_streams_past_the_bound_are_refused_with_a_problem_and_the_open_on
 }
 
 #[tokio::test]
+async fn one_client_may_hold_only_its_share_of_the_event_streams() {
+    let app = TestApp::spawn_with(|config| {
+        config.max_event_streams = 10;
+        config.max_event_streams_per_client = 2;
+        config.trust_forwarded_for = true;
+    })
+    .await;
+    let open_from = |client: &'static str| {
+        let url = app.url("/api/v1/events");
+        async move { reqwest::Client::new().get(url).header("x-forwarded-for", client).send().await.expect("sse") }
+    };
+    let first = open_from("192.0.2.1").await;
+    let second = open_from("192.0.2.1").await;
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+
+    let third = open_from("192.0.2.1").await;
+    assert_eq!(third.status(), 503);
+    assert!(third.headers().contains_key("retry-after"));
+    let problem: serde_json::Value = third.json().await.expect("problem");
+    assert_eq!(problem["type"], "/problems/too-many-connections", "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("client address")), "{problem}");
+
+    // Another client still gets its stream.
+    let other = open_from("192.0.2.2").await;
+    assert_eq!(other.status(), 200);
+
+    // A stream closed by its client gives its place back (once the server sees the close).
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let again = open_from("192.0.2.1").await;
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 503);
+        assert!(std::time::Instant::now() < deadline, "the closed stream's place never came back");
+    }
+    drop((second, other));
+}
+
+#[tokio::test]
 async fn metrics_count_requests_per_route_template() {
     let app = TestApp::spawn().await;
     app.client().get(app.url("/healthz")).send().await.expect("healthz");
