@@ -398,11 +398,8 @@ async fn a_session_past_its_absolute_lifetime_is_refused_and_deleted_whatever_it
         config.session_absolute_ttl_s = 60;
     })
     .await;
-    let mut config = app.config.clone();
-    config.listen_addr = "127.0.0.1:0".parse().expect("address");
-    config.background_tasks = false;
     let ids = Ids::new(Arc::new(Behind(120_000)), Arc::new(OsEntropy));
-    let behind = flashsale::startup::RunningServer::start(config, ids).await.expect("the lagging instance");
+    let behind = app.instance_with(ids, |config| config.background_tasks = false).await;
     let user_id =
         flashsale::auth::users::create_user_with_hash(app.app(), &fresh_email(), PRECOMPUTED_HASH, Role::Buyer)
             .await

@@ -198,13 +198,20 @@ impl TestApp {
     /// Another instance on this test's Redis, MongoDB, key prefix and database, started
     /// once it is subscribed to the sale's events (so it hears every event sent after).
     pub async fn second_instance(&self) -> RunningServer {
-        let mut config = self.config.clone();
-        config.listen_addr = "127.0.0.1:0".parse().expect("address");
-        let second = RunningServer::start(config, Ids::system()).await.expect("second instance");
+        let second = self.instance_with(Ids::system(), |_| {}).await;
         tokio::time::timeout(std::time::Duration::from_secs(10), second.app.events.wait_subscribed())
             .await
             .expect("the second instance subscribes");
         second
+    }
+
+    /// Another instance on this test's stores, with its own clock and entropy (`ids`) and
+    /// its configuration `adjust`ed, started without waiting for its subscription.
+    pub async fn instance_with(&self, ids: Ids, adjust: impl FnOnce(&mut Config)) -> RunningServer {
+        let mut config = self.config.clone();
+        config.listen_addr = "127.0.0.1:0".parse().expect("address");
+        adjust(&mut config);
+        RunningServer::start(config, ids).await.expect("another instance")
     }
 
     pub fn app(&self) -> &flashsale::state::App {
