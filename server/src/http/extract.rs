@@ -132,8 +132,9 @@ where
     }
 }
 
-/// The client's address: the TCP peer, or the first `X-Forwarded-For` hop when the
-/// deployment says a trusted proxy sets it. A spoofed header is ignored otherwise.
+/// The client's address: the TCP peer, or the last `X-Forwarded-For` hop (the one the
+/// proxy wrote) when the deployment says a trusted proxy sets it. A spoofed header is
+/// ignored otherwise, and so are the hops a client wrote before the proxy's.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
@@ -142,11 +143,16 @@ impl FromRequestParts<AppState> for ClientIp {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         if state.config.trust_forwarded_for {
+            // The last hop is the address the trusted proxy itself saw: a proxy that
+            // appends writes it after whatever the client sent (which anyone can forge),
+            // one that overwrites sends it alone.
             let forwarded = parts
                 .headers
-                .get("x-forwarded-for")
+                .get_all("x-forwarded-for")
+                .iter()
+                .next_back()
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.rsplit(',').next())
                 .and_then(|v| v.trim().parse::<IpAddr>().ok());
             if let Some(ip) = forwarded {
                 return Ok(ClientIp(ip));

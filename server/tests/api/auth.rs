@@ -259,6 +259,30 @@ async fn login_is_throttled_per_account_across_different_ips() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_the_hops_a_client_wrote_before_the_proxys_do_not_count() {
+    let app = TestApp::spawn_with(|config| {
+        config.trust_forwarded_for = true;
+        config.limits.login_per_ip_per_min = 2;
+        config.limits.login_per_account_per_min = 1_000;
+    })
+    .await;
+    // An appending proxy: the client's own (forged) value first, then the address the
+    // proxy saw. A new forged value per attempt does not make a new client.
+    for attempt in 0..2 {
+        let forwarded = format!("203.0.113.{attempt}, 198.51.100.20");
+        let answer = login_with(&app, &fresh_email(), PASSWORD, None, &[("x-forwarded-for", &forwarded)]).await;
+        answer.assert_problem(401, "invalid-credentials");
+    }
+    let forwarded = "203.0.113.99, 198.51.100.20";
+    let answer = login_with(&app, &fresh_email(), PASSWORD, None, &[("x-forwarded-for", forwarded)]).await;
+    assert_rate_limit_headers(&answer);
+    // The address the proxy saw is the client: another one is served.
+    let answer =
+        login_with(&app, &fresh_email(), PASSWORD, None, &[("x-forwarded-for", "203.0.113.99, 198.51.100.21")]).await;
+    answer.assert_problem(401, "invalid-credentials");
+}
+
+#[tokio::test]
 async fn a_spoofed_x_forwarded_for_is_ignored_when_no_proxy_is_trusted() {
     let app = TestApp::spawn_with(|config| {
         config.trust_forwarded_for = false;
