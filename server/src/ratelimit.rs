@@ -121,6 +121,23 @@ pub async fn check(app: &AppState, action: Action, scope: Scope, per_min: u32) -
     if decision.allowed { Ok(headers) } else { Err(ApiError::RateLimited(headers)) }
 }
 
+/// Milliseconds as whole seconds, rounded up (never below zero).
 fn ceil_seconds(ms: i64) -> i64 {
     (ms.max(0) + 999) / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Retry-After` and the reset time round up: a client that waits what they say is
+    /// never refused again for having come back a fraction of a second early.
+    #[test]
+    fn waits_round_up_to_whole_seconds() {
+        assert_eq!(ceil_seconds(29_001), 30);
+        assert_eq!(ceil_seconds(30_000), 30);
+        assert_eq!(ceil_seconds(1), 1);
+        assert_eq!(ceil_seconds(0), 0);
+        assert_eq!(ceil_seconds(-5), 0);
+    }
 }

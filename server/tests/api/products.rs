@@ -107,6 +107,10 @@ async fn the_list_is_bounded_and_pages_with_a_cursor() {
     assert_eq!(item_ids(&first), ids[..2].to_vec());
     assert_eq!(item_ids(&second), ids[2..].to_vec());
     assert!(second["next_cursor"].is_null());
+    // A page that holds all that is left names no next page, even when it is full.
+    let (_, whole) = get_json(&app, "/api/v1/products?limit=3").await;
+    assert_eq!(item_ids(&whole), ids);
+    assert!(whole["next_cursor"].is_null(), "{whole}");
     for query in ["limit=0", "limit=201", "limit=abc", "after=not-a-uuid"] {
         let response = app.client().get(app.url(&format!("/api/v1/products?{query}"))).send().await.expect("GET");
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
