@@ -414,3 +414,46 @@ async fn answer_and_close(mut stream: TcpStream, body: Bytes) -> io::Result<()> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use super::*;
+
+    /// One write, polled once: what the socket took, or `Pending` when it is full.
+    async fn write_once(stream: &mut Metered, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        poll_fn(|cx| Poll::Ready(Pin::new(&mut *stream).poll_write(cx, bytes))).await
+    }
+
+    #[tokio::test]
+    async fn a_write_that_finds_the_socket_full_marks_the_stream_stalled_until_one_moves_bytes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let stalled = Arc::new(AtomicBool::new(false));
+        let mut stream = Metered { stream: server, activity: Arc::new(AtomicU64::new(0)), stalled: stalled.clone() };
+
+        // The client reads nothing: writes go into the socket buffers until they are full.
+        let chunk = vec![7_u8; 64 * 1024];
+        let mut sent = 0;
+        loop {
+            match write_once(&mut stream, &chunk).await {
+                Poll::Ready(Ok(written)) => {
+                    assert!(!stalled.load(Ordering::Relaxed), "a write that moved bytes is not a stall");
+                    sent += written;
+                }
+                Poll::Ready(Err(err)) => panic!("write failed: {err}"),
+                Poll::Pending => break,
+            }
+        }
+        assert!(stalled.load(Ordering::Relaxed), "the full socket marked the stream stalled");
+
+        // The client reads everything sent; the next write moves bytes and clears the mark.
+        let mut received = vec![0_u8; sent];
+        client.read_exact(&mut received).await.expect("read what was sent");
+        let written = stream.write(b"more").await.expect("a write once there is room");
+        assert_eq!(written, 4);
+        assert!(!stalled.load(Ordering::Relaxed), "a write that moved bytes cleared the stall");
+    }
+}
