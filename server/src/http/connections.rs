@@ -1,7 +1,8 @@
-//! The accept loop: each connection served by hyper under named bounds (time to read a
-//! request head, idle time, connections in total and per client address), connections
-//! past a bound refused with a 503 problem rather than left to exhaust descriptors, and a
-//! bounded drain at shutdown. `axum::serve` exposes none of these bounds.
+//! The accept loop: each connection served by hyper under named bounds (size of and time
+//! to read a request head, idle time, an answer the client stopped reading, connections
+//! in total and per client address), connections past a bound refused with a 503
+//! problem rather than left to exhaust descriptors, and a bounded drain at shutdown.
+//! `axum::serve` exposes none of these bounds.
 
 use std::convert::Infallible;
 use std::io;

@@ -1,6 +1,6 @@
 //! The middleware stack: request ids, tracing spans, body limits, panics as problems,
-//! per-route metrics, problem+json for unknown routes and methods, and the headers every
-//! answer carries (`nosniff`, `no-store`).
+//! the one-`Host` rule of HTTP/1.1, per-route metrics, problem+json for unknown routes and
+//! methods, and the headers every answer carries (`nosniff`, `no-store`).
 
 use std::any::Any;
 use std::convert::Infallible;
