@@ -36,21 +36,13 @@ pub async fn events_stream(
     ClientIp(client): ClientIp,
     Query(filter): Query<EventFilter>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let permit = match app.event_streams.take(client) {
-        Ok(permit) => permit,
-        Err(Refusal::ServerFull) => {
-            return Err(ApiError::TooManyConnections(format!(
-                "too many event streams open on this instance (at most {})",
-                app.config.max_event_streams
-            )));
-        }
-        Err(Refusal::ClientFull) => {
-            return Err(ApiError::TooManyConnections(format!(
-                "too many event streams open from this client address (at most {})",
-                app.config.max_event_streams_per_client
-            )));
-        }
-    };
+    let permit = app.event_streams.take(client).map_err(|refusal| {
+        let (place, most) = match refusal {
+            Refusal::ServerFull => ("on this instance", app.config.max_event_streams),
+            Refusal::ClientFull => ("from this client address", app.config.max_event_streams_per_client),
+        };
+        ApiError::TooManyConnections(format!("too many event streams open {place} (at most {most})"))
+    })?;
     let stream = BroadcastStream::new(app.events.subscribe()).filter_map(move |received| match received {
         Ok(event) if filter.product_id.is_none_or(|id| id == event.product_id) => Some(Ok(public_event(event))),
         Ok(_) => None,

@@ -4,9 +4,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use axum::body::HttpBody as _;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
-use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -29,13 +29,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.config.max_body_bytes;
         let read_timeout_ms = state.config.http.body_read_timeout_ms;
-        // hyper has already refused a Content-Length that is not one non-negative number.
-        // A body declared too large is refused before any of it is read: the client is
-        // not kept sending (or, with `Expect: 100-continue`, is never asked to send) bytes
-        // that would be refused anyway, and it is not left to the body read timeout when
-        // it sends them slowly.
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > limit as u64) {
+        // A body declared too large (hyper's size hint is its parsed Content-Length; a
+        // chunked body's is 0) is refused before any of it is read: the client is not kept
+        // sending (or, with `Expect: 100-continue`, is never asked to send) bytes that would
+        // be refused anyway, and it is not left to the body read timeout when it sends
+        // them slowly.
+        if req.body().size_hint().lower() > limit as u64 {
             return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
         }
         // Reading the body is all the waiting this extraction does: the media type check

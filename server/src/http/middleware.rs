@@ -22,11 +22,11 @@ use crate::state::{App, AppState};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The innermost layer of every route: an HTTP/1.1 request without exactly one `Host`
-/// is refused 400; answers that axum or tower-http produce as plain
-/// text (413, 405, 404, 415, 400) become problems; every answer is counted and timed per
-/// method, route template and status; and the request runs in a `request` span (method,
-/// path, request id) whose end is logged, at error for a 5xx. One hand-written service
+/// The innermost layer of every route: an HTTP/1.1 request without exactly one `Host` is
+/// refused 400; answers that axum or tower-http produce as plain text (413, 405, 404,
+/// 415, 400) become problems; every answer is counted and timed per method, route
+/// template and status; and the request runs in a `request` span (method, path, request
+/// id) whose end is logged, at error for a 5xx. One hand-written service
 /// rather than two `from_fn` middlewares and tower-http's `TraceLayer`, which box and
 /// clone the inner service per request, wrap the body and read the clock three more times,
 /// on the path every buyer of a sale takes.
